@@ -1,0 +1,230 @@
+"""The declarative platform config (config/recpipe.yaml), validated by pydantic on load.
+
+Relative paths in the file are resolved against the repository root. Two environment variables
+redirect a run without editing the file: RECPIPE_CONFIG (another config file) and
+RECPIPE_DATA_DIR (another data root; every path under `paths` that is relative moves with it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.contract import AGE_BUCKETS, GENDERS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "recpipe.yaml"
+IDENTIFIER = r"^[a-z][a-z0-9_]*$"
+
+
+class ConfigError(ValueError):
+    """The config file is missing, unparseable, or fails validation (names file and key)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Strict):
+    """Where data lives. Relative paths are under the data root (RECPIPE_DATA_DIR or data/)."""
+
+    data_root: str = "data"
+    landing: str = "landing"
+    lake: str = "lake"
+    warehouse: str = "warehouse.duckdb"
+    ground_truth: str = "ground_truth"
+    alerts_log: str = "alerts/alerts.jsonl"
+    reports: str = "reports"
+
+
+class SimulatorConfig(_Strict):
+    """Defaults of the built-in simulator; `recpipe simulate` flags override them."""
+
+    seed: int = 42
+    start_date: dt.date = dt.date(2026, 1, 1)
+    days: Annotated[int, Field(ge=1)] = 30
+    users: Annotated[int, Field(ge=10)] = 5_000
+    items: Annotated[int, Field(ge=10)] = 3_000
+    new_users_per_day: Annotated[float, Field(ge=0)] = 0.01
+    creator_share: Annotated[float, Field(gt=0, le=1)] = 0.05
+    kol_share: Annotated[float, Field(gt=0, le=1)] = 0.01
+    categories_l1: Annotated[int, Field(ge=2, le=100)] = 10
+    categories_l2_per_l1: Annotated[int, Field(ge=1, le=50)] = 5
+    content_clusters: Annotated[int, Field(ge=1)] = 200
+    experiment_buckets: tuple[str, ...] = ("control", "treatment_a", "treatment_b")
+    exposure_policy: str = "default"
+
+    @field_validator("experiment_buckets")
+    @classmethod
+    def _control_first(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or v[0] != "control":
+            raise ValueError("the first experiment bucket must be 'control'")
+        return v
+
+
+class NewUsersSegment(_Strict):
+    kind: Literal["new_users"]
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    max_days_since_signup: Annotated[int, Field(ge=0)] = 7
+
+
+class LowActivitySegment(_Strict):
+    kind: Literal["low_activity"]
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    window_days: Annotated[int, Field(ge=1)] = 14
+    max_active_days: Annotated[int, Field(ge=1)] = 3
+
+
+class DemographicSegment(_Strict):
+    kind: Literal["demographic"]
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    gender: tuple[str, ...] = ()
+    age_bucket: tuple[str, ...] = ()
+    city_tier: tuple[Annotated[int, Field(ge=0, le=5)], ...] = ()
+
+    @model_validator(mode="after")
+    def _known_values(self) -> "DemographicSegment":
+        bad = [g for g in self.gender if g not in GENDERS] + [
+            a for a in self.age_bucket if a not in AGE_BUCKETS
+        ]
+        if bad:
+            raise ValueError(f"unknown demographic values {bad}")
+        if not (self.gender or self.age_bucket or self.city_tier):
+            raise ValueError("a demographic segment needs at least one of gender, age_bucket, city_tier")
+        return self
+
+
+Segment = Annotated[
+    NewUsersSegment | LowActivitySegment | DemographicSegment, Field(discriminator="kind")
+]
+
+
+class IngestConfig(_Strict):
+    """How batches arrive and when a batch is alarming."""
+
+    source: Literal["simulator", "landing"] = "simulator"
+    quarantine_alert_share: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+
+class Schedules(_Strict):
+    """Cron strings or Airflow presets per DAG."""
+
+    ingest: str = "@daily"
+
+
+class AlertRoute(_Strict):
+    """A Slack-compatible webhook; its URL is read from the environment variable named here."""
+
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    webhook_url_env: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]*$")]
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class AlertsConfig(_Strict):
+    routes: tuple[AlertRoute, ...] = ()
+
+
+class AirflowConfig(_Strict):
+    """Airflow-side settings the DAGs share."""
+
+    warehouse_pool: Annotated[str, Field(pattern=IDENTIFIER)] = "warehouse_writer"
+    owner: str = "recpipe"
+    retries: Annotated[int, Field(ge=0)] = 1
+
+
+class PlatformConfig(_Strict):
+    """The whole platform, as declared in config/recpipe.yaml."""
+
+    paths: Paths = Paths()
+    simulator: SimulatorConfig = SimulatorConfig()
+    segments: tuple[Segment, ...] = ()
+    ingest: IngestConfig = IngestConfig()
+    schedules: Schedules = Schedules()
+    alerts: AlertsConfig = AlertsConfig()
+    airflow: AirflowConfig = AirflowConfig()
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_names(cls, v: tuple) -> tuple:
+        names = [s.name for s in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate segment names {dupes}")
+        return v
+
+    # Resolved locations -------------------------------------------------------------------
+    @property
+    def data_root(self) -> Path:
+        env = os.environ.get("RECPIPE_DATA_DIR")
+        root = Path(env) if env else Path(self.paths.data_root)
+        return root if root.is_absolute() else (REPO_ROOT / root).resolve()
+
+    def _under_root(self, p: str) -> Path:
+        path = Path(p)
+        return path if path.is_absolute() else self.data_root / path
+
+    @property
+    def landing_dir(self) -> Path:
+        return self._under_root(self.paths.landing)
+
+    @property
+    def lake_dir(self) -> Path:
+        return self._under_root(self.paths.lake)
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self._under_root(self.paths.warehouse)
+
+    @property
+    def ground_truth_dir(self) -> Path:
+        return self._under_root(self.paths.ground_truth)
+
+    @property
+    def alerts_log(self) -> Path:
+        return self._under_root(self.paths.alerts_log)
+
+    @property
+    def reports_dir(self) -> Path:
+        return self._under_root(self.paths.reports)
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid platform config ({err.error_count()} error(s))"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None) -> PlatformConfig:
+    """Read and validate the platform config; errors name the file and the offending key."""
+    path = Path(path or os.environ.get("RECPIPE_CONFIG") or DEFAULT_CONFIG)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: config file not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    try:
+        return PlatformConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(path, e)) from None
+
+
+@lru_cache(maxsize=8)
+def _cached(path: str, data_dir: str | None) -> PlatformConfig:
+    return load_config(path)
+
+
+def get_config() -> PlatformConfig:
+    """The config of this process (cached per config path and data dir)."""
+    path = os.environ.get("RECPIPE_CONFIG") or str(DEFAULT_CONFIG)
+    return _cached(path, os.environ.get("RECPIPE_DATA_DIR"))
