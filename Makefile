@@ -1,0 +1,43 @@
+# recpipe — the README's two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+
+BENCH_USERS ?= 1000000
+BENCH_DAYS ?= 3
+BENCH_DIR ?= $(CURDIR)/bench-data
+
+.PHONY: install demo test airflow bench clean
+
+install: $(STAMP)
+
+# A fresh venv, installed from the frozen constraints (every machine gets the same versions).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## simulate 30 days, ingest them through the ingest DAG, print a summary
+	$(BIN)/recpipe demo
+
+test: $(STAMP)  ## the whole test suite
+	$(BIN)/python -m pytest
+
+airflow: $(STAMP)  ## the Airflow UI on http://localhost:8080 (login: see the printed password file)
+	$(BIN)/recpipe airflow-setup
+	@echo "Airflow UI: http://localhost:8080  user: admin  password: in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
+	$(BIN)/airflow standalone
+
+bench: $(STAMP)  ## benchmarks (not tests): simulator events/s, loader rows/s at 1M users x 3 days
+	rm -rf $(BENCH_DIR)
+	$(BIN)/python benchmarks/bench_simulator.py --users $(BENCH_USERS) --days $(BENCH_DAYS) --out $(BENCH_DIR)/sim
+	$(BIN)/python benchmarks/bench_loader.py --landing $(BENCH_DIR)/sim/landing --data-dir $(BENCH_DIR)/load
+
+clean:
+	rm -rf data .airflow reports bench-data

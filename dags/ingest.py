@@ -1,0 +1,48 @@
+"""ingest: each day, land the day's batch (simulated, or wait for it in the landing folder),
+validate it into the lake with quarantine, then publish the warehouse views (RAW_EVENTS asset)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import dag, task
+
+from tasks import ingest
+from tasks.config import get_config
+from tasks.dag_wiring import RAW_EVENTS, dag_kwargs, writer_task_kwargs
+
+cfg = get_config()
+
+
+@dag(
+    dag_id="ingest",
+    description="Daily batch -> validated lake + quarantine -> warehouse views",
+    max_active_runs=1,
+    doc_md=__doc__,
+    **dag_kwargs(cfg, schedule=cfg.schedules.ingest, tags=["ingest", cfg.ingest.source]),
+)
+def ingest_dag() -> None:
+    if cfg.ingest.source == "simulator":
+
+        @task
+        def land_batch(ds: str | None = None) -> str:
+            return ingest.land_simulated_day(cfg, dt.date.fromisoformat(ds))
+
+    else:
+
+        @task.sensor(poke_interval=300, timeout=12 * 3600, mode="reschedule")
+        def land_batch(ds: str | None = None) -> bool:
+            return ingest.batch_landed(cfg, dt.date.fromisoformat(ds))
+
+    @task
+    def load_batch(ds: str | None = None) -> dict:
+        return ingest.load_landed_batch(cfg, dt.date.fromisoformat(ds))
+
+    @task(outlets=[RAW_EVENTS], **writer_task_kwargs(cfg))
+    def publish_warehouse() -> dict:
+        return ingest.publish_warehouse(cfg)
+
+    land_batch() >> load_batch() >> publish_warehouse()
+
+
+ingest_dag()

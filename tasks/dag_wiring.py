@@ -1,0 +1,41 @@
+"""What every recpipe DAG shares: default args, the failure notifier, tags, and the Assets
+through which DAGs hand data to each other (so a DAG file stays thin wiring)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Asset
+
+from tasks.config import PlatformConfig
+from tasks.notifier import RecpipeNotifier
+
+RAW_EVENTS = Asset(name="recpipe_raw_events", uri="x-recpipe://warehouse/raw/events", group="recpipe")
+
+
+def default_args(cfg: PlatformConfig) -> dict[str, Any]:
+    """Owner, retries and the failure alert for every task of every recpipe DAG."""
+    return {
+        "owner": cfg.airflow.owner,
+        "retries": cfg.airflow.retries,
+        "retry_delay": dt.timedelta(minutes=5),
+        "on_failure_callback": RecpipeNotifier(),
+    }
+
+
+def dag_kwargs(cfg: PlatformConfig, *, schedule: Any, tags: list[str]) -> dict[str, Any]:
+    """Keyword arguments common to every recpipe @dag."""
+    return {
+        "schedule": schedule,
+        "start_date": dt.datetime.combine(cfg.simulator.start_date, dt.time(), tzinfo=dt.timezone.utc),
+        "catchup": False,
+        "default_args": default_args(cfg),
+        "on_failure_callback": RecpipeNotifier(title="Airflow DAG run failed"),
+        "tags": ["recpipe", *tags],
+    }
+
+
+def writer_task_kwargs(cfg: PlatformConfig) -> dict[str, Any]:
+    """Task arguments of every task that writes the DuckDB warehouse: the one-slot pool."""
+    return {"pool": cfg.airflow.warehouse_pool, "pool_slots": 1}

@@ -1,0 +1,39 @@
+"""Shared fixtures: an isolated platform (config + data dir) per test, small simulator scale."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports airflow: tests never touch a developer's Airflow home.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recpipe-airflow-home-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
+
+import pytest
+import yaml
+
+from tasks.config import DEFAULT_CONFIG, PlatformConfig, load_config
+
+SMALL_SIMULATOR = {"users": 400, "items": 300, "days": 3}
+
+
+def write_config(path: Path, data_dir: Path, **overrides: dict) -> Path:
+    """Write a copy of the shipped config with its data root at `data_dir` and sections overridden."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["paths"]["data_root"] = str(data_dir)
+    raw["simulator"].update(SMALL_SIMULATOR)
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformConfig:
+    """A platform config whose data lives under tmp_path, exported through RECPIPE_CONFIG."""
+    cfg_path = write_config(tmp_path / "recpipe.yaml", tmp_path / "data")
+    monkeypatch.setenv("RECPIPE_CONFIG", str(cfg_path))
+    monkeypatch.delenv("RECPIPE_DATA_DIR", raising=False)
+    return load_config(cfg_path)

@@ -1,0 +1,81 @@
+"""The platform config: the shipped file is valid; errors name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import DEFAULT_CONFIG, ConfigError, load_config
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def _shipped() -> dict:
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+def test_shipped_config_is_valid() -> None:
+    cfg = load_config(DEFAULT_CONFIG)
+    assert {s.name for s in cfg.segments} >= {"new_users", "low_activity"}
+    assert cfg.warehouse_path.is_absolute() and cfg.warehouse_path.name == "warehouse.duckdb"
+    assert cfg.simulator.experiment_buckets[0] == "control"
+
+
+def test_data_dir_env_moves_every_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECPIPE_DATA_DIR", str(tmp_path))
+    cfg = load_config(DEFAULT_CONFIG)
+    for p in (cfg.lake_dir, cfg.landing_dir, cfg.warehouse_path, cfg.alerts_log, cfg.ground_truth_dir):
+        assert p.is_relative_to(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "message"),
+    [
+        (lambda r: r["simulator"].update(userz=10), "simulator.userz", "Extra inputs are not permitted"),
+        (lambda r: r["simulator"].update(users="many"), "simulator.users", "valid integer"),
+        (lambda r: r["ingest"].update(quarantine_alert_share=1.5), "ingest.quarantine_alert_share", "less than or equal"),
+        (lambda r: r["segments"].append({"name": "x", "kind": "martians"}), "segments.4", "kind"),
+        (lambda r: r["segments"].append({"name": "y", "kind": "demographic", "gender": ["q"]}), "segments.4.demographic", "unknown demographic values"),
+        (lambda r: r["segments"].append({"name": "new_users", "kind": "new_users"}), "segments", "duplicate segment names"),
+        (lambda r: r["airflow"].update(warehouse_pool="Bad Pool"), "airflow.warehouse_pool", "pattern"),
+        (lambda r: r["alerts"]["routes"][0].update(webhook_url_env="https://hooks.example/x"), "alerts.routes.0.webhook_url_env", "pattern"),
+    ],
+)
+def test_invalid_config_names_file_and_key(tmp_path: Path, mutate, key: str, message: str) -> None:
+    raw = _shipped()
+    mutate(raw)
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert str(path) in text
+    assert key in text
+    assert message in text
+
+
+def test_unparseable_and_missing_files(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("simulator: [unclosed")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_reports_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.cli import main
+
+    raw = _shipped()
+    raw["schedules"]["ingestt"] = "@daily"
+    path = _write(tmp_path, raw)
+    monkeypatch.setenv("RECPIPE_CONFIG", str(path))  # the CLI exports it; restored after the test
+    assert main(["--config", str(path), "config"]) == 2
+    assert "schedules.ingestt" in capsys.readouterr().err

@@ -1,0 +1,74 @@
+"""DAG integrity: every DAG file imports cleanly and quickly, has no cycles, and follows the
+platform's rules (owner, retries, tags, the failure notifier, warehouse writers in the one pool)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.config import get_config
+
+DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+EXPECTED_DAGS = {"ingest"}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    cfg = get_config()
+    return DagBag(dag_folder=str(DAGS_DIR), known_pools={"default_pool", cfg.airflow.warehouse_pool})
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_fast_and_clean(path: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    start = time.perf_counter()
+    bag = DagBag(dag_folder=str(path))
+    elapsed = time.perf_counter() - start
+    assert bag.import_errors == {}
+    assert bag.dags, f"{path.name} defines no DAG"
+    # Far below Airflow's dagbag_import_timeout (30 s): parsing must do no data work.
+    assert elapsed < 10, f"{path.name} took {elapsed:.1f}s to parse"
+
+
+def test_no_dag_file_is_named_like_a_dbt_plugin() -> None:
+    assert not [p.name for p in DAG_FILES if p.name.startswith("dbt_")]
+
+
+def test_expected_dags_present(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert EXPECTED_DAGS <= set(dagbag.dag_ids)
+
+
+def test_every_dag_follows_the_platform_rules(dagbag) -> None:
+    from tasks.notifier import RecpipeNotifier
+
+    cfg = get_config()
+    for dag_id, dag in dagbag.dags.items():
+        dag.check_cycle()
+        assert "recpipe" in dag.tags, dag_id
+        assert any(isinstance(cb, RecpipeNotifier) for cb in _callbacks(dag.on_failure_callback)), dag_id
+        for task in dag.tasks:
+            where = f"{dag_id}.{task.task_id}"
+            assert task.owner == cfg.airflow.owner, where
+            assert task.retries == cfg.airflow.retries, where
+            assert any(isinstance(cb, RecpipeNotifier) for cb in _callbacks(task.on_failure_callback)), where
+            assert task.pool in {"default_pool", cfg.airflow.warehouse_pool}, where
+
+
+def test_warehouse_writers_share_the_one_slot_pool(dagbag) -> None:
+    cfg = get_config()
+    publish = dagbag.dags["ingest"].get_task("publish_warehouse")
+    assert publish.pool == cfg.airflow.warehouse_pool and publish.pool_slots == 1
+    assert [a.name for a in publish.outlets] == ["recpipe_raw_events"]
+
+
+def _callbacks(cb) -> list:
+    if cb is None:
+        return []
+    return list(cb) if isinstance(cb, (list, tuple)) else [cb]
