@@ -1,0 +1,1 @@
+"""Model code: torch modules, ItemCF/Swing, ANN index wrappers."""

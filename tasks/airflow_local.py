@@ -67,7 +67,7 @@ def run_dag_for_days(dag_id: str, days: list[dt.date]) -> None:
     bag = DagBag(dag_folder=str(DAGS_DIR / f"{dag_id}.py"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    dag = bag.get_dag(dag_id)
+    dag = bag.dags[dag_id]
     for i, day in enumerate(days, 1):
         logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
         run = dag.test(logical_date=logical)
