@@ -58,7 +58,30 @@ class SimulatorConfig(_Strict):
     categories_l2_per_l1: Annotated[int, Field(ge=1, le=50)] = 5
     content_clusters: Annotated[int, Field(ge=1)] = 200
     experiment_buckets: tuple[str, ...] = ("control", "treatment_a", "treatment_b")
-    exposure_policy: str = "default"
+    exposure_policy: Annotated[str, Field(pattern=IDENTIFIER)] = "default"
+    # Exposure mix of the default policy: popular (yesterday's clicks), fresh (published in the
+    # last `fresh_days` days), and the rest interest-matched.
+    exposure_popular_share: Annotated[float, Field(ge=0, le=1)] = 0.3
+    exposure_fresh_share: Annotated[float, Field(ge=0, le=1)] = 0.2
+    fresh_days: Annotated[int, Field(ge=1, le=90)] = 3
+    # Activity and retention: logit P(active on d) = activity_u + [active on d-1] *
+    # (habit_effect + satisfaction_effect * (satisfaction_u(d-1) - 0.5)) + follow_effect * log1p(follows_u),
+    # with activity_u ~ Normal(activity_logit_mean, activity_logit_sd).
+    activity_logit_mean: Annotated[float, Field(ge=-10, le=10)] = -2.3
+    activity_logit_sd: Annotated[float, Field(ge=0, le=5)] = 1.4
+    habit_effect: Annotated[float, Field(ge=0, le=10)] = 1.6
+    satisfaction_effect: Annotated[float, Field(ge=0, le=10)] = 2.0
+    follow_effect: Annotated[float, Field(ge=0, le=5)] = 0.25
+    # Engagement of an active user.
+    sessions_per_active_user: Annotated[float, Field(ge=1, le=20)] = 1.4
+    impressions_per_session: Annotated[float, Field(ge=1, le=200)] = 4.5
+    # UGC, sharing and the follow graph.
+    publish_rate: Annotated[float, Field(ge=0, le=20)] = 0.3  # items per active creator per day
+    offsite_visits_per_share: Annotated[float, Field(ge=0, le=100)] = 0.5  # mean, ordinary sharers
+    kol_visit_multiplier: Annotated[float, Field(ge=1, le=1000)] = 40.0  # KOLs' shares bring this x more
+    unfollow_rate: Annotated[float, Field(ge=0, le=1)] = 0.002  # per follow edge of an active user per day
+    # Daily state snapshots kept under ground_truth_dir (the daily mode resumes from them).
+    state_snapshots_kept: Annotated[int, Field(ge=1, le=100)] = 3
 
     @field_validator("experiment_buckets")
     @classmethod
@@ -66,6 +89,17 @@ class SimulatorConfig(_Strict):
         if not v or v[0] != "control":
             raise ValueError("the first experiment bucket must be 'control'")
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SimulatorConfig":
+        if self.content_clusters < self.categories_l1 * self.categories_l2_per_l1:
+            raise ValueError(
+                "content_clusters must be >= categories_l1 * categories_l2_per_l1 "
+                "(clusters are nested in second-level categories)"
+            )
+        if self.exposure_popular_share + self.exposure_fresh_share > 1:
+            raise ValueError("exposure_popular_share + exposure_fresh_share must be <= 1")
+        return self
 
 
 class NewUsersSegment(_Strict):
