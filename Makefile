@@ -14,7 +14,7 @@ BENCH_USERS ?= 1000000
 BENCH_DAYS ?= 3
 BENCH_DIR ?= $(CURDIR)/bench-data
 
-.PHONY: install demo test airflow bench clean
+.PHONY: install system-deps demo test airflow bench clean
 
 install: $(STAMP)
 
@@ -24,10 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+system-deps:  ## PostgreSQL and Chromium for the deployment and UI tests (apt-get; installs only what is missing)
+	bash scripts/install-system-deps.sh
+
 demo: $(STAMP)  ## simulate 30 days, ingest them through the ingest DAG, print a summary
 	$(BIN)/recpipe demo
 
-test: $(STAMP)  ## the whole test suite
+test: $(STAMP) system-deps  ## the whole test suite
 	$(BIN)/python -m pytest
 
 airflow: $(STAMP)  ## the Airflow UI on http://localhost:8080 (login: see the printed password file)
@@ -41,4 +44,4 @@ bench: $(STAMP)  ## benchmarks (not tests): simulator events/s, loader rows/s at
 	$(BIN)/python benchmarks/bench_loader.py --landing $(BENCH_DIR)/sim/landing --data-dir $(BENCH_DIR)/load
 
 clean:
-	rm -rf data .airflow reports bench-data
+	rm -rf data .airflow reports bench-data test-artifacts

@@ -79,6 +79,10 @@ def _cmd_alerts(cfg: PlatformConfig, args: argparse.Namespace) -> int:
 
     for a in read_alerts(cfg)[-args.last :]:
         print(f"{a['ts']}  {a['severity']:<8} {a['kind']:<13} {a['source']}: {a['title']}")
+    if args.html:
+        from tasks.alert_pages import render_alert_pages
+
+        print(f"alert pages: {render_alert_pages(cfg)}")
     return 0
 
 
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("alerts", help="print the latest alerts")
     a.add_argument("--last", type=int, default=20)
+    a.add_argument("--html", action="store_true", help="also render the alert landing pages (HTML)")
     a.set_defaults(func=_cmd_alerts)
     return p
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jinja2.sandbox
 from airflow.sdk import BaseNotifier
 
 from tasks.alerts import Alert, raise_alert
@@ -26,6 +27,13 @@ class RecpipeNotifier(BaseNotifier):
         super().__init__()
         self.title = title
         self.severity = severity
+
+    def render_template_fields(self, context: Any, jinja_env: jinja2.Environment | None = None) -> None:
+        """Render the title; a DAG-level callback run by `airflow dags test` gets a SerializedDAG,
+        which has no template environment of its own, so a sandboxed one stands in."""
+        if jinja_env is None and not hasattr(context.get("dag"), "get_template_env"):
+            jinja_env = jinja2.sandbox.SandboxedEnvironment()
+        super().render_template_fields(context, jinja_env)
 
     def notify(self, context: dict[str, Any]) -> None:
         ti = context.get("ti") or context.get("task_instance")

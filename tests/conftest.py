@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Before anything imports airflow: tests never touch a developer's Airflow home.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recpipe-airflow-home-")
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
 
@@ -24,6 +27,7 @@ def write_config(path: Path, data_dir: Path, **overrides: dict) -> Path:
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     raw["paths"]["data_root"] = str(data_dir)
     raw["simulator"].update(SMALL_SIMULATOR)
+    raw["airflow"]["retries"] = 0  # a failing task fails the test at once, not after a retry delay
     for section, values in overrides.items():
         raw.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

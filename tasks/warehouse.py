@@ -1,0 +1,91 @@
+"""The DuckDB warehouse: connections (one writer at a time) and the `raw` views over the lake.
+
+DuckDB allows one writing process per file. Inside Airflow every writer runs in the one-slot pool
+`cfg.airflow.warehouse_pool`; `connect_writer` refuses to open the file for writing from a task
+in any other pool. Readers open it read-only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from tasks.config import PlatformConfig
+from tasks.contract import TABLES
+from tasks.lake import QUARANTINE, schema_of
+
+RAW_SCHEMA = "raw"
+RAW_TABLES: tuple[str, ...] = (*TABLES, QUARANTINE)
+_SQL_TYPES = {
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.string(): "VARCHAR",
+    pa.timestamp("us"): "TIMESTAMP",
+}
+
+
+class WarehouseWriterError(PermissionError):
+    """A warehouse write attempted outside the single-writer pool."""
+
+
+def current_task_pool() -> tuple[str, str] | None:
+    """(task label, pool) of the running Airflow task, or None outside a task."""
+    if "airflow.sdk" not in sys.modules:  # a task process has imported it; don't load Airflow here
+        return None
+    from airflow.sdk import get_current_context
+
+    try:
+        context = get_current_context()
+    except RuntimeError:  # Airflow 3.3: "no context was found" outside a running task
+        return None
+    ti = context["ti"]
+    return f"{ti.dag_id}.{ti.task_id}", ti.task.pool
+
+
+def connect(cfg: PlatformConfig, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """A connection to the warehouse file; read-only unless asked (writes go through connect_writer)."""
+    if not read_only:
+        return connect_writer(cfg)
+    path = cfg.warehouse_path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no warehouse yet; load a batch and refresh the views first")
+    return duckdb.connect(str(path), read_only=True)
+
+
+def connect_writer(cfg: PlatformConfig) -> duckdb.DuckDBPyConnection:
+    """A writing connection. Inside an Airflow task it must run in the warehouse pool (single writer)."""
+    task = current_task_pool()
+    if task is not None and task[1] != cfg.airflow.warehouse_pool:
+        raise WarehouseWriterError(
+            f"task {task[0]} runs in pool {task[1]!r}; warehouse writers must run in pool "
+            f"{cfg.airflow.warehouse_pool!r} (one writer at a time)"
+        )
+    cfg.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    return duckdb.connect(str(cfg.warehouse_path))
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _view_sql(lake: Path, table: str) -> str:
+    """A view over every partition of a lake table, with the hive column `dt`; typed and empty
+    while the table has no files."""
+    folder = lake.resolve() / table
+    if any(folder.glob("dt=*/*.parquet")):
+        glob = _literal(folder / "dt=*" / "*.parquet")
+        return f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, hive_types = {{'dt': DATE}})"
+    cols = [f'CAST(NULL AS {_SQL_TYPES[f.type]}) AS "{f.name}"' for f in schema_of(table)]
+    return f"SELECT {', '.join(cols)}, CAST(NULL AS DATE) AS dt WHERE false"
+
+
+def refresh_views(cfg: PlatformConfig) -> None:
+    """(Re)create schema `raw` with one view per lake table (users, items, follows, events,
+    quarantine) over the lake's Parquet files, by absolute path. Idempotent."""
+    with connect_writer(cfg) as con:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}")
+        for table in RAW_TABLES:
+            con.execute(f"CREATE OR REPLACE VIEW {RAW_SCHEMA}.{table} AS {_view_sql(cfg.lake_dir, table)}")

@@ -1,0 +1,118 @@
+"""Reading the deployment files (docker-compose.yml, Dockerfile, .env.example) the way Docker does,
+for the static checks (tests/test_compose.py) and for running the same configuration natively
+(tests/test_postgres_metadata.py)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+ENV_EXAMPLE = REPO / ".env.example"
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}; `$$` is a literal `$`.
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+class MissingVariable(ValueError):
+    """A required ${VAR:?message} variable is unset or empty."""
+
+
+def load_compose() -> dict[str, Any]:
+    """docker-compose.yml as data (YAML anchors and `<<` merge keys resolved)."""
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def variables_used(text: str) -> set[str]:
+    """Names of the ${VAR} interpolations of a compose file's text (`$${...}` is not one)."""
+    return {m.group(1) for m in _VAR.finditer(text) if m.group(0) != "$$"}
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Docker Compose variable interpolation of one value."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        val = env.get(name)
+        if op in (":-", "-"):
+            return arg if val is None or (op == ":-" and val == "") else val
+        if op in (":?", "?") and (val is None or (op == ":?" and val == "")):
+            raise MissingVariable(f"{name}: {arg}")
+        return val or ""
+
+    return _VAR.sub(one, value)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a dotenv file (comments and blank lines skipped)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        if raw.lstrip().startswith("#") and not current:
+            continue
+        current += raw.rstrip().removesuffix("\\") + " " if raw.rstrip().endswith("\\") else raw.strip()
+        if not raw.rstrip().endswith("\\"):
+            if current.strip():
+                word, _, rest = current.strip().partition(" ")
+                lines.append((word.upper(), rest.strip()))
+            current = ""
+    return lines
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The ENV variables the Dockerfile sets (`ENV K=V K2=V2` form)."""
+    env: dict[str, str] = {}
+    for word, args in dockerfile_instructions():
+        if word == "ENV":
+            for pair in shlex.split(args):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def service_env(service: dict[str, Any]) -> dict[str, str]:
+    """A service's `environment` as a mapping (list form `K=V` accepted)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def native_env(
+    service: str, env_values: dict[str, str], host_paths: dict[str, Path], db_host: str
+) -> dict[str, str]:
+    """The environment of a compose service (or of `x-airflow-common`), for a process on this machine.
+
+    `env_values` plays .env; `host_paths` maps each mount target (container path) to the folder on
+    this machine that stands in for it; the `postgres` service is reached at `db_host` (host:port).
+    Every other setting is taken from the compose file as it is.
+    """
+    compose = load_compose()
+    spec = compose[service] if service.startswith("x-") else compose["services"][service]
+    env = {k: interpolate(v, env_values) for k, v in service_env(spec).items()}
+    for key, value in env.items():
+        value = value.replace("@postgres/", f"@{db_host}/")
+        for target, path in sorted(host_paths.items(), key=lambda kv: -len(kv[0])):
+            if value == target or value.startswith(target + "/"):
+                value = str(path) + value[len(target) :]
+                break
+        env[key] = value
+    return env
