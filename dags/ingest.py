@@ -39,7 +39,8 @@ def ingest_dag() -> None:
         return ingest.load_landed_batch(cfg, dt.date.fromisoformat(ds))
 
     @task(outlets=[RAW_EVENTS], **writer_task_kwargs(cfg))
-    def publish_warehouse() -> dict:
+    def publish_warehouse(ds: str | None = None, outlet_events=None) -> dict:
+        outlet_events[RAW_EVENTS].extra = {"day": ds}  # the day daily_metrics rebuilds
         return ingest.publish_warehouse(cfg)
 
     land_batch() >> load_batch() >> publish_warehouse()

@@ -23,6 +23,7 @@ def airflow_env(home: Path | None = None) -> dict[str, str]:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
     }
 
 
@@ -35,7 +36,8 @@ def use_local_airflow() -> None:
 
 
 def setup_metadata(cfg: PlatformConfig) -> None:
-    """Migrate the metadata database and create the project's pools (idempotent)."""
+    """Migrate the metadata database, create the project's pools and build the dbt manifest the
+    daily_metrics DAG is rendered from (idempotent)."""
     use_local_airflow()
     Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -55,11 +57,15 @@ def setup_metadata(cfg: PlatformConfig) -> None:
             include_deferred=False,
             session=session,
         )
+    from tasks.dbt_project import build_manifest
+
+    build_manifest(cfg)
     log.info("Airflow metadata ready in %s; pool %s (1 slot)", os.environ["AIRFLOW_HOME"], cfg.airflow.warehouse_pool)
 
 
-def run_dag_for_days(dag_id: str, days: list[dt.date]) -> None:
-    """Run one DAG once per logical day, in order, in this process (`dag.test`); stop on failure."""
+def run_dag_for_days(dag_id: str, days: list[dt.date], conf: dict[str, str] | None = None) -> None:
+    """Run one DAG once per logical day, in the given order, in this process (`dag.test`, with
+    conf {"day": <that day>} plus `conf`); stop on failure."""
     use_local_airflow()
     from airflow.dag_processing.dagbag import DagBag
 
@@ -69,7 +75,7 @@ def run_dag_for_days(dag_id: str, days: list[dt.date]) -> None:
     dag = bag.dags[dag_id]
     for i, day in enumerate(days, 1):
         logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
-        run = dag.test(logical_date=logical)
+        run = dag.test(logical_date=logical, run_conf={"day": day.isoformat(), **(conf or {})})
         state = str(getattr(run, "state", run))
         log.info("%s %s (%d/%d): %s", dag_id, day, i, len(days), state)
         if "success" not in state:

@@ -67,10 +67,30 @@ def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     days = args.days or cfg.simulator.days
     start = cfg.simulator.start_date
     day_list = [start + dt.timedelta(days=i) for i in range(days)]
-    print(f"recpipe demo: {days} simulated days from {start} through the ingest DAG (data in {cfg.data_root})")
+    print(
+        f"recpipe demo: {days} simulated days from {start} through the ingest DAG, then daily_metrics "
+        f"over them (data in {cfg.data_root})"
+    )
     setup_metadata(cfg)
     run_dag_for_days("ingest", day_list)
+    run_dag_for_days("daily_metrics", [day_list[0]], conf={"through": day_list[-1].isoformat()})
     print_summary(cfg)
+    return 0
+
+
+def _cmd_metrics(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    from tasks.airflow_local import run_dag_for_days, setup_metadata
+
+    setup_metadata(cfg)
+    through = (args.end or args.start).isoformat()
+    run_dag_for_days("daily_metrics", [args.start], conf={"through": through})
+    return 0
+
+
+def _cmd_report(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    from tasks.report import write_report
+
+    print(f"report: {write_report(cfg)}")
     return 0
 
 
@@ -118,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="simulate and ingest N days through the ingest DAG, print a summary")
     d.add_argument("--days", type=int, help="number of days (default: simulator.days)")
     d.set_defaults(func=_cmd_demo)
+
+    m = sub.add_parser("metrics", help="run the daily_metrics DAG over a day or a range of days (backfill)")
+    m.add_argument("--start", type=dt.date.fromisoformat, required=True)
+    m.add_argument("--end", type=dt.date.fromisoformat, help="last day, included (default: --start)")
+    m.set_defaults(func=_cmd_metrics)
+
+    sub.add_parser("report", help="regenerate the HTML metrics report from the warehouse").set_defaults(
+        func=_cmd_report
+    )
 
     a = sub.add_parser("alerts", help="print the latest alerts")
     a.add_argument("--last", type=int, default=20)

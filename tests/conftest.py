@@ -12,6 +12,7 @@ from pathlib import Path
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recpipe-airflow-home-")
 atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__COSMOS__ENABLE_TELEMETRY"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
 
 import pytest
@@ -41,3 +42,11 @@ def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformConfig:
     monkeypatch.setenv("RECPIPE_CONFIG", str(cfg_path))
     monkeypatch.delenv("RECPIPE_DATA_DIR", raising=False)
     return load_config(cfg_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dbt_manifest() -> Path:
+    """The dbt manifest the daily_metrics DAG is rendered from (built by `recpipe airflow-setup`)."""
+    from tasks.dbt_project import build_manifest
+
+    return build_manifest(load_config(DEFAULT_CONFIG))

@@ -12,7 +12,7 @@ from tasks.config import get_config
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED_DAGS = {"ingest"}
+EXPECTED_DAGS = {"ingest", "daily_metrics"}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,16 @@ def test_warehouse_writers_share_the_one_slot_pool(dagbag) -> None:
     publish = dagbag.dags["ingest"].get_task("publish_warehouse")
     assert publish.pool == cfg.airflow.warehouse_pool and publish.pool_slots == 1
     assert [a.name for a in publish.outlets] == ["recpipe_raw_events"]
+    metrics = dagbag.dags["daily_metrics"]
+    dbt_tasks = [t for t in metrics.tasks if t.task_id.startswith("dbt.")]
+    assert {t.task_id for t in dbt_tasks} >= {"dbt.metrics_daily_build", "dbt.retention_daily_build"}
+    for t in [*dbt_tasks, metrics.get_task("write_report")]:
+        assert t.pool == cfg.airflow.warehouse_pool and t.pool_slots == 1, t.task_id
+
+
+def test_daily_metrics_is_scheduled_by_the_ingest_asset(dagbag) -> None:
+    metrics = dagbag.dags["daily_metrics"]
+    assert [a.name for _, a in metrics.timetable.asset_condition.iter_assets()] == ["recpipe_raw_events"]
 
 
 def _callbacks(cb) -> list:

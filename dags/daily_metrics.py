@@ -1,0 +1,73 @@
+"""daily_metrics: when the ingest DAG publishes a day (the recpipe_raw_events Asset), rebuild that
+day's core metrics in dbt (metrics_daily, retention_daily for the days it completes, ab_readout),
+each model followed by its dbt tests, then write the HTML report.
+
+Run it for a day or a range from the UI (Trigger with config) or the CLI:
+`airflow dags trigger daily_metrics --conf '{"day": "2026-01-05", "through": "2026-01-09"}'`
+(`through` optional), or `recpipe metrics --start D1 --end D2` (a backfill)."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, task
+from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import InvocationMode, LoadMode, TestBehavior
+
+from tasks import dbt_project, metrics_run
+from tasks.config import get_config
+from tasks.dag_wiring import RAW_EVENTS, dag_kwargs, writer_task_kwargs
+
+cfg = get_config()
+
+
+@dag(
+    dag_id="daily_metrics",
+    description="dbt: DAU, LT7/LT30, retention, engagement, UGC penetration, A/B readout -> report",
+    max_active_runs=1,
+    doc_md=__doc__,
+    params={
+        "day": Param(None, type=["null", "string"], format="date", description="first day to rebuild"),
+        "through": Param(None, type=["null", "string"], format="date", description="last day (default: day)"),
+    },
+    **dag_kwargs(cfg, schedule=[RAW_EVENTS], tags=["metrics", "dbt"]),
+)
+def daily_metrics_dag() -> None:
+    @task
+    def resolve_days(params=None, triggering_asset_events=None, logical_date=None) -> dict[str, str]:
+        return metrics_run.resolve_days(params, triggering_asset_events, logical_date)
+
+    marts = DbtTaskGroup(
+        group_id="dbt",
+        project_config=ProjectConfig(
+            dbt_project_path=dbt_project.DBT_DIR, manifest_path=dbt_project.MANIFEST_PATH
+        ),
+        profile_config=ProfileConfig(
+            profile_name="recpipe", target_name="duckdb", profiles_yml_filepath=dbt_project.PROFILES_PATH
+        ),
+        # dbt in its own process: dbt-duckdb holds its connection for the life of the process.
+        execution_config=ExecutionConfig(
+            invocation_mode=InvocationMode.SUBPROCESS, dbt_executable_path=dbt_project.DBT_EXECUTABLE
+        ),
+        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.BUILD),
+        operator_args={
+            "vars": dbt_project.dbt_vars(
+                cfg,
+                ds="{{ ti.xcom_pull(task_ids='resolve_days')['ds'] }}",
+                ds_from="{{ ti.xcom_pull(task_ids='resolve_days')['ds_from'] }}",
+            ),
+            "env": dbt_project.dbt_env(cfg),
+            "append_env": True,
+            "install_deps": False,
+            **writer_task_kwargs(cfg),
+        },
+    )
+
+    @task(**writer_task_kwargs(cfg))  # DuckDB: a reader may not open the file while a writer has it
+    def write_report() -> str:
+        from tasks.report import write_report
+
+        return str(write_report(cfg))
+
+    resolve_days() >> marts >> write_report()
+
+
+daily_metrics_dag()

@@ -1,0 +1,132 @@
+{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
+{%- set w = var('retention_window') | int %}
+{%- set activity_rel = ref('int_user_day_activity') %}
+{%- set events_rel = ref('stg_events') %}
+{#- Every metric is R = sum(num) / sum(den) over a bucket's users (a mean has den = 1).
+    Counts are per assigned user (users of the bucket seen up to the day; inactive ones count 0),
+    so buckets of different sizes compare. -#}
+{%- set per_assigned_user = [
+    ('dau', '1'),
+    ('new_users', 'is_new'),
+    ('sessions', 'sessions'),
+    ('impressions', 'impressions'),
+    ('clicks', 'clicks'),
+    ('publishing_volume', 'publishes'),
+    ('publishers', 'is_publisher'),
+] %}
+{%- set per_active_user = [
+    ('ctr', 'clicks', 'impressions'),
+    ('like_rate', 'likes', 'clicks'),
+    ('favorite_rate', 'favorites', 'clicks'),
+    ('share_rate', 'shares', 'clicks'),
+    ('comment_rate', 'comments', 'clicks'),
+    ('follow_rate', 'follows', 'clicks'),
+    ('session_duration_s_per_dau', 'session_duration_s', '1'),
+    ('penetration_rate', 'is_publisher', '1'),
+] %}
+{%- set per_cohort_user = [
+    ('next_day_retention', 'active_next_day', 'next_day_complete'),
+    ('lt7', 'lt7', 'lt7_complete'),
+    ('lt30', 'lt30', 'lt30_complete'),
+] %}
+
+-- Per (day, bucket, metric): n users and the sums, sums of squares and cross-product of the
+-- per-user numerator and denominator, from which ab_readout computes each bucket's value and the
+-- delta-method variance. A run for ds rebuilds days [ds-29, ds], like the retention rows.
+with activity as (
+    select
+        a.*,
+        cast(a.day = u.signup_day as int) as is_new,
+        cast(a.publishes > 0 as int) as is_publisher
+    from {{ activity_rel }} as a
+    inner join {{ ref('stg_users') }} as u using (user_id)
+    where {{ day_window('a.day', w - 1) }}
+),
+
+retention as (
+    select * from {{ ref('int_user_day_retention') }}
+    where {{ day_window('day', w - 1) }}
+),
+
+-- Each user's bucket and first day. A full build reads the activity table (it holds every day);
+-- a run for ds reads the lake up to ds, so that days rebuilt in any order count the same users.
+first_seen as (
+    select user_id, min({'day': day, 'experiment_bucket': experiment_bucket}) as first
+    {%- if date_var('ds') is none %}
+    from {{ activity_rel }}
+    {%- else %}
+    from {{ events_rel }}
+    where day <= date '{{ date_var("ds") }}'
+    {%- endif %}
+    group by user_id
+),
+
+assigned as (
+    select d.day, f.first.experiment_bucket as experiment_bucket, count(*) as users
+    from (select distinct day from activity) as d
+    inner join first_seen as f on f.first.day <= d.day
+    group by all
+),
+
+active_sums as (
+    select
+        day,
+        experiment_bucket
+        {%- for metric, num in per_assigned_user %},
+        sum({{ num }}) as {{ metric }}_s,
+        sum({{ num }} * {{ num }}) as {{ metric }}_s2
+        {%- endfor %}
+    from activity
+    group by all
+),
+
+moments as (
+    {%- for metric, num in per_assigned_user %}
+    select
+        day, experiment_bucket, '{{ metric }}' as metric, 'assigned users' as population,
+        a.users as n,
+        coalesce(s.{{ metric }}_s, 0) as s_num, a.users as s_den,
+        coalesce(s.{{ metric }}_s2, 0) as s_num2, a.users as s_den2,
+        coalesce(s.{{ metric }}_s, 0) as s_numden,
+        true as is_complete
+    from assigned as a
+    left join active_sums as s using (day, experiment_bucket)
+    union all
+    {%- endfor %}
+    {%- for metric, num, den in per_active_user %}
+    select
+        day, experiment_bucket, '{{ metric }}', 'active users',
+        count(*),
+        sum({{ num }}), sum({{ den }}),
+        sum({{ num }} * {{ num }}), sum({{ den }} * {{ den }}), sum({{ num }} * {{ den }}),
+        true
+    from activity
+    group by day, experiment_bucket
+    union all
+    {%- endfor %}
+    {%- for metric, num, flag in per_cohort_user %}
+    select
+        day, experiment_bucket, '{{ metric }}', 'active users',
+        count(*),
+        sum({{ num }}), count(*),
+        sum({{ num }} * {{ num }}), count(*), sum({{ num }}),
+        bool_and({{ flag }})
+    from retention
+    group by day, experiment_bucket
+    {{ "union all" if not loop.last }}
+    {%- endfor %}
+)
+
+select
+    day,
+    experiment_bucket,
+    metric,
+    population,
+    n,
+    cast(s_num as double) as s_num,
+    cast(s_den as double) as s_den,
+    cast(s_num2 as double) as s_num2,
+    cast(s_den2 as double) as s_den2,
+    cast(s_numden as double) as s_numden,
+    is_complete
+from moments

@@ -1,0 +1,47 @@
+{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
+{%- set w = var('retention_window') | int %}
+
+-- Per user active on day d: LT7 = days active in [d, d+6], LT30 = in [d, d+29], and whether d+1
+-- was active. A run for ds rebuilds the cohort days [ds-29, ds] (the ones ds completes or changes),
+-- reading activity up to ds+29 so that rebuilding an old day sees the days after it.
+with active_days as (
+    select user_id, day, experiment_bucket from {{ ref('int_user_day_activity') }}
+    where {{ day_window('day', w - 1, w - 1) }}
+),
+
+-- A day has landed once it is in the activity table (built from the lake): windows reaching past
+-- the last built day are partial, and flagged so.
+landed as (
+    select max(day) as last_day from {{ ref('int_user_day_activity') }}
+),
+
+windows as (
+    select
+        user_id,
+        day,
+        experiment_bucket,
+        count(*) over (
+            partition by user_id order by day range between current row and interval 6 day following
+        ) as lt7,
+        count(*) over (
+            partition by user_id order by day range between current row and interval {{ w - 1 }} day following
+        ) as lt30,
+        count(*) over (
+            partition by user_id order by day range between interval 1 day following and interval 1 day following
+        ) as active_next_day
+    from active_days
+)
+
+select
+    windows.user_id,
+    windows.day,
+    windows.experiment_bucket,
+    windows.lt7,
+    windows.lt30,
+    windows.active_next_day,
+    landed.last_day >= windows.day + 1 as next_day_complete,
+    landed.last_day >= windows.day + 6 as lt7_complete,
+    landed.last_day >= windows.day + {{ w - 1 }} as lt30_complete
+from windows
+cross join landed
+where {{ day_window('windows.day', w - 1) }}
