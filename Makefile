@@ -13,6 +13,7 @@ export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 
 BENCH_USERS ?= 1000000
 BENCH_DAYS ?= 3
+BENCH_METRICS_DAYS ?= 30
 BENCH_DIR ?= $(CURDIR)/bench-data
 
 .PHONY: install system-deps demo test airflow bench clean
@@ -39,10 +40,11 @@ airflow: $(STAMP)  ## the Airflow UI on http://localhost:8080 (login: see the pr
 	@echo "Airflow UI: http://localhost:8080  user: admin  password: in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
 	$(BIN)/airflow standalone
 
-bench: $(STAMP)  ## benchmarks (not tests): simulator events/s, loader rows/s at 1M users x 3 days
+bench: $(STAMP)  ## benchmarks (not tests): simulator, loader (1M users x 3 days), metric marts (1M users x 30 days)
 	rm -rf $(BENCH_DIR)
 	$(BIN)/python benchmarks/bench_simulator.py --users $(BENCH_USERS) --days $(BENCH_DAYS) --out $(BENCH_DIR)/sim
 	$(BIN)/python benchmarks/bench_loader.py --landing $(BENCH_DIR)/sim/landing --data-dir $(BENCH_DIR)/load
+	$(BIN)/python benchmarks/bench_metrics.py --users $(BENCH_USERS) --days $(BENCH_METRICS_DAYS) --data-dir $(BENCH_DIR)/metrics
 
 clean:
 	rm -rf data .airflow reports bench-data test-artifacts

@@ -38,15 +38,16 @@ def daily_metrics_dag() -> None:
     marts = DbtTaskGroup(
         group_id="dbt",
         project_config=ProjectConfig(
-            dbt_project_path=dbt_project.DBT_DIR, manifest_path=dbt_project.MANIFEST_PATH
+            dbt_project_path=dbt_project.DBT_DIR,
+            manifest_path=dbt_project.MANIFEST_PATH,
+            env_vars=dbt_project.dbt_env(cfg),
+            install_dbt_deps=False,
         ),
         profile_config=ProfileConfig(
             profile_name="recpipe", target_name="duckdb", profiles_yml_filepath=dbt_project.PROFILES_PATH
         ),
-        # dbt in its own process: dbt-duckdb holds its connection for the life of the process.
-        execution_config=ExecutionConfig(
-            invocation_mode=InvocationMode.SUBPROCESS, dbt_executable_path=dbt_project.DBT_EXECUTABLE
-        ),
+        # dbt in the task's process (profiles.yml: keep_open false, so the file is released after it).
+        execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
         render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.BUILD),
         operator_args={
             "vars": dbt_project.dbt_vars(
@@ -54,9 +55,7 @@ def daily_metrics_dag() -> None:
                 ds="{{ ti.xcom_pull(task_ids='resolve_days')['ds'] }}",
                 ds_from="{{ ti.xcom_pull(task_ids='resolve_days')['ds_from'] }}",
             ),
-            "env": dbt_project.dbt_env(cfg),
             "append_env": True,
-            "install_deps": False,
             **writer_task_kwargs(cfg),
         },
     )

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 DBT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 PROFILES_PATH = DBT_DIR / "profiles.yml"
 MANIFEST_PATH = DBT_DIR / "target" / "manifest.json"
-DBT_EXECUTABLE = Path(sys.executable).parent / "dbt"
 RESERVED_SLICE = "all"  # the metric marts' name for "every segment" / "every bucket"
 
 

@@ -68,14 +68,14 @@ def test_warehouse_writers_share_the_one_slot_pool(dagbag) -> None:
     assert [a.name for a in publish.outlets] == ["recpipe_raw_events"]
     metrics = dagbag.dags["daily_metrics"]
     dbt_tasks = [t for t in metrics.tasks if t.task_id.startswith("dbt.")]
-    assert {t.task_id for t in dbt_tasks} >= {"dbt.metrics_daily_build", "dbt.retention_daily_build"}
+    assert {t.task_id for t in dbt_tasks} >= {"dbt.metrics_daily_model_build", "dbt.retention_daily_model_build", "dbt.ab_readout_model_build"}
     for t in [*dbt_tasks, metrics.get_task("write_report")]:
         assert t.pool == cfg.airflow.warehouse_pool and t.pool_slots == 1, t.task_id
 
 
 def test_daily_metrics_is_scheduled_by_the_ingest_asset(dagbag) -> None:
     metrics = dagbag.dags["daily_metrics"]
-    assert [a.name for _, a in metrics.timetable.asset_condition.iter_assets()] == ["recpipe_raw_events"]
+    assert [a.name for a in metrics.timetable.asset_condition.objects] == ["recpipe_raw_events"]
 
 
 def _callbacks(cb) -> list:

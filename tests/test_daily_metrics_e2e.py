@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from tasks.metrics_run import resolve_day
+from tasks.metrics_run import resolve_days
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -104,11 +104,15 @@ class _Event:
         self.extra = {"day": day}
 
 
-def test_run_day_comes_from_param_then_asset_events_then_logical_date() -> None:
-    events = {"recpipe_raw_events": [_Event("2026-01-02"), _Event("2026-01-05")]}
+def test_run_days_come_from_params_then_asset_events_then_logical_date() -> None:
+    events = {"recpipe_raw_events": [_Event("2026-01-05"), _Event("2026-01-02")]}
     logical = dt.datetime(2026, 1, 9, tzinfo=dt.timezone.utc)
-    assert resolve_day({"day": "2026-01-03"}, events, logical) == "2026-01-03"
-    assert resolve_day({"day": None}, events, logical) == "2026-01-05"
-    assert resolve_day({}, {}, logical) == "2026-01-09"
+    assert resolve_days({"day": "2026-01-03"}, events, logical) == {"ds_from": "2026-01-03", "ds": "2026-01-03"}
+    assert resolve_days({"day": "2026-01-03", "through": "2026-01-06"}, events, logical)["ds"] == "2026-01-06"
+    # Coalesced ingest runs: one triggered run rebuilds every announced day.
+    assert resolve_days({"day": None}, events, logical) == {"ds_from": "2026-01-02", "ds": "2026-01-05"}
+    assert resolve_days({}, {}, logical) == {"ds_from": "2026-01-09", "ds": "2026-01-09"}
     with pytest.raises(ValueError, match="no day"):
-        resolve_day({}, {}, None)
+        resolve_days({}, {}, None)
+    with pytest.raises(ValueError, match="before start"):
+        resolve_days({"day": "2026-01-06", "through": "2026-01-03"}, {}, None)

@@ -20,7 +20,8 @@
   )
 {%- endmacro %}
 
-{#- The predicate of one segment over the columns of int_user_segment_inputs. -#}
+{#- The predicate of one segment over the inputs of int_user_day_segments (days_since_signup,
+    prior_active_days_<window>, gender, age_bucket, city_tier). -#}
 {% macro segment_predicate(segment) -%}
   {%- set kind = segment['kind'] -%}
   {%- if kind == 'new_users' -%}

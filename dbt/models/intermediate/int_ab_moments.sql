@@ -32,7 +32,8 @@
 
 -- Per (day, bucket, metric): n users and the sums, sums of squares and cross-product of the
 -- per-user numerator and denominator, from which ab_readout computes each bucket's value and the
--- delta-method variance. A run for ds rebuilds days [ds-29, ds], like the retention rows.
+-- delta-method variance. One pass over the activity and one over the retention rows, then one
+-- row per metric. A run for ds_from..ds rebuilds days [ds_from-29, ds], like the retention rows.
 with activity as (
     select
         a.*,
@@ -43,15 +44,11 @@ with activity as (
     where {{ day_window('a.day', w - 1) }}
 ),
 
-retention as (
-    select * from {{ ref('int_user_day_retention') }}
-    where {{ day_window('day', w - 1) }}
-),
-
--- Each user's bucket and first day. A full build reads the activity table (it holds every day);
--- a run for ds reads the lake up to ds, so that days rebuilt in any order count the same users.
+-- Each user's first day and bucket (users keep their bucket). A full build reads the activity
+-- table (it holds every day); a run for ds reads the lake up to ds, so that days rebuilt in any
+-- order count the same users.
 first_seen as (
-    select user_id, min({'day': day, 'experiment_bucket': experiment_bucket}) as first
+    select user_id, min(day) as first_day, arg_min(experiment_bucket, day) as experiment_bucket
     {%- if date_var('ds') is none %}
     from {{ activity_rel }}
     {%- else %}
@@ -62,58 +59,80 @@ first_seen as (
 ),
 
 assigned as (
-    select d.day, f.first.experiment_bucket as experiment_bucket, count(*) as users
+    select d.day, f.experiment_bucket, count(*) as users
     from (select distinct day from activity) as d
-    inner join first_seen as f on f.first.day <= d.day
+    inner join first_seen as f on f.first_day <= d.day
     group by all
 ),
 
-active_sums as (
+active_sums as materialized (
     select
         day,
-        experiment_bucket
+        experiment_bucket,
+        count(*) as n
         {%- for metric, num in per_assigned_user %},
-        sum({{ num }}) as {{ metric }}_s,
-        sum({{ num }} * {{ num }}) as {{ metric }}_s2
+        sum({{ num }}) as {{ metric }}_num,
+        sum({{ num }} * {{ num }}) as {{ metric }}_num2
+        {%- endfor %}
+        {%- for metric, num, den in per_active_user %},
+        sum({{ num }}) as {{ metric }}_num,
+        sum({{ den }}) as {{ metric }}_den,
+        sum({{ num }} * {{ num }}) as {{ metric }}_num2,
+        sum({{ den }} * {{ den }}) as {{ metric }}_den2,
+        sum({{ num }} * {{ den }}) as {{ metric }}_numden
         {%- endfor %}
     from activity
-    group by all
+    group by day, experiment_bucket
+),
+
+cohort_sums as materialized (
+    select
+        day,
+        experiment_bucket,
+        count(*) as n
+        {%- for metric, num, flag in per_cohort_user %},
+        sum({{ num }}) as {{ metric }}_num,
+        sum({{ num }} * {{ num }}) as {{ metric }}_num2,
+        bool_and({{ flag }}) as {{ metric }}_complete
+        {%- endfor %}
+    from {{ ref('int_user_day_retention') }}
+    where {{ day_window('day', w - 1) }}
+    group by day, experiment_bucket
+),
+
+per_assigned as materialized (
+    select a.day, a.experiment_bucket, a.users, s.* exclude (day, experiment_bucket)
+    from assigned as a
+    left join active_sums as s using (day, experiment_bucket)
 ),
 
 moments as (
     {%- for metric, num in per_assigned_user %}
     select
         day, experiment_bucket, '{{ metric }}' as metric, 'assigned users' as population,
-        a.users as n,
-        coalesce(s.{{ metric }}_s, 0) as s_num, a.users as s_den,
-        coalesce(s.{{ metric }}_s2, 0) as s_num2, a.users as s_den2,
-        coalesce(s.{{ metric }}_s, 0) as s_numden,
+        users as n,
+        coalesce({{ metric }}_num, 0) as s_num, users as s_den,
+        coalesce({{ metric }}_num2, 0) as s_num2, users as s_den2,
+        coalesce({{ metric }}_num, 0) as s_numden,
         true as is_complete
-    from assigned as a
-    left join active_sums as s using (day, experiment_bucket)
+    from per_assigned
     union all
     {%- endfor %}
     {%- for metric, num, den in per_active_user %}
     select
-        day, experiment_bucket, '{{ metric }}', 'active users',
-        count(*),
-        sum({{ num }}), sum({{ den }}),
-        sum({{ num }} * {{ num }}), sum({{ den }} * {{ den }}), sum({{ num }} * {{ den }}),
+        day, experiment_bucket, '{{ metric }}', 'active users', n,
+        {{ metric }}_num, {{ metric }}_den, {{ metric }}_num2, {{ metric }}_den2, {{ metric }}_numden,
         true
-    from activity
-    group by day, experiment_bucket
+    from active_sums
     union all
     {%- endfor %}
     {%- for metric, num, flag in per_cohort_user %}
     select
-        day, experiment_bucket, '{{ metric }}', 'active users',
-        count(*),
-        sum({{ num }}), count(*),
-        sum({{ num }} * {{ num }}), count(*), sum({{ num }}),
-        bool_and({{ flag }})
-    from retention
-    group by day, experiment_bucket
-    {{ "union all" if not loop.last }}
+        day, experiment_bucket, '{{ metric }}', 'active users', n,
+        {{ metric }}_num, n, {{ metric }}_num2, n, {{ metric }}_num,
+        {{ metric }}_complete
+    from cohort_sums
+    {{- " union all" if not loop.last }}
     {%- endfor %}
 )
 

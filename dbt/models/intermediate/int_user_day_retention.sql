@@ -2,8 +2,9 @@
 {%- set w = var('retention_window') | int %}
 
 -- Per user active on day d: LT7 = days active in [d, d+6], LT30 = in [d, d+29], and whether d+1
--- was active. A run for ds rebuilds the cohort days [ds-29, ds] (the ones ds completes or changes),
--- reading activity up to ds+29 so that rebuilding an old day sees the days after it.
+-- was active. A run for ds_from..ds rebuilds the cohort days [ds_from-29, ds] (the ones those days
+-- complete or change), reading activity up to ds+29 so that rebuilding an old day sees the days
+-- after it; any order of runs thus ends with the rows of a full build.
 with active_days as (
     select user_id, day, experiment_bucket from {{ ref('int_user_day_activity') }}
     where {{ day_window('day', w - 1, w - 1) }}
@@ -26,9 +27,7 @@ windows as (
         count(*) over (
             partition by user_id order by day range between current row and interval {{ w - 1 }} day following
         ) as lt30,
-        count(*) over (
-            partition by user_id order by day range between interval 1 day following and interval 1 day following
-        ) as active_next_day
+        cast(coalesce(lead(day) over (partition by user_id order by day) = day + 1, false) as int) as active_next_day
     from active_days
 )
 

@@ -1,38 +1,5 @@
 {{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
-
--- PLAYBOOK §1 daily metrics per slice. A run for ds replaces day ds.
-with slices as (
-    select user_id, day, segment, experiment_bucket as slice_bucket
-    from {{ ref('int_user_day_slices') }}
-    where {{ day_window('day') }}
-),
-
-activity as (
-    select * from {{ ref('int_user_day_activity') }}
-    where {{ day_window('day') }}
-),
-
-users as (
-    select user_id, signup_day from {{ ref('stg_users') }}
-),
-
-joined as (
-    select
-        s.day,
-        s.segment,
-        s.slice_bucket,
-        a.* exclude (day, user_id, experiment_bucket),
-        u.signup_day = s.day as is_new
-    from slices as s
-    inner join activity as a using (user_id, day)
-    inner join users as u using (user_id)
-),
-
-totals as (
-    select
-        day,
-        segment,
-        slice_bucket as experiment_bucket,
+{%- set totals %}
         count(*) as dau,
         count(*) filter (where is_new) as new_users,
         cast(sum(sessions) as bigint) as sessions,
@@ -46,8 +13,47 @@ totals as (
         sum(session_duration_s) as session_duration_s,
         cast(sum(publishes) as bigint) as publishing_volume,
         count(*) filter (where publishes > 0) as publishers
-    from joined
-    group by day, segment, slice_bucket
+{%- endset %}
+
+-- PLAYBOOK §1 daily metrics per slice: everyone and each bucket (grouping sets over the active
+-- user-days), each segment (its memberships). A run for ds_from..ds replaces those days.
+with activity as (
+    select a.*, a.day = u.signup_day as is_new
+    from {{ ref('int_user_day_activity') }} as a
+    inner join {{ ref('stg_users') }} as u using (user_id)
+    where {{ day_window('a.day') }}
+),
+
+memberships as (
+    select user_id, day, segment from {{ ref('int_user_day_segments') }}
+    where {{ day_window('day') }}
+),
+
+everyone_and_buckets as (
+    select
+        day,
+        'all' as segment,
+        case when grouping(experiment_bucket) = 1 then 'all' else experiment_bucket end as experiment_bucket,
+        {{- totals }}
+    from activity
+    group by grouping sets ((day), (day, experiment_bucket))
+),
+
+segments as (
+    select
+        day,
+        m.segment,
+        'all' as experiment_bucket,
+        {{- totals }}
+    from activity
+    inner join memberships as m using (user_id, day)
+    group by day, m.segment
+),
+
+slices as (
+    select * from everyone_and_buckets
+    union all
+    select * from segments
 )
 
 select
@@ -75,4 +81,4 @@ select
     publishing_volume,
     publishers,
     publishers / dau as penetration_rate
-from totals
+from slices

@@ -1,27 +1,48 @@
 {{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
 {%- set w = var('retention_window') | int %}
+{%- set cohort %}
+        count(*) as cohort_users,
+        avg(active_next_day) as next_day_retention,
+        avg(lt7) as lt7,
+        avg(lt30) as lt30,
+        bool_and(next_day_complete) as next_day_complete,
+        bool_and(lt7_complete) as lt7_complete,
+        bool_and(lt30_complete) as lt30_complete
+{%- endset %}
 
+-- Next-day retention, LT7 and LT30 per slice, over the users active on the day. A run for
+-- ds_from..ds refreshes days [ds_from-29, ds], the ones whose windows it completes or changes.
 with per_user as (
     select * from {{ ref('int_user_day_retention') }}
     where {{ day_window('day', w - 1) }}
 ),
 
-slices as (
-    select user_id, day, segment, experiment_bucket from {{ ref('int_user_day_slices') }}
+memberships as (
+    select user_id, day, segment from {{ ref('int_user_day_segments') }}
     where {{ day_window('day', w - 1) }}
+),
+
+everyone_and_buckets as (
+    select
+        day,
+        'all' as segment,
+        case when grouping(experiment_bucket) = 1 then 'all' else experiment_bucket end as experiment_bucket,
+        {{- cohort }}
+    from per_user
+    group by grouping sets ((day), (day, experiment_bucket))
+),
+
+segments as (
+    select
+        day,
+        m.segment,
+        'all' as experiment_bucket,
+        {{- cohort }}
+    from per_user
+    inner join memberships as m using (user_id, day)
+    group by day, m.segment
 )
 
-select
-    s.day,
-    s.segment,
-    s.experiment_bucket,
-    count(*) as cohort_users,
-    avg(p.active_next_day) as next_day_retention,
-    avg(p.lt7) as lt7,
-    avg(p.lt30) as lt30,
-    bool_and(p.next_day_complete) as next_day_complete,
-    bool_and(p.lt7_complete) as lt7_complete,
-    bool_and(p.lt30_complete) as lt30_complete
-from slices as s
-inner join per_user as p using (user_id, day)
-group by s.day, s.segment, s.experiment_bucket
+select * from everyone_and_buckets
+union all
+select * from segments
