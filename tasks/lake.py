@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.atomic import atomic_write
 from tasks.contract import TABLES
 
 QUARANTINE = "quarantine"
@@ -62,16 +62,6 @@ def manifest_path(lake: Path, batch_id: str) -> Path:
     return lake / MANIFESTS / f"{batch_id}.json"
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_parquet(data: pa.Table, path: Path, schema: pa.Schema) -> None:
     """Write `data` cast to `schema` atomically: snappy, strings dictionary-encoded, min/max
     statistics on the numbers and timestamps (the columns queries prune on).
@@ -82,7 +72,7 @@ def write_parquet(data: pa.Table, path: Path, schema: pa.Schema) -> None:
     data = data.select(schema.names).cast(schema)
     strings = [f.name for f in schema if pa.types.is_string(f.type)]
     others = [f.name for f in schema if f.name not in strings]
-    _atomic(
+    atomic_write(
         path,
         lambda tmp: pq.write_table(
             data, tmp, compression="snappy", use_dictionary=strings, write_statistics=others
@@ -94,7 +84,7 @@ def write_manifest(lake: Path, batch_id: str, manifest: dict[str, Any]) -> Path:
     """Write the batch manifest atomically; it marks the batch as completely loaded."""
     path = manifest_path(lake, batch_id)
     text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
-    _atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 
 

@@ -14,7 +14,6 @@ import base64
 import datetime as dt
 import html
 import io
-import os
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from tasks.atomic import atomic_write  # noqa: E402
 from tasks.config import PlatformConfig  # noqa: E402
 
 ALL = "all"
@@ -62,15 +62,9 @@ def write_report(cfg: PlatformConfig, now: dt.datetime | None = None) -> Path:
     out = reports_metrics_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%S")
-    _atomic_write(out / f"metrics-{stamp}.html", page)
-    _atomic_write(out / "index.html", page)
+    for path in (out / f"metrics-{stamp}.html", out / "index.html"):
+        atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return out / "index.html"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _png(fig: plt.Figure) -> str:

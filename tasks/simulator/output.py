@@ -18,8 +18,6 @@ Every file is written atomically (temporary file in the same folder, then os.rep
 from __future__ import annotations
 
 import datetime as dt
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.atomic import atomic_write
 from tasks.contract import LOAD_ORDER
 from tasks.simulator.day import DayOutput
 
@@ -42,17 +41,6 @@ def landing_path(landing_dir: Path, day: dt.date, table: str) -> Path:
 def truth_path(ground_truth_dir: Path, table: TruthTable, day: dt.date) -> Path:
     """The ground-truth partition of `table` for `day`."""
     return Path(ground_truth_dir) / table / f"dt={day.isoformat()}" / "part-0.parquet"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temp_path), then move the temporary file onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def parquet_options(table: pa.Table) -> dict[str, object]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.config import SimulatorConfig
-from tasks.simulator.output import atomic_write
+from tasks.atomic import atomic_write
 from tasks.simulator.world import Items, Users, World
 
 _NOT_SIMULATION = {"days", "state_snapshots_kept"}  # fields that do not change any day's output

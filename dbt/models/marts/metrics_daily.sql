@@ -29,31 +29,8 @@ memberships as (
     where {{ day_window('day') }}
 ),
 
-everyone_and_buckets as (
-    select
-        day,
-        'all' as segment,
-        case when grouping(experiment_bucket) = 1 then 'all' else experiment_bucket end as experiment_bucket,
-        {{- totals }}
-    from activity
-    group by grouping sets ((day), (day, experiment_bucket))
-),
-
-segments as (
-    select
-        day,
-        m.segment,
-        'all' as experiment_bucket,
-        {{- totals }}
-    from activity
-    inner join memberships as m using (user_id, day)
-    group by day, m.segment
-),
-
 slices as (
-    select * from everyone_and_buckets
-    union all
-    select * from segments
+    {{ slice_rollup('activity', 'memberships', totals) }}
 )
 
 select

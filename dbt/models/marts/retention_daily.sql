@@ -22,27 +22,8 @@ memberships as (
     where {{ day_window('day', w - 1) }}
 ),
 
-everyone_and_buckets as (
-    select
-        day,
-        'all' as segment,
-        case when grouping(experiment_bucket) = 1 then 'all' else experiment_bucket end as experiment_bucket,
-        {{- cohort }}
-    from per_user
-    group by grouping sets ((day), (day, experiment_bucket))
-),
-
-segments as (
-    select
-        day,
-        m.segment,
-        'all' as experiment_bucket,
-        {{- cohort }}
-    from per_user
-    inner join memberships as m using (user_id, day)
-    group by day, m.segment
+slices as (
+    {{ slice_rollup('per_user', 'memberships', cohort) }}
 )
 
-select * from everyone_and_buckets
-union all
-select * from segments
+select * from slices
