@@ -23,15 +23,17 @@ RUN mkdir -p /opt/recpipe/data /opt/recpipe/dbt \
 USER airflow
 WORKDIR /opt/recpipe
 
-# The installed package: tasks/, models/, expectations/ (rebuild the image when they change).
+# The project, installed editable: tasks/ finds dbt/ and dags/ beside it in /opt/recpipe, not in
+# site-packages (rebuild the image when tasks/, models/ or expectations/ change).
 COPY --chown=airflow:0 constraints.txt pyproject.toml README.md ./
 COPY --chown=airflow:0 tasks/ tasks/
 COPY --chown=airflow:0 models/ models/
 COPY --chown=airflow:0 expectations/ expectations/
-RUN pip install --no-cache-dir -c constraints.txt ".[deploy]"
+RUN pip install --no-cache-dir -c constraints.txt -e ".[deploy]"
 
 # Files read at run time (compose mounts the working tree's dags/ and config/ over them, and dbt/
 # on /opt/recpipe/dbt).
 COPY --chown=airflow:0 dags/ dags/
+COPY --chown=airflow:0 dbt/ dbt/
 COPY --chown=airflow:0 config/ config/
 COPY --chown=airflow:0 scripts/airflow-init.sh scripts/airflow-init.sh

@@ -129,12 +129,14 @@ def test_dockerfile_matches_constraints() -> None:
     assert installs and all("-c constraints.txt" in cmd for cmd in installs), installs
     # The image installs the `deploy` extra: what the compose settings need besides the project.
     assert any('".[deploy]"' in cmd for cmd in installs)
+    # Editable: tasks.dbt_project and tasks.airflow_local resolve dbt/ and dags/ beside tasks/.
+    assert all(' -e ".' in cmd for cmd in installs if '".[' in cmd), installs
     deploy = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["deploy"]
     needed = {"psycopg2-binary", "asyncpg", "apache-airflow-providers-fab", "apache-airflow-providers-celery"}
     assert needed <= set(deploy) and needed <= set(CONSTRAINTS), "pin the deploy extra in constraints.txt"
     copied = [args.split()[-2] for word, args in instructions if word == "COPY"]
     assert "constraints.txt" in " ".join(a for w, a in instructions if w == "COPY")
-    for pkg in ("tasks/", "models/", "expectations/", "dags/", "config/"):
+    for pkg in ("tasks/", "models/", "expectations/", "dags/", "dbt/", "config/"):
         assert pkg in copied, f"the Dockerfile does not COPY {pkg}"
     for text in (COMPOSE_FILE.read_text(), (REPO / "Dockerfile").read_text()):
         assert "_PIP_ADDITIONAL_REQUIREMENTS" not in text
@@ -188,12 +190,24 @@ def test_init_service_migrates_and_creates_pool_and_admin() -> None:
         assert var in service_env(init), f"airflow-init does not pass {var}"
 
 
+# Options that libraries read from Airflow's config under their own section (not in Airflow's list).
+LIBRARY_OPTIONS = {("cosmos", "enable_telemetry")}
+
+
 def test_env_vars_are_airflow_config_keys() -> None:
-    known = airflow_config_keys()
+    known = airflow_config_keys() | LIBRARY_OPTIONS
     for where, key, _ in all_env_items():
         if key.startswith("AIRFLOW__"):
             section, _, option = key.removeprefix("AIRFLOW__").lower().partition("__")
             assert (section, option) in known, f"{where}: {key} is no Airflow config option"
+
+
+def test_library_options_are_read_by_the_library() -> None:
+    import cosmos.settings
+
+    source = Path(cosmos.settings.__file__).read_text()
+    for section, option in LIBRARY_OPTIONS:
+        assert f'"{section}", "{option}"' in source, (section, option)
 
 
 def test_auth_manager_and_executors_are_importable() -> None:
