@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
