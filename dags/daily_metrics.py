@@ -1,6 +1,7 @@
 """daily_metrics: when the ingest DAG publishes a day (the recpipe_raw_events Asset), rebuild that
 day's core metrics in dbt (metrics_daily, retention_daily for the days it completes, ab_readout),
-each model followed by its dbt tests, then write the HTML report.
+each model followed by its dbt tests, then write the HTML report and announce the days
+(the recpipe_metrics Asset) to the pool and social DAGs.
 
 Run it for a day or a range from the UI (Trigger with config) or the CLI:
 `airflow dags trigger daily_metrics --conf '{"day": "2026-01-05", "through": "2026-01-09"}'`
@@ -14,7 +15,7 @@ from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
 from tasks import dbt_project, metrics_run
 from tasks.config import get_config
-from tasks.dag_wiring import RAW_EVENTS, dag_kwargs, writer_task_kwargs
+from tasks.dag_wiring import METRICS, RAW_EVENTS, dag_kwargs, writer_task_kwargs
 
 cfg = get_config()
 
@@ -60,10 +61,13 @@ def daily_metrics_dag() -> None:
         },
     )
 
-    @task(**writer_task_kwargs(cfg))  # DuckDB: a reader may not open the file while a writer has it
-    def write_report() -> str:
+    # DuckDB: a reader may not open the file while a writer has it. The METRICS event tells the
+    # pool and social DAGs which days are ready.
+    @task(outlets=[METRICS], **writer_task_kwargs(cfg))
+    def write_report(outlet_events=None, ti=None) -> str:
         from tasks.report import write_report
 
+        outlet_events[METRICS].extra = ti.xcom_pull(task_ids="resolve_days")
         return str(write_report(cfg))
 
     resolve_days() >> marts >> write_report()

@@ -139,6 +139,81 @@ Segment = Annotated[
 ]
 
 
+# Content pools (PLAYBOOK §2, §5, §6) -----------------------------------------------------------
+POOL_ACTIONS = ("impression", "click", "like", "favorite", "share", "comment", "follow")
+
+
+class PoolScore(_Strict):
+    """Score = the target segment's smoothed rate of `action` per `per` over the candidate's events
+    so far: (actions + prior_weight * r0) / (per + prior_weight), r0 = the rate over all candidates
+    (empirical Bayes), so 1 click of 1 impression does not beat 900 of 1,000."""
+
+    action: Literal["click", "like", "favorite", "share", "comment", "follow"] = "click"
+    per: Literal["impression", "click"] = "impression"
+    min_impressions: Annotated[int, Field(ge=0)] = 20  # the segment's impressions of the item
+    prior_weight: Annotated[float, Field(ge=0)] = 100.0  # in units of `per`
+
+    @model_validator(mode="after")
+    def _a_rate(self) -> "PoolScore":
+        if POOL_ACTIONS.index(self.action) <= POOL_ACTIONS.index(self.per):
+            raise ValueError(f"action {self.action!r} per {self.per!r} is not a rate (action must follow per)")
+        return self
+
+
+class PoolFilters(_Strict):
+    min_rate: Annotated[float, Field(ge=0, le=1)] = 0.0  # on the smoothed rate
+    exclude_expired: bool = True  # items whose expire_ts has passed at the refresh
+
+
+class PoolConfig(_Strict):
+    """One content pool: candidates published within `window` before the refresh, scored for each
+    target segment (none: everyone), filtered, the best `max_size` kept per segment."""
+
+    name: Annotated[str, Field(pattern=IDENTIFIER, max_length=40)]
+    window: Annotated[str, Field(pattern=r"^[1-9][0-9]*[hd]$")]  # e.g. 30d, 1d, 6h
+    segments: tuple[Annotated[str, Field(pattern=IDENTIFIER)], ...] = ()  # one ranked list each
+    score: PoolScore = PoolScore()
+    filters: PoolFilters = PoolFilters()
+    max_size: Annotated[int, Field(ge=1, le=1_000_000)]
+    min_size: Annotated[int, Field(ge=0)] = 1  # GX: a refresh with fewer members per segment fails
+    refresh: Literal["daily", "hourly"] = "daily"
+
+    @property
+    def window_hours(self) -> int:
+        n = int(self.window[:-1])
+        return n * 24 if self.window.endswith("d") else n
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "PoolConfig":
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size {self.min_size} is above max_size {self.max_size}")
+        if len(set(self.segments)) != len(self.segments):
+            raise ValueError("segments are listed twice")
+        return self
+
+
+class KolConfig(_Strict):
+    """KOL scoring (§6): visits that users' shares brought from off the platform."""
+
+    window_days: Annotated[int, Field(ge=1, le=365)] = 30
+    kol_percentile: Annotated[float, Field(gt=0, lt=1)] = 0.99  # is_kol: score percentile at or above
+
+
+class ImplicitFollowWeights(_Strict):
+    click: Annotated[float, Field(ge=0)] = 1.0
+    dwell_minute: Annotated[float, Field(ge=0)] = 0.5
+    like: Annotated[float, Field(ge=0)] = 2.0
+
+
+class ImplicitFollowsConfig(_Strict):
+    """Implicit follows (§2 U2A2I): authors a user engages with a lot without following them."""
+
+    window_days: Annotated[int, Field(ge=1, le=365)] = 14
+    min_clicks: Annotated[int, Field(ge=1)] = 2
+    top_n: Annotated[int, Field(ge=1, le=1000)] = 20
+    weights: ImplicitFollowWeights = ImplicitFollowWeights()
+
+
 class IngestConfig(_Strict):
     """How batches arrive and when a batch is alarming."""
 
@@ -150,6 +225,7 @@ class Schedules(_Strict):
     """Cron strings or Airflow presets per DAG."""
 
     ingest: str = "@daily"
+    pools_hourly: str = "@hourly"  # pools with `refresh: hourly`; daily pools follow daily_metrics
 
 
 class AlertRoute(_Strict):
@@ -178,6 +254,9 @@ class PlatformConfig(_Strict):
     paths: Paths = Paths()
     simulator: SimulatorConfig = SimulatorConfig()
     segments: tuple[Segment, ...] = ()
+    pools: tuple[PoolConfig, ...] = ()
+    kol: KolConfig = KolConfig()
+    implicit_follows: ImplicitFollowsConfig = ImplicitFollowsConfig()
     ingest: IngestConfig = IngestConfig()
     schedules: Schedules = Schedules()
     alerts: AlertsConfig = AlertsConfig()
@@ -191,6 +270,34 @@ class PlatformConfig(_Strict):
         if dupes:
             raise ValueError(f"duplicate segment names {dupes}")
         return v
+
+    @field_validator("pools")
+    @classmethod
+    def _unique_pools(cls, v: tuple) -> tuple:
+        names = [p.name for p in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate pool names {dupes}")
+        return v
+
+    @model_validator(mode="after")
+    def _pool_segments_known(self) -> "PlatformConfig":
+        known = {s.name for s in self.segments}
+        for i, pool in enumerate(self.pools):
+            for j, seg in enumerate(pool.segments):
+                if seg not in known:
+                    raise ValueError(
+                        f"pools.{i}.segments.{j}: pool {pool.name!r} targets unknown segment {seg!r} "
+                        f"(known: {sorted(known)})"
+                    )
+        return self
+
+    def pool(self, name: str) -> PoolConfig:
+        """The pool called `name` (KeyError naming the known ones otherwise)."""
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(f"no pool {name!r}; configured: {[p.name for p in self.pools]}")
 
     # Resolved locations -------------------------------------------------------------------
     @property

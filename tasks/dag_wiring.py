@@ -12,6 +12,17 @@ from tasks.config import PlatformConfig
 from tasks.notifier import RecpipeNotifier
 
 RAW_EVENTS = Asset(name="recpipe_raw_events", uri="x-recpipe://warehouse/raw/events", group="recpipe")
+# daily_metrics announces the days it rebuilt: extra {"ds_from": first, "ds": last}.
+METRICS = Asset(name="recpipe_metrics", uri="x-recpipe://warehouse/marts/metrics", group="recpipe")
+KOL_SCORES = Asset(name="recpipe_kol_scores", uri="x-recpipe://warehouse/social/kol_scores", group="recpipe")
+IMPLICIT_FOLLOWS = Asset(
+    name="recpipe_implicit_follows", uri="x-recpipe://warehouse/social/implicit_follows", group="recpipe"
+)
+
+
+def pool_asset(pool: str) -> Asset:
+    """The Asset a content pool's refresh emits when a new version is published (extra: version)."""
+    return Asset(name=f"recpipe_pool_{pool}", uri=f"x-recpipe://warehouse/pools/{pool}", group="recpipe")
 
 
 def default_args(cfg: PlatformConfig) -> dict[str, Any]:

@@ -36,10 +36,14 @@ def dbt_env(cfg: PlatformConfig) -> dict[str, str]:
     return {"RECPIPE_WAREHOUSE": str(cfg.warehouse_path.resolve())}
 
 
-def dbt_vars(cfg: PlatformConfig, ds: str | None = None, ds_from: str | None = None) -> dict[str, Any]:
+def dbt_vars(
+    cfg: PlatformConfig, ds: str | None = None, ds_from: str | None = None, as_of: str | None = None
+) -> dict[str, Any]:
     """dbt vars from the config: the days to rebuild, [ds_from, ds] (ds_from None: ds alone; ds
     None: every day; dbt checks their format, so Airflow templates may stand in), the segments
-    (validated by the config; 'all' is reserved) and the experiment buckets (the first is control)."""
+    (validated by the config; 'all' is reserved), the experiment buckets (the first is control),
+    and for the pool and social models the refresh time `as_of` ('YYYY-MM-DD HH:MM:SS', UTC),
+    the pools (with their window in hours), the KOL and implicit-follow settings."""
     if ds_from is not None and ds is None:
         raise ValueError("dbt vars: ds_from needs ds (the last day to rebuild)")
     names = [s.name for s in cfg.segments] + list(cfg.simulator.experiment_buckets)
@@ -50,6 +54,10 @@ def dbt_vars(cfg: PlatformConfig, ds: str | None = None, ds_from: str | None = N
         "ds_from": ds_from,
         "segments": [s.model_dump(mode="json") for s in cfg.segments],
         "buckets": list(cfg.simulator.experiment_buckets),
+        "as_of": as_of,
+        "pools": [{**p.model_dump(mode="json"), "window_hours": p.window_hours} for p in cfg.pools],
+        "kol": cfg.kol.model_dump(mode="json"),
+        "implicit_follows": cfg.implicit_follows.model_dump(mode="json"),
     }
 
 
@@ -92,7 +100,13 @@ def build_manifest(cfg: PlatformConfig) -> Path:
     return MANIFEST_PATH
 
 
-def run_dbt(cfg: PlatformConfig, args: list[str], ds: str | None = None, ds_from: str | None = None) -> Any:
+def run_dbt(
+    cfg: PlatformConfig,
+    args: list[str],
+    ds: str | None = None,
+    ds_from: str | None = None,
+    as_of: str | None = None,
+) -> Any:
     """Run `dbt <args>` (e.g. ["build"], ["test", "--select", "metrics_daily"]) on the warehouse
     with the config's vars, rebuilding days [ds_from, ds]. Without ds, `build` and `run` are full
     refreshes (every day, tables recreated). Artifacts and logs go next to the warehouse
@@ -102,5 +116,5 @@ def run_dbt(cfg: PlatformConfig, args: list[str], ds: str | None = None, ds_from
         raise ValueError(f"ds_from {ds_from} is after ds {ds}")
     out = cfg.warehouse_path.resolve().parent / "dbt"
     full_refresh = ["--full-refresh"] if ds is None and args[0] in {"build", "run"} else []
-    flags = ["--vars", json.dumps(dbt_vars(cfg, ds, ds_from)), "--target-path", str(out / "target")]
+    flags = ["--vars", json.dumps(dbt_vars(cfg, ds, ds_from, as_of)), "--target-path", str(out / "target")]
     return _invoke([*args, *flags, *full_refresh, "--log-path", str(out / "logs")], dbt_env(cfg))
