@@ -49,7 +49,11 @@ def daily_metrics_dag() -> None:
         ),
         # dbt in the task's process (profiles.yml: keep_open false, so the file is released after it).
         execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
-        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.BUILD),
+        render_config=RenderConfig(
+            load_method=LoadMode.DBT_MANIFEST,
+            test_behavior=TestBehavior.BUILD,
+            select=list(dbt_project.METRICS_PATHS),  # dbt/selectors.yml `metrics`: not the pools' models
+        ),
         operator_args={
             "vars": dbt_project.dbt_vars(
                 cfg,

@@ -1,14 +1,17 @@
 """Running a GX suite on a pandas frame, and turning its failures into a data-quality alert.
 
 Suites are code (lists of GX Core expectations built per check, see expectations/pools.py); each
-validation runs in an ephemeral GX context through a validation definition on a whole-dataframe
-batch, so a task needs no GX project on disk.
+validation runs through a validation definition on a whole-dataframe batch in the process's one
+ephemeral GX context (created once: each context makes a temporary docs folder), so a task needs
+no GX project on disk.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import pandas as pd
@@ -17,6 +20,7 @@ from tasks.alerts import Alert, raise_alert
 from tasks.config import PlatformConfig
 
 log = logging.getLogger(__name__)
+_RUN_IDS = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,14 @@ class ValidationOutcome:
     failed: list[dict[str, Any]] = field(default_factory=list)
 
 
+@lru_cache(maxsize=1)
 def _context() -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    ctx.data_sources.add_pandas("frames")
     return ctx
 
 
@@ -55,16 +61,19 @@ def validate_frame(df: pd.DataFrame, suite_name: str, expectations: list[Any]) -
     import great_expectations as gx
 
     ctx = _context()
-    batch = (
-        ctx.data_sources.add_pandas("frames")
-        .add_dataframe_asset(suite_name)
-        .add_batch_definition_whole_dataframe("whole")
-    )
-    suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name))
+    name = f"{suite_name}-{next(_RUN_IDS)}"  # definitions live in the shared context only for this run
+    source = ctx.data_sources.get("frames")
+    batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
+    suite = ctx.suites.add(gx.ExpectationSuite(name=name))
     for expectation in expectations:
         suite.add_expectation(expectation)
-    definition = ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
-    result = definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
+    definition = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    try:
+        result = definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
+    finally:
+        ctx.validation_definitions.delete(name)
+        ctx.suites.delete(name)
+        source.delete_asset(name)
     failed = [_failure(r) for r in result.results if not r.success]
     outcome = ValidationOutcome(suite_name, bool(result.success), len(result.results), failed)
     log.info("GX %s: %s (%d expectations, %d failed, %d rows)", suite_name,

@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ DBT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 PROFILES_PATH = DBT_DIR / "profiles.yml"
 MANIFEST_PATH = DBT_DIR / "target" / "manifest.json"
 RESERVED_SLICE = "all"  # the metric marts' name for "every segment" / "every bucket"
+# The §1 metric models (dbt/selectors.yml `metrics`, the default selection), as Cosmos selects.
+METRICS_PATHS = ("path:models/staging", "path:models/intermediate", "path:models/marts")
 
 
 class DbtError(RuntimeError):
@@ -37,13 +39,18 @@ def dbt_env(cfg: PlatformConfig) -> dict[str, str]:
 
 
 def dbt_vars(
-    cfg: PlatformConfig, ds: str | None = None, ds_from: str | None = None, as_of: str | None = None
+    cfg: PlatformConfig,
+    ds: str | None = None,
+    ds_from: str | None = None,
+    as_of: str | list[str] | None = None,
+    pools: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """dbt vars from the config: the days to rebuild, [ds_from, ds] (ds_from None: ds alone; ds
     None: every day; dbt checks their format, so Airflow templates may stand in), the segments
     (validated by the config; 'all' is reserved), the experiment buckets (the first is control),
-    and for the pool and social models the refresh time `as_of` ('YYYY-MM-DD HH:MM:SS', UTC),
-    the pools (with their window in hours), the KOL and implicit-follow settings."""
+    and for the pool and social models the refresh time(s) `as_of` ('YYYY-MM-DD HH:00:00', UTC),
+    the pools (those named in `pools`, default all; with their window in hours), the KOL and
+    implicit-follow settings."""
     if ds_from is not None and ds is None:
         raise ValueError("dbt vars: ds_from needs ds (the last day to rebuild)")
     names = [s.name for s in cfg.segments] + list(cfg.simulator.experiment_buckets)
@@ -55,7 +62,10 @@ def dbt_vars(
         "segments": [s.model_dump(mode="json") for s in cfg.segments],
         "buckets": list(cfg.simulator.experiment_buckets),
         "as_of": as_of,
-        "pools": [{**p.model_dump(mode="json"), "window_hours": p.window_hours} for p in cfg.pools],
+        "pools": [
+            {**cfg.pool(name).model_dump(mode="json"), "window_hours": cfg.pool(name).window_hours}
+            for name in (pools if pools is not None else [p.name for p in cfg.pools])
+        ],
         "kol": cfg.kol.model_dump(mode="json"),
         "implicit_follows": cfg.implicit_follows.model_dump(mode="json"),
     }
@@ -105,7 +115,8 @@ def run_dbt(
     args: list[str],
     ds: str | None = None,
     ds_from: str | None = None,
-    as_of: str | None = None,
+    as_of: str | list[str] | None = None,
+    pools: Sequence[str] | None = None,
 ) -> Any:
     """Run `dbt <args>` (e.g. ["build"], ["test", "--select", "metrics_daily"]) on the warehouse
     with the config's vars, rebuilding days [ds_from, ds]. Without ds, `build` and `run` are full
@@ -116,5 +127,5 @@ def run_dbt(
         raise ValueError(f"ds_from {ds_from} is after ds {ds}")
     out = cfg.warehouse_path.resolve().parent / "dbt"
     full_refresh = ["--full-refresh"] if ds is None and args[0] in {"build", "run"} else []
-    flags = ["--vars", json.dumps(dbt_vars(cfg, ds, ds_from, as_of)), "--target-path", str(out / "target")]
+    flags = ["--vars", json.dumps(dbt_vars(cfg, ds, ds_from, as_of, pools)), "--target-path", str(out / "target")]
     return _invoke([*args, *flags, *full_refresh, "--log-path", str(out / "logs")], dbt_env(cfg))

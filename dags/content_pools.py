@@ -1,0 +1,90 @@
+"""content_pools: refresh the content pools declared in the platform config (`pools:`).
+
+Each run renders the candidates of its pools in dbt (dbt/models/pools, one generic model), then
+each pool's new version is checked by its GX suite and published by switching the pool's pointer;
+a pool's Asset (recpipe_pool_<name>) is emitted only when its version is published, so index
+refreshes follow. A rejected version raises a data-quality alert and fails its task; the previous
+version stays current.
+
+- `content_pools`: the pools with `refresh: daily`, after daily_metrics (the recpipe_metrics
+  Asset), one refresh at the end of each day it announces; or by hand with params day/through.
+- `content_pools_hourly`: the pools with `refresh: hourly`, on `schedules.pools_hourly`, refreshed
+  at the end of the run's data interval (or param `at`).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, task
+
+from tasks import metrics_run, pools
+from tasks.config import get_config
+from tasks.dag_wiring import METRICS, dag_kwargs, pool_asset, writer_task_kwargs
+
+cfg = get_config()
+
+
+def _pool_tasks(names: list[str], times) -> None:
+    """dbt renders every pool of the run; then one publish task per pool, with its Asset."""
+
+    @task(**writer_task_kwargs(cfg))
+    def render_candidates(times: list[str]) -> list[str]:
+        import datetime as dt
+
+        pools.build_candidates(cfg, [dt.datetime.strptime(t, pools.AS_OF_FORMAT) for t in times], names)
+        return times
+
+    rendered = render_candidates(times)
+    for name in names:
+
+        @task(task_id=f"publish_{name}", outlets=[pool_asset(name)], **writer_task_kwargs(cfg))
+        def publish(times: list[str], pool: str = name, outlet_events=None) -> dict[str, str]:
+            published = pools.publish_all(cfg, pool, times)
+            outlet_events[pool_asset(pool)].extra = published
+            return published
+
+        publish(rendered)
+
+
+daily = [p.name for p in cfg.pools if p.refresh == "daily"]
+hourly = [p.name for p in cfg.pools if p.refresh == "hourly"]
+
+if daily:
+
+    @dag(
+        dag_id="content_pools",
+        description="Daily content pools: dbt candidates -> GX per version -> publish (pointer switch)",
+        max_active_runs=1,
+        doc_md=__doc__,
+        params={
+            "day": Param(None, type=["null", "string"], format="date", description="first day to refresh"),
+            "through": Param(None, type=["null", "string"], format="date", description="last day (default: day)"),
+        },
+        **dag_kwargs(cfg, schedule=[METRICS], tags=["pools", "dbt", "gx"]),
+    )
+    def content_pools_dag() -> None:
+        @task
+        def refresh_times(params=None, triggering_asset_events=None, logical_date=None) -> list[str]:
+            return pools.daily_refresh_times(metrics_run.resolve_days(params, triggering_asset_events, logical_date))
+
+        _pool_tasks(daily, refresh_times())
+
+    content_pools_dag()
+
+if hourly:
+
+    @dag(
+        dag_id="content_pools_hourly",
+        description="Hourly content pools (e.g. pool_6h): dbt candidates -> GX per version -> publish",
+        max_active_runs=1,
+        doc_md=__doc__,
+        params={"at": Param(None, type=["null", "string"], description="refresh time 'YYYY-MM-DD HH:00:00' (UTC)")},
+        **dag_kwargs(cfg, schedule=cfg.schedules.pools_hourly, tags=["pools", "dbt", "gx"]),
+    )
+    def content_pools_hourly_dag() -> None:
+        @task
+        def refresh_times(params=None, data_interval_end=None) -> list[str]:
+            return pools.hourly_refresh_time((params or {}).get("at"), data_interval_end)
+
+        _pool_tasks(hourly, refresh_times())
+
+    content_pools_hourly_dag()

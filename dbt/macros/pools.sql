@@ -1,0 +1,50 @@
+{#- Content pools (PLAYBOOK §2, §5, §6) come from the platform config (var pools, validated by
+    tasks/config.py) and are checked again here: names as identifiers, actions from a fixed set,
+    numbers as numbers. Nothing from the config reaches SQL as raw text. -#}
+
+{% macro pool_action(name) -%}
+  {%- if name not in ['impression', 'click', 'like', 'favorite', 'share', 'comment', 'follow'] -%}
+    {{ exceptions.raise_compiler_error("not a pool score action: " ~ name) }}
+  {%- endif -%}
+  '{{ name }}'
+{%- endmacro %}
+
+{#- The refresh times of a run (var as_of: one 'YYYY-MM-DD HH:00:00' or a list of them, UTC, on
+    the hour), as a list of strings. -#}
+{% macro refresh_times() -%}
+  {%- set value = var('as_of', none) -%}
+  {%- if not execute -%}
+    {{ return(['1970-01-01 00:00:00']) }}  {#- parsing (dbt parse, the manifest): no vars needed -#}
+  {%- endif -%}
+  {%- if value is none or value == '' or value == 'None' -%}
+    {{ exceptions.raise_compiler_error("var as_of (the refresh time, 'YYYY-MM-DD HH:00:00') is required") }}
+  {%- endif -%}
+  {%- set values = [value] if value is string else value -%}
+  {%- for v in values if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:00:00', v | string) -%}
+    {{ exceptions.raise_compiler_error("var as_of must be 'YYYY-MM-DD HH:00:00' (on the hour), got " ~ v) }}
+  {%- endfor -%}
+  {{ return(values | map('string') | list) }}
+{%- endmacro %}
+
+{#- One row per (pool, target segment): the pool's settings as SQL literals. A pool without
+    target segments has one row for everyone (segment 'all'). -#}
+{% macro pool_spec_rows() -%}
+  {%- set rows = [] -%}
+  {%- for p in var('pools') -%}
+    {%- for segment in (p['segments'] or ['all']) -%}
+      {%- do rows.append(
+        "('" ~ sql_identifier(p['name']) ~ "', '" ~ sql_identifier(segment) ~ "', "
+        ~ (p['window_hours'] | int) ~ ", " ~ pool_action(p['score']['action']) ~ ", "
+        ~ pool_action(p['score']['per']) ~ ", " ~ (p['score']['min_impressions'] | int) ~ ", "
+        ~ (p['score']['prior_weight'] | float) ~ ", " ~ (p['filters']['min_rate'] | float) ~ ", "
+        ~ ('true' if p['filters']['exclude_expired'] else 'false') ~ ", " ~ (p['max_size'] | int) ~ ")"
+      ) -%}
+    {%- endfor -%}
+  {%- endfor -%}
+  {%- if not rows and execute -%}
+    {{ exceptions.raise_compiler_error("var pools is empty: no content pool to render") }}
+  {%- elif not rows -%}
+    {%- do rows.append("('parse', 'all', 1, 'click', 'impression', 0, 0.0, 0.0, true, 1)") -%}
+  {%- endif -%}
+  {{ return(rows) }}
+{%- endmacro %}

@@ -1,0 +1,237 @@
+"""Content pools (PLAYBOOK §2, §5, §6) on a small simulation: members recomputed independently in
+pandas from the lake's Parquet files (pool_1d, a segment pool, follow_promoting), refresh history
+(adds, removes with reasons, added_at carried), idempotent re-runs, a rejected version leaving the
+previous one current with a data-quality alert, and a pool added by YAML alone, refreshed by the
+content_pools DAG."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+import yaml
+
+from tasks.alerts import read_alerts
+from tasks.config import PlatformConfig, PoolConfig, load_config
+from tasks.dbt_project import run_dbt
+from tasks.load import load_dir
+from tasks.pools import end_of_day, refresh_pools, version_name
+from tasks.simulator import simulate
+from tasks.warehouse import refresh_views
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.slow
+START = dt.date(2026, 1, 1)
+DAYS = 12
+REFRESH_DAYS = [START + dt.timedelta(days=d) for d in (9, 10, 11)]
+BIN = Path(sys.executable).parent
+DAGS = Path(__file__).resolve().parent.parent / "dags"
+
+
+def _read(cfg: PlatformConfig, sql: str, params: list | None = None) -> pd.DataFrame:
+    with duckdb.connect(str(cfg.warehouse_path), read_only=True) as con:
+        return con.execute(sql, params or []).df()
+
+
+def _lake(cfg: PlatformConfig, table: str) -> pd.DataFrame:
+    return pads.dataset(cfg.lake_dir / table, format="parquet", partitioning="hive").to_table().to_pandas()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> PlatformConfig:
+    """1,500 users x 12 days simulated and loaded, the metrics built, pools refreshed at the end of
+    days 10, 11 and 12."""
+    tmp = tmp_path_factory.mktemp("pools")
+    cfg = load_config(
+        write_config(tmp / "recpipe.yaml", tmp / "data", simulator={"users": 1500, "items": 1200, "days": DAYS})
+    )
+    simulate(cfg.simulator, cfg.landing_dir, cfg.ground_truth_dir)
+    load_dir(cfg.landing_dir, cfg)
+    refresh_views(cfg)
+    run_dbt(cfg, ["build"])
+    refresh_pools(cfg, [end_of_day(d) for d in REFRESH_DAYS])
+    return cfg
+
+
+def _expected_members(cfg: PlatformConfig, pool: PoolConfig, as_of: dt.datetime) -> pd.DataFrame:
+    """The pool at `as_of`, recomputed from the lake: candidates by publish time and expiry,
+    the target segment's counts (demographic segments from the users table), the empirical-Bayes
+    smoothed rate, the floor and min-rate filters, the best max_size."""
+    items = _lake(cfg, "items")
+    events = _lake(cfg, "events")
+    users = _lake(cfg, "users")
+    start = as_of - dt.timedelta(hours=pool.window_hours)
+    cand = items[(items.publish_ts >= start) & (items.publish_ts < as_of)].copy()
+    ev = events[(events.ts < as_of) & events.item_id.isin(cand.item_id)]
+    rows = []
+    for segment in pool.segments or ("all",):
+        seg_ev = ev
+        if segment != "all":
+            spec = next(s for s in cfg.segments if s.name == segment)
+            assert spec.kind == "demographic", "this check recomputes demographic segments only"
+            members = users[
+                users.gender.isin(spec.gender or users.gender.unique())
+                & users.age_bucket.isin(spec.age_bucket or users.age_bucket.unique())
+                & users.city_tier.isin(spec.city_tier or users.city_tier.unique())
+            ].user_id
+            seg_ev = ev[ev.user_id.isin(members)]
+        counts = pd.crosstab(seg_ev.item_id, seg_ev.event_type).reindex(cand.item_id, fill_value=0)
+        counts = counts.reindex(columns=list(dict.fromkeys(["impression", "click", pool.score.action])), fill_value=0)
+        x = counts[pool.score.action].to_numpy(float)
+        n = counts[pool.score.per].to_numpy(float)
+        prior = x.sum() / n.sum() if n.sum() else 0.0
+        m = pool.score.prior_weight
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = (x + m * prior) / (n + m)
+        df = pd.DataFrame(
+            {"segment": segment, "item_id": cand.item_id.to_numpy(), "score": score,
+             "impressions": counts["impression"].to_numpy()}
+        )
+        expire = cand.expire_ts.to_numpy()
+        ok = (df.impressions >= pool.score.min_impressions) & (df.score >= pool.filters.min_rate)
+        if pool.filters.exclude_expired:
+            ok &= ~(pd.notna(expire) & (expire <= np.datetime64(as_of)))
+        df = df[ok.to_numpy() & np.isfinite(score)]
+        df = df.sort_values(["score", "impressions", "item_id"], ascending=[False, False, True]).head(pool.max_size)
+        df["rank"] = np.arange(1, len(df) + 1)
+        rows.append(df)
+    return pd.concat(rows)[["segment", "item_id", "score", "rank"]].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("name", ["pool_1d", "female_18_24_pool", "follow_promoting"])
+def test_members_match_an_independent_computation(built: PlatformConfig, name: str) -> None:
+    cfg = built
+    pool = cfg.pool(name)
+    for day in REFRESH_DAYS:
+        as_of = end_of_day(day)
+        expected = _expected_members(cfg, pool, as_of)
+        got = _read(
+            cfg,
+            "select segment, item_id, score, rank from pool_members where pool = ? and version = ? order by segment, rank",
+            [name, version_name(as_of)],
+        )
+        assert len(expected) > 0, f"{name} at {as_of}: the check needs a non-empty pool"
+        assert got[["segment", "item_id"]].to_dict("records") == expected[["segment", "item_id"]].to_dict("records")
+        np.testing.assert_allclose(got.score, expected.score, rtol=0, atol=1e-9)
+        assert got["rank"].tolist() == expected["rank"].tolist()
+
+
+def test_every_configured_pool_is_published_and_current(built: PlatformConfig) -> None:
+    cfg = built
+    current = _read(cfg, "select pool, version from pool_current order by pool")
+    daily_and_hourly = sorted(p.name for p in cfg.pools)
+    assert current.pool.tolist() == daily_and_hourly
+    assert set(current.version) == {version_name(end_of_day(REFRESH_DAYS[-1]))}
+    versions = _read(cfg, "select pool, status, count(*) as n from pool_versions group by all")
+    assert (versions.status == "published").all() and (versions.n == len(REFRESH_DAYS)).all()
+    sizes = _read(cfg, "select pool, segment, count(*) as n from pool_current_members group by all")
+    for pool in cfg.pools:
+        got = sizes[sizes.pool == pool.name]
+        assert set(got.segment) <= set(pool.segments or ["all"])
+        assert (got.n <= pool.max_size).all()
+
+
+def test_history_records_adds_and_removes_with_reasons(built: PlatformConfig) -> None:
+    cfg = built
+    for before, after in zip(REFRESH_DAYS, REFRESH_DAYS[1:]):
+        old_v, new_v = version_name(end_of_day(before)), version_name(end_of_day(after))
+        for pool in cfg.pools:
+            members = _read(
+                cfg,
+                "select version, segment, item_id, added_at from pool_members where pool = ? and version in (?, ?)",
+                [pool.name, old_v, new_v],
+            )
+            old = set(map(tuple, members[members.version == old_v][["segment", "item_id"]].to_numpy()))
+            new = set(map(tuple, members[members.version == new_v][["segment", "item_id"]].to_numpy()))
+            history = _read(
+                cfg, "select segment, item_id, change, reason from pool_history where pool = ? and version = ?",
+                [pool.name, new_v],
+            )
+            adds = set(map(tuple, history[history.change == "add"][["segment", "item_id"]].to_numpy()))
+            removes = set(map(tuple, history[history.change == "remove"][["segment", "item_id"]].to_numpy()))
+            assert adds == new - old and removes == old - new, pool.name
+            # Items that stayed keep the time they were first added.
+            both = members[members.set_index(["segment", "item_id"]).index.isin(list(old & new))]
+            assert (both.groupby(["segment", "item_id"]).added_at.nunique() == 1).all(), pool.name
+
+    # Reasons agree with the items' own facts.
+    items = _lake(cfg, "items").set_index("item_id")
+    removed = _read(cfg, "select pool, as_of, item_id, reason from pool_history where change = 'remove'")
+    assert len(removed) > 0 and set(removed.reason) <= {"aged_out", "expired", "below_impressions_floor", "below_min_rate", "outranked"}
+    for r in removed.itertuples():
+        start = r.as_of - pd.Timedelta(hours=cfg.pool(r.pool).window_hours)
+        aged = items.publish_ts[r.item_id] < start
+        assert (r.reason == "aged_out") == aged, r
+        if r.reason == "expired":
+            assert items.expire_ts[r.item_id] <= r.as_of
+    assert "aged_out" in set(removed.reason)
+
+
+def test_refreshing_again_changes_nothing(built: PlatformConfig) -> None:
+    cfg = built
+    sql = {
+        "pool_members": "select * from pool_members order by all",
+        "pool_history": "select * from pool_history order by all",
+        "pool_versions": "select * exclude (created_at) from pool_versions order by all",
+        "pool_current": "select * exclude (published_at) from pool_current order by all",
+    }
+    before = {t: _read(cfg, q) for t, q in sql.items()}
+    refresh_pools(cfg, [end_of_day(REFRESH_DAYS[-1])])
+    for t, q in sql.items():
+        pd.testing.assert_frame_equal(_read(cfg, q), before[t], obj=t)
+
+
+def test_a_failing_version_is_rejected_and_the_previous_stays_current(built: PlatformConfig, tmp_path: Path) -> None:
+    cfg = built
+    current = _read(cfg, "select version from pool_current where pool = 'female_18_24_pool'").version[0]
+    raw = cfg.model_dump(mode="json")
+    for p in raw["pools"]:
+        if p["name"] == "female_18_24_pool":
+            p["min_size"] = p["max_size"]  # more members than the segment's eligible items
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    strict = load_config(path)
+    later = end_of_day(REFRESH_DAYS[-1] + dt.timedelta(days=1))
+    (outcome,) = refresh_pools(strict, [later], ["female_18_24_pool"])
+    assert not outcome.published
+    assert _read(cfg, "select version from pool_current where pool = 'female_18_24_pool'").version[0] == current
+    status = _read(cfg, "select status from pool_versions where pool = 'female_18_24_pool' and version = ?",
+                   [version_name(later)])
+    assert status.status.tolist() == ["rejected"]
+    alert = read_alerts(cfg)[-1]
+    assert alert["kind"] == "data_quality" and "female_18_24_pool" in alert["title"]
+    assert any("expect_table_row_count_to_be_between" in f for f in alert["details"]["failed_expectations"])
+
+
+def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_path: Path) -> None:
+    """A new pool, declared only in the YAML, refreshed by the real content_pools DAG (`recpipe pools`)."""
+    cfg = built
+    raw = cfg.model_dump(mode="json")
+    raw["pools"].append(
+        {"name": "tier2_comments_7d", "window": "7d", "segments": ["male_18_24_tier2"], "max_size": 40,
+         "score": {"action": "comment", "per": "click", "min_impressions": 3, "prior_weight": 10}}
+    )
+    path = tmp_path / "added.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
+    env.update(
+        AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__COSMOS__ENABLE_TELEMETRY="False",
+        RECPIPE_CONFIG=str(path),
+    )
+    day = REFRESH_DAYS[-1].isoformat()
+    done = subprocess.run([str(BIN / "recpipe"), "pools", "--start", day], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    got = _read(cfg, "select * from pool_current_members where pool = 'tier2_comments_7d' order by rank")
+    expected = _expected_members(load_config(path), load_config(path).pool("tier2_comments_7d"), end_of_day(REFRESH_DAYS[-1]))
+    assert len(got) > 0
+    assert got.item_id.tolist() == expected.item_id.tolist()
