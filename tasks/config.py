@@ -41,6 +41,7 @@ class Paths(_Strict):
     ground_truth: str = "ground_truth"
     alerts_log: str = "alerts/alerts.jsonl"
     reports: str = "reports"
+    artifacts: str = "artifacts"  # versioned models and ANN indexes (tasks/artifacts.py)
 
 
 class SimulatorConfig(_Strict):
@@ -214,6 +215,85 @@ class ImplicitFollowsConfig(_Strict):
     weights: ImplicitFollowWeights = ImplicitFollowWeights()
 
 
+# Retrieval (PLAYBOOK §2, §3 aged models) -------------------------------------------------------
+class TwoTowerConfig(_Strict):
+    """Two-tower retrieval: towers, in-batch softmax with logQ correction, negatives, aged training."""
+
+    dim: Annotated[int, Field(ge=4, le=1024)] = 32
+    temperature: Annotated[float, Field(gt=0, le=10)] = 0.05
+    batch_size: Annotated[int, Field(ge=8)] = 512
+    learning_rate: Annotated[float, Field(gt=0)] = 0.005
+    first_epochs: Annotated[int, Field(ge=1)] = 3  # a cold start (no current version): epochs over the window
+    logq_correction: bool = True  # logit - log p_j, p_j = item j's share of the training positives
+    random_negatives: Annotated[int, Field(ge=0)] = 0  # per batch, sampled with popularity^0.75
+    hard_negatives: Annotated[int, Field(ge=0)] = 0  # per positive: shown to the user, not clicked
+    sequence_length: Annotated[int, Field(ge=0, le=1000)] = 20  # recent positives in the user tower
+    warm_start: bool = True  # aged ("old soup") training: from the current version, 1 epoch on the new day
+    seed: int = 7
+
+
+class ItemCFConfig(_Strict):
+    top_k: Annotated[int, Field(ge=1, le=1000)] = 50
+    max_users_per_item: Annotated[int, Field(ge=2)] = 1000  # sampled above this (cost cap)
+    heavy_user_damping: bool = False  # weight each user by (|I_u| + 5)^-0.35
+
+
+class SwingConfig(_Strict):
+    alpha: Annotated[float, Field(gt=0)] = 1.0
+    top_k: Annotated[int, Field(ge=1, le=1000)] = 50
+    max_users_per_item: Annotated[int, Field(ge=2)] = 1000
+    heavy_user_damping: bool = True
+
+
+class UserCFConfig(_Strict):
+    """U2U2I: the liked items of the most similar users."""
+
+    top_k_users: Annotated[int, Field(ge=1, le=1000)] = 50
+    max_users_per_item: Annotated[int, Field(ge=2)] = 1000
+
+
+class AuthorChannelsConfig(_Strict):
+    """U2A2I (explicit + implicit follows -> the authors' items) and U2A2A2I (-> similar authors)."""
+
+    items_per_author: Annotated[int, Field(ge=1)] = 10  # an author's most clicked recent items
+    similar_authors: Annotated[int, Field(ge=1)] = 20  # per author, by co-engagement
+
+
+class RetrievalConfig(_Strict):
+    positive_event: Literal["click", "like"] = "click"  # what counts as a positive (user, item) pair
+    train_window_days: Annotated[int, Field(ge=1, le=365)] = 30
+    seed_items: Annotated[int, Field(ge=1, le=1000)] = 20  # U2I2I: the user's most recent positives
+    two_tower: TwoTowerConfig = TwoTowerConfig()
+    itemcf: ItemCFConfig = ItemCFConfig()
+    swing: SwingConfig = SwingConfig()
+    u2u2i: UserCFConfig = UserCFConfig()
+    authors: AuthorChannelsConfig = AuthorChannelsConfig()
+
+
+class EvaluationConfig(_Strict):
+    """Offline evaluation: train on days <= d, evaluate on the clicks of d + 1."""
+
+    k: tuple[Annotated[int, Field(ge=1, le=5000)], ...] = (50, 100)
+    tail_share: Annotated[float, Field(gt=0, lt=1)] = 0.8  # tail = the least clicked share of items
+    max_recall_drop: Annotated[float, Field(ge=0, le=1)] = 0.05  # gate: relative drop of Recall@k[0] vs current
+
+
+class AnnConfig(_Strict):
+    """ANN index per content pool x vector model (faiss, inner product on normalised vectors)."""
+
+    exact_below: Annotated[int, Field(ge=1)] = 20_000  # pools smaller than this get an exact index
+    kind: Literal["hnsw", "ivf"] = "hnsw"
+    hnsw_m: Annotated[int, Field(ge=4, le=128)] = 32
+    ef_construction: Annotated[int, Field(ge=8)] = 200
+    ef_search: Annotated[int, Field(ge=8)] = 128
+    ivf_nlist: Annotated[int, Field(ge=1)] = 1024
+    ivf_nprobe: Annotated[int, Field(ge=1)] = 32
+    recall_k: Annotated[int, Field(ge=1)] = 100
+    min_recall: Annotated[float, Field(gt=0, le=1)] = 0.95  # recall@recall_k vs exact, else keep the old index
+    sample_queries: Annotated[int, Field(ge=10)] = 1000
+    versions_kept: Annotated[int, Field(ge=1)] = 3
+
+
 class IngestConfig(_Strict):
     """How batches arrive and when a batch is alarming."""
 
@@ -257,6 +337,9 @@ class PlatformConfig(_Strict):
     pools: tuple[PoolConfig, ...] = ()
     kol: KolConfig = KolConfig()
     implicit_follows: ImplicitFollowsConfig = ImplicitFollowsConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    ann: AnnConfig = AnnConfig()
     ingest: IngestConfig = IngestConfig()
     schedules: Schedules = Schedules()
     alerts: AlertsConfig = AlertsConfig()
@@ -333,6 +416,10 @@ class PlatformConfig(_Strict):
     @property
     def reports_dir(self) -> Path:
         return self._under_root(self.paths.reports)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self._under_root(self.paths.artifacts)
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:

@@ -20,6 +20,11 @@ IMPLICIT_FOLLOWS = Asset(
 )
 
 
+def model_asset(model: str) -> Asset:
+    """The Asset nightly_training emits when a new version of a model becomes current (extra: version)."""
+    return Asset(name=f"recpipe_model_{model}", uri=f"x-recpipe://artifacts/models/{model}", group="recpipe")
+
+
 def pool_asset(pool: str) -> Asset:
     """The Asset a content pool's refresh emits when a new version is published (extra: version)."""
     return Asset(name=f"recpipe_pool_{pool}", uri=f"x-recpipe://warehouse/pools/{pool}", group="recpipe")
