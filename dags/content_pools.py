@@ -4,7 +4,7 @@ Each run renders the candidates of its pools in dbt (dbt/models/pools, one gener
 each pool's new version is checked by its GX suite and published by switching the pool's pointer;
 a pool's Asset (recpipe_pool_<name>) is emitted only when its version is published, so index
 refreshes follow. A rejected version raises a data-quality alert and fails its task; the previous
-version stays current.
+version stays current. The run ends by rewriting the nightly report (pools section).
 
 - `content_pools`: the pools with `refresh: daily`, after daily_metrics (the recpipe_metrics
   Asset), one refresh at the end of each day it announces; or by hand with params day/through.
@@ -18,13 +18,14 @@ from airflow.sdk import Param, dag, task
 
 from tasks import metrics_run, pools
 from tasks.config import get_config
-from tasks.dag_wiring import METRICS, dag_kwargs, pool_asset, writer_task_kwargs
+from tasks.dag_wiring import METRICS, dag_kwargs, pool_asset, write_report_task, writer_task_kwargs
 
 cfg = get_config()
 
 
 def _pool_tasks(names: list[str], times) -> None:
-    """dbt renders every pool of the run; then one publish task per pool, with its Asset."""
+    """dbt renders every pool of the run; then one publish task per pool, with its Asset; then
+    the report is rewritten (whatever the pools' outcome)."""
 
     @task(**writer_task_kwargs(cfg))
     def render_candidates(times: list[str]) -> list[str]:
@@ -34,15 +35,18 @@ def _pool_tasks(names: list[str], times) -> None:
         return times
 
     rendered = render_candidates(times)
+    published = []
     for name in names:
 
         @task(task_id=f"publish_{name}", outlets=[pool_asset(name)], **writer_task_kwargs(cfg))
         def publish(times: list[str], pool: str = name, outlet_events=None) -> dict[str, str]:
-            published = pools.publish_all(cfg, pool, times)
-            outlet_events[pool_asset(pool)].extra = published
-            return published
+            version = pools.publish_all(cfg, pool, times)
+            outlet_events[pool_asset(pool)].extra = version
+            return version
 
-        publish(rendered)
+        published.append(publish(rendered))
+
+    published >> write_report_task(cfg, trigger_rule="all_done")  # also after a rejected version
 
 
 daily = [p.name for p in cfg.pools if p.refresh == "daily"]

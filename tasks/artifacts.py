@@ -54,7 +54,7 @@ def publish(store: Path, write: Callable[[Path], dict[str, Any]], meta: dict[str
 
     The version folder is renamed into place only after `write` returns and meta.json is written;
     if anything fails, the staging folder is removed and the current version is untouched."""
-    name = f"{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    name = f"{_now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:4]}"  # sorts by creation time
     versions = Path(store) / "versions"
     staging = versions / f".staging-{name}"
     staging.mkdir(parents=True)

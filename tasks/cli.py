@@ -60,6 +60,9 @@ def _cmd_airflow_setup(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+RECENT_DEMO_DAYS = 7
+
+
 def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     from tasks.airflow_local import run_dag_for_days, setup_metadata
     from tasks.demo_summary import print_summary
@@ -69,11 +72,16 @@ def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     day_list = [start + dt.timedelta(days=i) for i in range(days)]
     print(
         f"recpipe demo: {days} simulated days from {start} through the ingest DAG, then daily_metrics "
-        f"over them (data in {cfg.data_root})"
+        f"over them, then content_pools, kol_scoring and implicit_follows (data in {cfg.data_root})"
     )
     setup_metadata(cfg)
     run_dag_for_days("ingest", day_list)
     run_dag_for_days("daily_metrics", [day_list[0]], conf={"through": day_list[-1].isoformat()})
+    # What follows daily_metrics, over the last RECENT_DEMO_DAYS days (a history to look at): pool
+    # refreshes at the end of each day, KOL scores and implicit follows per day.
+    recent = day_list[max(0, len(day_list) - RECENT_DEMO_DAYS)]
+    for dag_id in ("content_pools", "kol_scoring", "implicit_follows"):
+        run_dag_for_days(dag_id, [recent], conf={"through": day_list[-1].isoformat()})
     print_summary(cfg)
     return 0
 
@@ -84,6 +92,53 @@ def _cmd_metrics(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     setup_metadata(cfg)
     through = (args.end or args.start).isoformat()
     run_dag_for_days("daily_metrics", [args.start], conf={"through": through})
+    return 0
+
+
+def _cmd_pools(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    from tasks.airflow_local import run_dag_for_days, setup_metadata
+
+    setup_metadata(cfg)
+    through = (args.end or args.start).isoformat()
+    run_dag_for_days("content_pools", [args.start], conf={"through": through})
+    return 0
+
+
+def _cmd_social(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Run the kol_scoring or implicit_follows DAG over --day .. --through, then print the last day."""
+    from tasks.airflow_local import run_dag_for_days, setup_metadata
+    from tasks.warehouse import connect
+
+    setup_metadata(cfg)
+    last = args.through or args.day
+    run_dag_for_days(args.dag_id, [args.day], conf={"through": last.isoformat()})
+    query = {
+        "kol_scoring": "select user_id, shares, visits, round(kol_score, 3) as kol_score, is_kol from kol_scores "
+        "where day = ? order by kol_score desc, user_id limit 10",
+        "implicit_follows": "select count(*) as pairs, count(distinct user_id) as users, round(avg(affinity), 3) "
+        "as mean_affinity from implicit_follows where day = ?",
+    }[args.dag_id]
+    with connect(cfg, read_only=True) as con:
+        print(f"{args.dag_id} {last}:\n{con.execute(query, [last]).df().to_string(index=False)}")
+    return 0
+
+
+def _cmd_models(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    from tasks import registry
+
+    if args.action == "rollback":
+        if not (args.model and args.version):
+            print("recpipe models rollback: needs --model and --version", file=sys.stderr)
+            return 2
+        registry.rollback(cfg, args.model, args.version)
+        print(f"{args.model}: current is now {args.version}")
+        return 0
+    rows = registry.describe(cfg, args.model)
+    if not rows:
+        print("no model versions yet")
+    for r in rows:
+        mark = "*" if r["current"] else " "
+        print(f"{mark} {r['model']:<14} {r['version']:<30} {r['created_at'][:19]}  window {r['window']}  {r['metrics']}")
     return 0
 
 
@@ -143,6 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--start", type=dt.date.fromisoformat, required=True)
     m.add_argument("--end", type=dt.date.fromisoformat, help="last day, included (default: --start)")
     m.set_defaults(func=_cmd_metrics)
+
+    pl = sub.add_parser("pools", help="run the content_pools DAG: refresh the daily pools at the end of each day")
+    pl.add_argument("--start", type=dt.date.fromisoformat, required=True)
+    pl.add_argument("--end", type=dt.date.fromisoformat, help="last day, included (default: --start)")
+    pl.set_defaults(func=_cmd_pools)
+
+    for name, dag_id, what in (
+        ("kol", "kol_scoring", "KOL features and scores (PLAYBOOK §6)"),
+        ("implicit-follows", "implicit_follows", "implicit follows (PLAYBOOK §2 U2A2I)"),
+    ):
+        so = sub.add_parser(name, help=f"run the {dag_id} DAG: {what} for a day or a range of days")
+        so.add_argument("--day", type=dt.date.fromisoformat, required=True)
+        so.add_argument("--through", type=dt.date.fromisoformat, help="last day, included (default: --day)")
+        so.set_defaults(func=_cmd_social, dag_id=dag_id)
+
+    mo = sub.add_parser("models", help="the model registry: list versions (* = current) or roll back")
+    mo.add_argument("action", choices=["list", "rollback"])
+    mo.add_argument("--model", help="a model name (list: default all)")
+    mo.add_argument("--version", help="rollback: the version to make current")
+    mo.set_defaults(func=_cmd_models)
 
     sub.add_parser("report", help="regenerate the HTML metrics report from the warehouse").set_defaults(
         func=_cmd_report

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, task
 
 from tasks.config import PlatformConfig
 from tasks.notifier import RecpipeNotifier
@@ -55,3 +55,16 @@ def dag_kwargs(cfg: PlatformConfig, *, schedule: Any, tags: list[str]) -> dict[s
 def writer_task_kwargs(cfg: PlatformConfig) -> dict[str, Any]:
     """Task arguments of every task that writes the DuckDB warehouse: the one-slot pool."""
     return {"pool": cfg.airflow.warehouse_pool, "pool_slots": 1}
+
+
+def write_report_task(cfg: PlatformConfig, **task_kwargs: Any) -> Any:
+    """The last task of a DAG whose tables the nightly report draws: rewrite the report. In the
+    writer pool: DuckDB refuses a reader while another process writes."""
+
+    @task(task_id="write_report", **writer_task_kwargs(cfg), **task_kwargs)
+    def write_report() -> str:
+        from tasks.report import write_report
+
+        return str(write_report(cfg))
+
+    return write_report()

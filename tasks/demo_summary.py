@@ -31,6 +31,30 @@ order by m.segment <> 'all', m.segment
 """
 
 
+POOLS_SQL = """
+with last as (
+    select pool, max(as_of) as as_of from pool_versions group by pool
+)
+select v.pool, v.version, v.status, v.size, v.adds, v.removes, c.version as current_version
+from pool_versions as v
+inner join last using (pool, as_of)
+left join pool_current as c using (pool)
+order by v.pool
+"""
+
+
+SOCIAL_SQL = {
+    "kol_scores": """
+        select day, user_id, shares, visits, round(kol_score, 2) as kol_score, round(percentile, 4) as percentile, is_kol
+        from kol_scores where day = (select max(day) from kol_scores) order by kol_score desc, user_id limit 5
+    """,
+    "implicit_follows": """
+        select day, count(*) as implicit_pairs, count(distinct user_id) as users
+        from implicit_follows group by day order by day
+    """,
+}
+
+
 def print_summary(cfg: PlatformConfig) -> None:
     """Print per-day metrics, the last complete day's core metrics per segment, alerts and paths."""
     from tasks.warehouse import connect
@@ -41,6 +65,9 @@ def print_summary(cfg: PlatformConfig) -> None:
         last_complete = con.execute(
             "select max(day) from retention_daily where lt7_complete and segment = 'all'"
         ).fetchone()[0]
+        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+        pools = con.execute(POOLS_SQL).df() if "pool_versions" in tables else None
+        social = {t: con.execute(q).df() for t, q in SOCIAL_SQL.items() if t in tables}
         totals = {
             t: con.execute(f"select count(*) from raw.{t}").fetchone()[0]
             for t in ("users", "items", "follows", "events", "quarantine")
@@ -50,7 +77,16 @@ def print_summary(cfg: PlatformConfig) -> None:
     print("\nRows in the lake: " + ", ".join(f"{k}={v:,}" for k, v in totals.items()))
     print(f"\nCore metrics on {last_complete}, the last day whose LT7 window has landed (dbt marts):")
     print(metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if pools is not None:
+        print("\nContent pools, latest refresh (published versions become current; see the report):")
+        print(pools.to_string(index=False))
+    if "kol_scores" in social:
+        print("\nTop KOLs of the last scored day (kol_scores):")
+        print(social["kol_scores"].to_string(index=False))
+    if "implicit_follows" in social:
+        print("\nImplicit follows per day (implicit_follows):")
+        print(social["implicit_follows"].to_string(index=False))
     alerts = read_alerts(cfg)
     print(f"Alerts raised: {len(alerts)} (log: {cfg.alerts_log})")
     print(f"Warehouse: {cfg.warehouse_path}")
-    print(f"Metrics report: {reports_metrics_dir(cfg) / 'index.html'}")
+    print(f"Report (metrics, pools, KOLs, implicit follows): {reports_metrics_dir(cfg) / 'index.html'}")

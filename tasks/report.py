@@ -1,4 +1,5 @@
-"""The metrics report: one self-contained HTML page of charts over the dbt marts.
+"""The nightly report: one self-contained HTML page of charts over the dbt marts, the content
+pools (tasks/report_pools.py) and the KOL / implicit-follow tables (tasks/report_social.py).
 
 `write_report(cfg)` reads metrics_daily, retention_daily and ab_readout from the warehouse
 (read-only) and writes `<reports>/metrics/metrics-<timestamp>.html`, then switches
@@ -57,8 +58,12 @@ def load_marts(cfg: PlatformConfig) -> dict[str, pd.DataFrame]:
 
 def write_report(cfg: PlatformConfig, now: dt.datetime | None = None) -> Path:
     """Render the report from the warehouse; return the path of `index.html` (the latest)."""
+    from tasks.report_pools import pools_section
+    from tasks.report_social import social_section
+
     marts = load_marts(cfg)
-    page = render_report(marts, generated=now or dt.datetime.now(dt.timezone.utc))
+    sections = [pools_section(cfg), social_section(cfg)]
+    page = render_report(marts, generated=now or dt.datetime.now(dt.timezone.utc), sections=sections)
     out = reports_metrics_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%S")
@@ -186,8 +191,11 @@ def _caveats(metrics: pd.DataFrame, ab: pd.DataFrame) -> str:
     return f'<div class="warn"><ul>{items}</ul></div>'
 
 
-def render_report(marts: dict[str, pd.DataFrame], generated: dt.datetime) -> str:
-    """The HTML page (charts inlined as PNG) for the given marts."""
+def render_report(
+    marts: dict[str, pd.DataFrame], generated: dt.datetime, sections: list[str] | tuple[str, ...] = ()
+) -> str:
+    """The HTML page (charts inlined as PNG) for the given marts, then the given HTML sections
+    (content pools, KOLs and implicit follows)."""
     metrics, retention, ab = marts["metrics_daily"], marts["retention_daily"], marts["ab_readout"]
     if metrics.empty:
         body = "<p>No metrics yet: run the ingest and daily_metrics DAGs.</p>"
@@ -214,6 +222,6 @@ def render_report(marts: dict[str, pd.DataFrame], generated: dt.datetime) -> str
         )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>recpipe metrics</title><style>{_STYLE}</style>"
-        f"</head><body><h1>recpipe — core metrics</h1><p class='muted'>generated {generated:%Y-%m-%d %H:%M} UTC"
-        f" from metrics_daily, retention_daily, ab_readout</p>{body}</body></html>"
+        f"</head><body><h1>recpipe — nightly report</h1><p class='muted'>generated {generated:%Y-%m-%d %H:%M} UTC"
+        f" from the warehouse's marts, pools and social tables</p>{body}{''.join(sections)}</body></html>"
     )

@@ -45,6 +45,16 @@ def test_data_dir_env_moves_every_relative_path(tmp_path: Path, monkeypatch: pyt
         (lambda r: r["segments"].append({"name": "new_users", "kind": "new_users"}), "segments", "duplicate segment names"),
         (lambda r: r["airflow"].update(warehouse_pool="Bad Pool"), "airflow.warehouse_pool", "pattern"),
         (lambda r: r["alerts"]["routes"][0].update(webhook_url_env="https://hooks.example/x"), "alerts.routes.0.webhook_url_env", "pattern"),
+        (lambda r: r["pools"][3].update(segments=["martians"]), "pools.3.segments.0", "unknown segment 'martians'"),
+        (lambda r: r["pools"][0].update(window="30 days"), "pools.0.window", "pattern"),
+        (lambda r: r["pools"][0].update(name="pool; drop table x"), "pools.0.name", "pattern"),
+        (lambda r: r["pools"][0]["score"].update(action="click", per="click"), "pools.0.score", "is not a rate"),
+        (lambda r: r["pools"][0]["score"].update(action="purchase"), "pools.0.score.action", "Input should be"),
+        (lambda r: r["pools"][1].update(min_size=500), "pools.1", "min_size 500 is above max_size"),
+        (lambda r: r["pools"][0].update(max_size=-1), "pools.0.max_size", "greater than or equal"),
+        (lambda r: r["pools"].append(dict(r["pools"][0])), "pools", "duplicate pool names"),
+        (lambda r: r["kol"].update(kol_percentile=1.5), "kol.kol_percentile", "less than"),
+        (lambda r: r["implicit_follows"].update(top_n=0), "implicit_follows.top_n", "greater than or equal"),
     ],
 )
 def test_invalid_config_names_file_and_key(tmp_path: Path, mutate, key: str, message: str) -> None:

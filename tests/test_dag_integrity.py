@@ -12,7 +12,7 @@ from tasks.config import get_config
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED_DAGS = {"ingest", "daily_metrics"}
+EXPECTED_DAGS = {"ingest", "daily_metrics", "content_pools", "content_pools_hourly", "kol_scoring", "implicit_follows", "ann_refresh"}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,39 @@ def test_warehouse_writers_share_the_one_slot_pool(dagbag) -> None:
 def test_daily_metrics_is_scheduled_by_the_ingest_asset(dagbag) -> None:
     metrics = dagbag.dags["daily_metrics"]
     assert [a.name for a in metrics.timetable.asset_condition.objects] == ["recpipe_raw_events"]
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "writers", "asset"),
+    [
+        ("kol_scoring", ["build_features", "score"], "recpipe_kol_scores"),
+        ("implicit_follows", ["build", "validate"], "recpipe_implicit_follows"),
+    ],
+)
+def test_social_dags_follow_metrics_and_write_in_the_pool(dagbag, dag_id, writers, asset) -> None:
+    cfg = get_config()
+    social = dagbag.dags[dag_id]
+    assert [a.name for a in social.timetable.asset_condition.objects] == ["recpipe_metrics"]
+    for task_id in writers:
+        t = social.get_task(task_id)
+        assert t.pool == cfg.airflow.warehouse_pool and t.pool_slots == 1, task_id
+    assert [a.name for a in social.get_task(writers[-1]).outlets] == [asset]
+    assert set(social.params.keys()) == {"day", "through"}
+
+
+def test_content_pools_have_a_task_and_an_asset_per_configured_pool(dagbag) -> None:
+    cfg = get_config()
+    daily, hourly = dagbag.dags["content_pools"], dagbag.dags["content_pools_hourly"]
+    assert [a.name for a in daily.timetable.asset_condition.objects] == ["recpipe_metrics"]
+    assert hourly.schedule == cfg.schedules.pools_hourly
+    for pool in cfg.pools:
+        dag = daily if pool.refresh == "daily" else hourly
+        publish = dag.get_task(f"publish_{pool.name}")
+        assert [a.name for a in publish.outlets] == [f"recpipe_pool_{pool.name}"]
+        assert publish.pool == cfg.airflow.warehouse_pool and publish.pool_slots == 1
+    for dag in (daily, hourly):
+        assert dag.get_task("render_candidates").pool == cfg.airflow.warehouse_pool
+        assert dag.get_task("write_report").trigger_rule == "all_done"
 
 
 def _callbacks(cb) -> list:

@@ -235,3 +235,18 @@ def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_pat
     expected = _expected_members(load_config(path), load_config(path).pool("tier2_comments_7d"), end_of_day(REFRESH_DAYS[-1]))
     assert len(got) > 0
     assert got.item_id.tolist() == expected.item_id.tolist()
+
+
+def test_refresh_times_of_daily_and_hourly_runs() -> None:
+    from tasks.pools import daily_refresh_times, hourly_refresh_time
+
+    assert daily_refresh_times({"ds_from": "2026-01-30", "ds": "2026-02-01"}) == [
+        "2026-01-31 00:00:00", "2026-02-01 00:00:00", "2026-02-02 00:00:00"
+    ]
+    end = dt.datetime(2026, 1, 5, 14, 0, 3, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert hourly_refresh_time(None, end) == ["2026-01-05 12:00:00"]
+    assert hourly_refresh_time("2026-01-05 07:45:00", end) == ["2026-01-05 07:00:00"]
+    with pytest.raises(ValueError, match="not on the hour"):
+        from tasks.pools import build_candidates
+
+        build_candidates(load_config(), [dt.datetime(2026, 1, 5, 7, 30)], ["pool_6h"])

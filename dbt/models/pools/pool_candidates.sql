@@ -1,10 +1,17 @@
-{{ config(materialized='table') }}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete+insert',
+    unique_key=['as_of', 'pool'],
+    post_hook="delete from {{ this }} where as_of < (select max(as_of) from {{ this }}) - interval 14 day"
+) }}
 {%- set times = refresh_times() %}
 
--- Every configured pool (var pools) at every refresh time of the run (var as_of), scored per
--- target segment: each candidate (published within the window before the refresh) with its
--- counts, the smoothed rate, the filters it passes, its rank, and whether it is a member. The
--- publish step (tasks/pools.py) validates the members with GX and versions them.
+-- Every configured pool of the run (var pools) at every refresh time of the run (var as_of),
+-- scored per target segment: each candidate (published within the window before the refresh)
+-- with its counts, the smoothed rate, the filters it passes, its rank, and whether it is a
+-- member. The publish step (tasks/pools.py) validates the members with GX and versions them.
+-- Incremental by (as_of, pool), so runs of the daily and hourly DAGs never erase each other's
+-- candidates before they are published; the last 14 days are kept to answer "why not item X?".
 with refreshes as (
     select cast(as_of as timestamp) as as_of
     from (values {% for t in times %}('{{ t }}'){{ ", " if not loop.last }}{% endfor %}) as r (as_of)
