@@ -1,0 +1,49 @@
+"""ann_refresh: one faiss index per (vector model, content pool) (PLAYBOOK §2), rebuilt when a pool
+publishes a new version (recpipe_pool_<name>) or a vector model a new version
+(recpipe_model_<name>): the schedule is the asset expression `pool_1 | ... | model_1 | ...`.
+
+Each task `index_<model>__<pool>` rebuilds its index only when the pool's or the model's current
+version (or the `ann:` config) changed since the current index; an approximate index whose
+recall@`ann.recall_k` against exact search is under `ann.min_recall` raises a data-quality alert,
+is not published, and fails the task (the previous index stays current). A model without a current
+version yet is skipped. The logic lives in tasks/ann_refresh.py and models/ann.py.
+
+The tasks only read the warehouse, yet run in the warehouse pool: DuckDB's file lock is
+per process, so a read-only connection fails while a writer holds the file *and* makes a writer
+fail while it is open. Holding the one slot for the (short) refresh keeps both sides safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+from airflow.sdk import dag, task
+
+from tasks import ann_refresh
+from tasks.config import get_config
+from tasks.dag_wiring import dag_kwargs, model_asset, pool_asset, writer_task_kwargs
+
+cfg = get_config()
+triggers = [pool_asset(p.name) for p in cfg.pools] + [model_asset(m) for m in ann_refresh.VECTOR_MODELS]
+
+
+@dag(
+    dag_id="ann_refresh",
+    description="faiss index per (vector model, pool): rebuild on a new pool or model version, recall-gated",
+    max_active_runs=1,
+    doc_md=__doc__,
+    **dag_kwargs(cfg, schedule=functools.reduce(operator.or_, triggers), tags=["retrieval", "ann", "faiss"]),
+)
+def ann_refresh_dag() -> None:
+    for model in ann_refresh.VECTOR_MODELS:
+        for pool in cfg.pools:
+
+            @task(task_id=ann_refresh.task_id(model, pool.name), **writer_task_kwargs(cfg))
+            def index(model: str = model, pool: str = pool.name) -> dict:
+                return ann_refresh.refresh_or_fail(cfg, model, pool)
+
+            index()
+
+
+ann_refresh_dag()
