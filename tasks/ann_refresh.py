@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tasks import artifacts
+from tasks import artifacts, registry
 from tasks.alerts import Alert, raise_alert
 from tasks.config import PlatformConfig
 
@@ -70,10 +70,6 @@ class Vectors:
 def task_id(model: str, pool: str) -> str:
     """The Airflow task (and alert source) of one index, e.g. index_two_tower__pool_30d."""
     return f"index_{model}__{pool}"
-
-
-def model_store(cfg: PlatformConfig, model: str) -> Path:
-    return cfg.artifacts_dir / "models" / model
 
 
 def index_store(cfg: PlatformConfig, model: str, pool: str) -> Path:
@@ -176,7 +172,7 @@ def refresh(cfg: PlatformConfig, model: str, pool: str) -> RefreshOutcome:
     from models import ann
 
     start = time.perf_counter()
-    model_version = artifacts.current(model_store(cfg, model))
+    model_version = artifacts.current(registry.model_store(cfg, model))
     if model_version is None:
         log.info("ann %s x %s: skipped, model %s has no current version yet", model, pool, model)
         return RefreshOutcome(model, pool, "skipped", reason=f"model {model} has no current version")

@@ -46,7 +46,7 @@ from models.two_tower_data import (
     training_set,
     user_features,
 )
-from tasks import artifacts
+from tasks import artifacts, registry
 from tasks.config import PlatformConfig, TwoTowerConfig
 from tasks.retrieval_data import (
     Catalogue,
@@ -62,8 +62,8 @@ MODEL = "two_tower"
 
 
 def model_store(cfg: PlatformConfig) -> Path:
-    """The two-tower artifact store."""
-    return cfg.artifacts_dir / "models" / MODEL
+    """The two-tower artifact store (in the model registry)."""
+    return registry.model_store(cfg, MODEL)
 
 
 def load_users(con: duckdb.DuckDBPyConnection, through: dt.date) -> UserTable:

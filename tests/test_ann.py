@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models import ann
-from tasks import ann_refresh, artifacts
+from tasks import ann_refresh, artifacts, registry
 from tasks.alerts import read_alerts
 from tasks.config import AnnConfig, PlatformConfig, load_config
 from tests.conftest import write_config
@@ -59,7 +59,7 @@ def _publish_model(cfg: PlatformConfig, seed: int, n_items: int = 3000, n_users:
         np.save(folder / "user_vectors.npy", users)
         return {}
 
-    artifacts.publish(ann_refresh.model_store(cfg, MODEL), write, {"model": MODEL})
+    artifacts.publish(registry.model_store(cfg, MODEL), write, {"model": MODEL})
     return item_ids, items
 
 
@@ -131,7 +131,7 @@ def test_refresh_publishes_an_index_of_the_pools_items(setup) -> None:
     version = artifacts.require_current(ann_refresh.index_store(cfg, MODEL, POOL))
     indexed = np.load(version.path / ann_refresh.IDS_FILE)
     np.testing.assert_array_equal(np.sort(indexed), pool_ids)  # not the 100 pool items without vectors
-    model_version = artifacts.require_current(ann_refresh.model_store(cfg, MODEL))
+    model_version = artifacts.require_current(registry.model_store(cfg, MODEL))
     assert version.meta | {"n_items": 1500, "pool_items": 1600, "kind": "hnsw", "pool_version": "20260130T0000",
                            "model_version": model_version.name, "recall_k": 100, "queries": 400} == version.meta
     assert version.meta["build_seconds"] >= 0
