@@ -18,7 +18,7 @@ from airflow.sdk import Param, dag, task
 
 from tasks import metrics_run, pools
 from tasks.config import get_config
-from tasks.dag_wiring import METRICS, dag_kwargs, pool_asset, write_report_task, writer_task_kwargs
+from tasks.dag_wiring import METRICS, dag_kwargs, day_range_params, pool_asset, write_report_task, writer_task_kwargs
 
 cfg = get_config()
 
@@ -59,10 +59,7 @@ if daily:
         description="Daily content pools: dbt candidates -> GX per version -> publish (pointer switch)",
         max_active_runs=1,
         doc_md=__doc__,
-        params={
-            "day": Param(None, type=["null", "string"], format="date", description="first day to refresh"),
-            "through": Param(None, type=["null", "string"], format="date", description="last day (default: day)"),
-        },
+        params=day_range_params("refresh"),
         **dag_kwargs(cfg, schedule=[METRICS], tags=["pools", "dbt", "gx"]),
     )
     def content_pools_dag() -> None:

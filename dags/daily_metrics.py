@@ -9,13 +9,16 @@ Run it for a day or a range from the UI (Trigger with config) or the CLI:
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
-from tasks import dbt_project, metrics_run
+from tasks import dbt_project
 from tasks.config import get_config
-from tasks.dag_wiring import METRICS, RAW_EVENTS, dag_kwargs, writer_task_kwargs
+from tasks.dag_wiring import (
+    METRICS, RAW_EVENTS,
+    dag_kwargs, day_range_params, resolve_days_task, writer_task_kwargs,
+)
 
 cfg = get_config()
 
@@ -25,17 +28,10 @@ cfg = get_config()
     description="dbt: DAU, LT7/LT30, retention, engagement, UGC penetration, A/B readout -> report",
     max_active_runs=1,
     doc_md=__doc__,
-    params={
-        "day": Param(None, type=["null", "string"], format="date", description="first day to rebuild"),
-        "through": Param(None, type=["null", "string"], format="date", description="last day (default: day)"),
-    },
+    params=day_range_params("rebuild"),
     **dag_kwargs(cfg, schedule=[RAW_EVENTS], tags=["metrics", "dbt"]),
 )
 def daily_metrics_dag() -> None:
-    @task
-    def resolve_days(params=None, triggering_asset_events=None, logical_date=None) -> dict[str, str]:
-        return metrics_run.resolve_days(params, triggering_asset_events, logical_date)
-
     marts = DbtTaskGroup(
         group_id="dbt",
         project_config=ProjectConfig(
@@ -74,7 +70,7 @@ def daily_metrics_dag() -> None:
         outlet_events[METRICS].extra = ti.xcom_pull(task_ids="resolve_days")
         return str(write_report(cfg))
 
-    resolve_days() >> marts >> write_report()
+    resolve_days_task() >> marts >> write_report()
 
 
 daily_metrics_dag()

@@ -11,11 +11,14 @@ or `recpipe implicit-follows --day D [--through D2]`."""
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
-from tasks import implicit_follows, metrics_run
+from tasks import implicit_follows
 from tasks.config import get_config
-from tasks.dag_wiring import IMPLICIT_FOLLOWS, METRICS, dag_kwargs, write_report_task, writer_task_kwargs
+from tasks.dag_wiring import (
+    IMPLICIT_FOLLOWS, METRICS,
+    dag_kwargs, day_range_params, resolve_days_task, write_report_task, writer_task_kwargs,
+)
 
 cfg = get_config()
 
@@ -25,17 +28,10 @@ cfg = get_config()
     description="dbt implicit_follows (U2A2I) -> GX against the follow graph -> announce",
     max_active_runs=1,
     doc_md=__doc__,
-    params={
-        "day": Param(None, type=["null", "string"], format="date", description="first day to build"),
-        "through": Param(None, type=["null", "string"], format="date", description="last day (default: day)"),
-    },
+    params=day_range_params("build"),
     **dag_kwargs(cfg, schedule=[METRICS], tags=["social", "u2a2i", "dbt", "gx"]),
 )
 def implicit_follows_dag() -> None:
-    @task
-    def resolve_days(params=None, triggering_asset_events=None, logical_date=None) -> dict[str, str]:
-        return metrics_run.resolve_days(params, triggering_asset_events, logical_date)
-
     @task(**writer_task_kwargs(cfg))
     def build(days: dict[str, str]) -> dict[str, str]:
         implicit_follows.build(cfg, days["ds_from"], days["ds"])
@@ -48,7 +44,7 @@ def implicit_follows_dag() -> None:
         outlet_events[IMPLICIT_FOLLOWS].extra = days
         return summaries
 
-    validate(build(resolve_days())) >> write_report_task(cfg)
+    validate(build(resolve_days_task())) >> write_report_task(cfg)
 
 
 implicit_follows_dag()

@@ -10,11 +10,14 @@ Run it for a day or a range from the UI (Trigger with config), the CLI
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
-from tasks import kol, metrics_run
+from tasks import kol
 from tasks.config import get_config
-from tasks.dag_wiring import KOL_SCORES, METRICS, dag_kwargs, write_report_task, writer_task_kwargs
+from tasks.dag_wiring import (
+    KOL_SCORES, METRICS,
+    dag_kwargs, day_range_params, resolve_days_task, write_report_task, writer_task_kwargs,
+)
 
 cfg = get_config()
 
@@ -24,17 +27,10 @@ cfg = get_config()
     description="dbt kol_features -> empirical-Bayes KOL scores -> GX -> kol_scores",
     max_active_runs=1,
     doc_md=__doc__,
-    params={
-        "day": Param(None, type=["null", "string"], format="date", description="first day to score"),
-        "through": Param(None, type=["null", "string"], format="date", description="last day (default: day)"),
-    },
+    params=day_range_params("score"),
     **dag_kwargs(cfg, schedule=[METRICS], tags=["social", "kol", "dbt", "gx"]),
 )
 def kol_scoring_dag() -> None:
-    @task
-    def resolve_days(params=None, triggering_asset_events=None, logical_date=None) -> dict[str, str]:
-        return metrics_run.resolve_days(params, triggering_asset_events, logical_date)
-
     @task(**writer_task_kwargs(cfg))
     def build_features(days: dict[str, str]) -> dict[str, str]:
         kol.build_features(cfg, days["ds_from"], days["ds"])
@@ -46,7 +42,7 @@ def kol_scoring_dag() -> None:
         outlet_events[KOL_SCORES].extra = days
         return summaries
 
-    score(build_features(resolve_days())) >> write_report_task(cfg)
+    score(build_features(resolve_days_task())) >> write_report_task(cfg)
 
 
 kol_scoring_dag()

@@ -101,3 +101,13 @@ def alert_failure(cfg: PlatformConfig, outcome: ValidationOutcome, *, source: st
         ),
         cfg,
     )
+
+
+def require_valid(cfg: PlatformConfig, outcome: ValidationOutcome, error: type[Exception], *, source: str,
+                  title: str, details: dict[str, Any] | None = None) -> None:
+    """Pass a successful validation; else raise its data-quality alert and then `error`
+    naming the failed expectations (the task fails, nothing downstream is announced)."""
+    if outcome.success:
+        return
+    alert_failure(cfg, outcome, source=source, title=title, details=details)
+    raise error(f"{title}: failed GX expectations {', '.join(f['expectation'] for f in outcome.failed)}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Asset, task
+from airflow.sdk import Asset, Param, task
 
 from tasks.config import PlatformConfig
 from tasks.notifier import RecpipeNotifier
@@ -68,3 +68,24 @@ def write_report_task(cfg: PlatformConfig, **task_kwargs: Any) -> Any:
         return str(write_report(cfg))
 
     return write_report()
+
+
+def day_range_params(verb: str) -> dict[str, Param]:
+    """Params of a DAG run for a day or a range of days (UI: Trigger with config)."""
+    return {
+        "day": Param(None, type=["null", "string"], format="date", description=f"first day to {verb}"),
+        "through": Param(None, type=["null", "string"], format="date", description="last day (default: day)"),
+    }
+
+
+def resolve_days_task() -> Any:
+    """The first task of a day-range DAG: {"ds_from", "ds"} from its params, the triggering asset
+    events, or the logical date (tasks.metrics_run.resolve_days)."""
+
+    @task(task_id="resolve_days")
+    def resolve_days(params=None, triggering_asset_events=None, logical_date=None) -> dict[str, str]:
+        from tasks.metrics_run import resolve_days
+
+        return resolve_days(params, triggering_asset_events, logical_date)
+
+    return resolve_days()

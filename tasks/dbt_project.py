@@ -120,12 +120,20 @@ def run_dbt(
 ) -> Any:
     """Run `dbt <args>` (e.g. ["build"], ["test", "--select", "metrics_daily"]) on the warehouse
     with the config's vars, rebuilding days [ds_from, ds]. Without ds, `build` and `run` are full
-    refreshes (every day, tables recreated). Artifacts and logs go next to the warehouse
-    (<warehouse dir>/dbt/), not into dbt/target, which holds the DAG's manifest."""
+    refreshes (every day, tables recreated). Compiled SQL and logs go next to the warehouse
+    (<warehouse dir>/dbt/), not into dbt/target, which holds the DAG's manifest; the results are
+    returned, not written as JSON artifacts. The vars differ from run to run (ds), which makes dbt
+    parse the whole project anyway, so partial parsing (reading its saved state) is off."""
     first, last = (dt.date.fromisoformat(d) if d else None for d in (ds_from, ds))
     if first and last and first > last:
         raise ValueError(f"ds_from {ds_from} is after ds {ds}")
     out = cfg.warehouse_path.resolve().parent / "dbt"
     full_refresh = ["--full-refresh"] if ds is None and args[0] in {"build", "run"} else []
-    flags = ["--vars", json.dumps(dbt_vars(cfg, ds, ds_from, as_of, pools)), "--target-path", str(out / "target")]
-    return _invoke([*args, *flags, *full_refresh, "--log-path", str(out / "logs")], dbt_env(cfg))
+    flags = [
+        "--vars", json.dumps(dbt_vars(cfg, ds, ds_from, as_of, pools)),
+        "--target-path", str(out / "target"),
+        "--log-path", str(out / "logs"),
+        "--no-write-json",
+        "--no-partial-parse",
+    ]
+    return _invoke([*args, *flags, *full_refresh], dbt_env(cfg))

@@ -44,7 +44,7 @@ def explicit_follows(follows: pd.DataFrame, day: dt.date) -> pd.DataFrame:
 def check_day(cfg: PlatformConfig, pairs: pd.DataFrame, follows: pd.DataFrame, day: dt.date) -> dict[str, Any]:
     """Validate one day's implicit follows with GX; alert and raise ImplicitFollowsRejected on
     failure; return a summary (pairs, users, explicit edges at the end of the day)."""
-    from expectations.runner import alert_failure, validate_frame
+    from expectations.runner import require_valid, validate_frame
     from expectations.social import implicit_follow_expectations
 
     if pairs.empty:
@@ -56,15 +56,11 @@ def check_day(cfg: PlatformConfig, pairs: pd.DataFrame, follows: pd.DataFrame, d
         is_self=pairs.user_id == pairs.author_id,
     )
     outcome = validate_frame(frame, "implicit_follows", implicit_follow_expectations(cfg.implicit_follows))
-    if not outcome.success:
-        alert_failure(
-            cfg, outcome, source="implicit_follows.validate",
-            title=f"Implicit follows of {day} rejected: not announced downstream",
-            details={"day": day.isoformat(), "rows": len(frame)},
-        )
-        raise ImplicitFollowsRejected(
-            f"implicit follows of {day} failed GX: {', '.join(f['expectation'] for f in outcome.failed)}"
-        )
+    require_valid(
+        cfg, outcome, ImplicitFollowsRejected, source="implicit_follows.validate",
+        title=f"Implicit follows of {day} rejected: not announced downstream",
+        details={"day": day.isoformat(), "rows": len(frame)},
+    )
     return {"day": day.isoformat(), "pairs": len(pairs), "users": int(pairs.user_id.nunique()), "explicit_edges": len(edges)}
 
 

@@ -118,19 +118,15 @@ def score_day(cfg: PlatformConfig, day: dt.date) -> dict[str, Any]:
 def publish_scores(cfg: PlatformConfig, con: duckdb.DuckDBPyConnection, day: dt.date, scores: pd.DataFrame) -> None:
     """Validate `scores` (one day) with GX, then replace the day in kol_scores in one transaction;
     on failure raise a data-quality alert and KolScoresRejected, writing nothing."""
-    from expectations.runner import alert_failure, validate_frame
+    from expectations.runner import require_valid, validate_frame
     from expectations.social import kol_score_expectations
 
     outcome = validate_frame(scores, "kol_scores", kol_score_expectations())
-    if not outcome.success:
-        alert_failure(
-            cfg, outcome, source="kol_scoring.score",
-            title=f"KOL scores of {day} rejected: the day's previous scores stay",
-            details={"day": day.isoformat(), "rows": len(scores)},
-        )
-        raise KolScoresRejected(
-            f"KOL scores of {day} failed GX: {', '.join(f['expectation'] for f in outcome.failed)}"
-        )
+    require_valid(
+        cfg, outcome, KolScoresRejected, source="kol_scoring.score",
+        title=f"KOL scores of {day} rejected: the day's previous scores stay",
+        details={"day": day.isoformat(), "rows": len(scores)},
+    )
     con.execute(_DDL)
     con.execute("begin transaction")
     try:

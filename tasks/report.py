@@ -46,12 +46,13 @@ def reports_metrics_dir(cfg: PlatformConfig) -> Path:
 
 
 def load_marts(cfg: PlatformConfig) -> dict[str, pd.DataFrame]:
-    """The three marts the report draws, read-only."""
+    """The three marts the report draws, read-only (empty frames for marts not built yet)."""
     from tasks.warehouse import connect
 
     with connect(cfg, read_only=True) as con:
-        return {
-            name: con.execute(f"select * from {name} order by all").df()
+        present = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+        return {  # before the first daily_metrics run: empty, and the report says so
+            name: con.execute(f"select * from {name} order by all").df() if name in present else pd.DataFrame()
             for name in ("metrics_daily", "retention_daily", "ab_readout")
         }
 

@@ -58,13 +58,6 @@ first_seen as (
     group by user_id
 ),
 
-assigned as (
-    select d.day, f.experiment_bucket, count(*) as users
-    from (select distinct day from activity) as d
-    inner join first_seen as f on f.first_day <= d.day
-    group by all
-),
-
 active_sums as materialized (
     select
         day,
@@ -98,6 +91,21 @@ cohort_sums as materialized (
     from {{ ref('int_user_day_retention') }}
     where {{ day_window('day', w - 1) }}
     group by day, experiment_bucket
+),
+
+-- A day's assigned users are those first seen on or before it: summing the users per (first
+-- day, bucket) keeps this inequality join to a few rows per day instead of one per user.
+first_seen_counts as (
+    select first_day, experiment_bucket, count(*) as users
+    from first_seen
+    group by all
+),
+
+assigned as (
+    select d.day, f.experiment_bucket, cast(sum(f.users) as bigint) as users
+    from (select distinct day from active_sums) as d
+    inner join first_seen_counts as f on f.first_day <= d.day
+    group by all
 ),
 
 per_assigned as materialized (

@@ -6,7 +6,11 @@
 -- complete or change), reading activity up to ds+29 so that rebuilding an old day sees the days
 -- after it; any order of runs thus ends with the rows of a full build.
 with active_days as (
-    select user_id, day, experiment_bucket from {{ ref('int_user_day_activity') }}
+    -- The windows run over day numbers (integers): RANGE frames over a date order by the day
+    -- cast to a timestamp, a second sort next to lead()'s; over day_number all three windows
+    -- share one sort, and the frame bounds are integer steps.
+    select user_id, day, experiment_bucket, day - date '1970-01-01' as day_number
+    from {{ ref('int_user_day_activity') }}
     where {{ day_window('day', w - 1, w - 1) }}
 ),
 
@@ -21,14 +25,11 @@ windows as (
         user_id,
         day,
         experiment_bucket,
-        count(*) over (
-            partition by user_id order by day range between current row and interval 6 day following
-        ) as lt7,
-        count(*) over (
-            partition by user_id order by day range between current row and interval {{ w - 1 }} day following
-        ) as lt30,
-        cast(coalesce(lead(day) over (partition by user_id order by day) = day + 1, false) as int) as active_next_day
+        count(*) over (by_user range between current row and 6 following) as lt7,
+        count(*) over (by_user range between current row and {{ w - 1 }} following) as lt30,
+        cast(coalesce(lead(day_number) over by_user = day_number + 1, false) as int) as active_next_day
     from active_days
+    window by_user as (partition by user_id order by day_number)
 )
 
 select

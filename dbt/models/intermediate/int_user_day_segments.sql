@@ -11,23 +11,23 @@ with user_days as (
     -- With the days before, for low_activity. A full build reads the activity table (it holds
     -- every day); a run for ds reads the lake, so that days rebuilt in any order see the same
     -- history (its user-days on ds_from..ds are the activity table's).
+    -- The frame runs over day numbers (integers): a RANGE frame over a date orders by the day
+    -- cast to a timestamp and steps through it with interval arithmetic, both slower.
     select
         user_id,
         day
         {%- for w in windows %},
-        count(*) over (
-            partition by user_id order by day
-            range between interval {{ w }} day preceding and interval 1 day preceding
-        ) as prior_active_days_{{ w }}
+        count(*) over (by_user range between {{ w }} preceding and 1 preceding) as prior_active_days_{{ w }}
         {%- endfor %}
     from (
         {%- if date_var('ds') is none %}
-        select user_id, day from {{ activity_rel }}
+        select user_id, day, day - date '1970-01-01' as day_number from {{ activity_rel }}
         {%- else %}
-        select distinct user_id, day from {{ events_rel }}
+        select distinct user_id, day, day - date '1970-01-01' as day_number from {{ events_rel }}
         where {{ day_window('day', windows | max) }}
         {%- endif %}
     )
+    window by_user as (partition by user_id order by day_number)
     {%- endif %}
 ),
 

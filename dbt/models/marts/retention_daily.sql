@@ -12,7 +12,9 @@
 
 -- Next-day retention, LT7 and LT30 per slice, over the users active on the day. A run for
 -- ds_from..ds refreshes days [ds_from-29, ds], the ones whose windows it completes or changes.
-with per_user as (
+-- per_user is read twice (everyone and the buckets; the segments): scanning the table twice is
+-- cheaper than copying its rows into a materialized CTE.
+with per_user as not materialized (
     select * from {{ ref('int_user_day_retention') }}
     where {{ day_window('day', w - 1) }}
 ),
