@@ -40,11 +40,14 @@ airflow: $(STAMP)  ## the Airflow UI on http://localhost:8080 (login: see the pr
 	@echo "Airflow UI: http://localhost:8080  user: admin  password: in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
 	$(BIN)/airflow standalone
 
-bench: $(STAMP)  ## benchmarks (not tests): simulator, loader (1M users x 3 days), metric marts (1M users x 30 days)
+bench: $(STAMP)  ## benchmarks (not tests): simulator, loader, metric marts, ItemCF/Swing, two-tower training, ANN
 	rm -rf $(BENCH_DIR)
 	$(BIN)/python benchmarks/bench_simulator.py --users $(BENCH_USERS) --days $(BENCH_DAYS) --out $(BENCH_DIR)/sim
 	$(BIN)/python benchmarks/bench_loader.py --landing $(BENCH_DIR)/sim/landing --data-dir $(BENCH_DIR)/load
 	$(BIN)/python benchmarks/bench_metrics.py --users $(BENCH_USERS) --days $(BENCH_METRICS_DAYS) --data-dir $(BENCH_DIR)/metrics
+	$(BIN)/python benchmarks/bench_i2i.py
+	$(BIN)/python benchmarks/bench_two_tower.py --examples 250000 --threads 1
+	$(BIN)/python benchmarks/bench_ann.py --n 1000000 --dim 64 --queries 1000
 
 clean:
 	rm -rf data .airflow reports bench-data test-artifacts

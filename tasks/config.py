@@ -283,8 +283,8 @@ class AnnConfig(_Strict):
 
     exact_below: Annotated[int, Field(ge=1)] = 20_000  # pools smaller than this get an exact index
     kind: Literal["hnsw", "ivf"] = "hnsw"
-    hnsw_m: Annotated[int, Field(ge=4, le=128)] = 32
-    ef_construction: Annotated[int, Field(ge=8)] = 200
+    hnsw_m: Annotated[int, Field(ge=4, le=128)] = 16
+    ef_construction: Annotated[int, Field(ge=8)] = 100
     ef_search: Annotated[int, Field(ge=8)] = 128
     ivf_nlist: Annotated[int, Field(ge=1)] = 1024
     ivf_nprobe: Annotated[int, Field(ge=1)] = 32
