@@ -29,7 +29,7 @@ START = dt.date(2026, 1, 1)
 LAST = START + dt.timedelta(days=DAYS - 1)
 RANGE = (LAST - dt.timedelta(days=2), LAST)  # built and scored in one run each
 EARLY = START + dt.timedelta(days=3)  # a window reaching back before the first day of data
-# 3,000 users over 30 days; kol_share 0.03 plants enough KOLs (~1 in 3 shares within 30 days).
+# 3,000 users over 30 days; kol_share 0.03 plants about 90 KOLs.
 SIMULATOR = {"users": 3000, "items": 2000, "days": DAYS, "kol_share": 0.03}
 
 
@@ -94,29 +94,24 @@ def test_features_match_an_independent_pandas_computation(built, lake_events) ->
 
 
 def test_planted_kols_are_recovered(built, lake_events) -> None:
-    """precision@K, K = the planted KOLs who shared in the window: a KOL who never shared left no
-    evidence (no share, no visit) and cannot be told from anyone else."""
+    """precision@K with K = the number of planted KOLs (ground truth read here only)."""
     truth = read_ground_truth(built.ground_truth_dir, "users")
     planted = set(truth.user_id[truth.is_kol])
     window = lake_events[lake_events.day > LAST - dt.timedelta(days=built.kol.window_days)]
     sharers = set(window.user_id[window.event_type == "share"])
-    identifiable = planted & sharers
     scores = _scores(built, LAST)
-    k = len(identifiable)
+    k = len(planted)
     top = scores.nlargest(k, "kol_score")
     precision = top.user_id.isin(planted).mean()
     flagged = scores[scores.is_kol]
     print(
-        f"\nKOL recovery on {LAST}: planted {len(planted)}, shared in the {built.kol.window_days}-day window {k}; "
-        f"precision@{k} = {precision:.3f}; recall of all planted within the top {k} = "
-        f"{top.user_id.isin(planted).sum() / len(planted):.3f}; is_kol flags {len(flagged)} users, "
+        f"\nKOL recovery on {LAST}: planted {k}, of whom {len(planted & sharers)} shared in the "
+        f"{built.kol.window_days}-day window; precision@{k} = {precision:.3f}; is_kol flags {len(flagged)} users, "
         f"{flagged.user_id.isin(planted).mean():.3f} of them planted"
     )
-    assert k >= 30, "too few identifiable KOLs for a meaningful precision"
+    assert k >= 30, "too few planted KOLs for a meaningful precision"
     assert precision >= 0.9
     assert len(flagged) > 0 and flagged.user_id.isin(planted).mean() >= 0.9
-    # The planted KOLs that never shared are absent from the scores altogether (no visits either).
-    assert not (planted - sharers) & set(scores.user_id[scores.visits > 0])
 
 
 def test_smoothing_ranks_a_long_record_above_one_lucky_share(built) -> None:
@@ -124,8 +119,10 @@ def test_smoothing_ranks_a_long_record_above_one_lucky_share(built) -> None:
     lucky = pd.DataFrame({"day": LAST, "user_id": [-1, -2], "shares": [1, 100], "visits": [5, 2000]})
     scored, prior = kol.score(pd.concat([day, lucky], ignore_index=True), built.kol.kol_percentile)
     one, hundred = scored.set_index("user_id").loc[[-1, -2], "kol_score"]
-    assert hundred > one and one < 5  # pulled towards the population's rate
     assert prior.shape > 0 and prior.rate > 0
+    population = prior.shape / prior.rate
+    assert hundred > one
+    assert min(5, population) < one < max(5, population)  # one share's 5 visits pulled towards the population
 
 
 def test_method_of_moments_recovers_a_known_gamma_prior() -> None:

@@ -35,7 +35,8 @@ _NULL_DURATION_SHARE = 0.005
 _HOME_CATEGORY_SHARE = 0.7  # a creator publishes in their top interest category this often
 _SHARE_RATE = 0.03  # mean share probability per click
 _COMMENT_RATE = 0.02  # mean comment probability per click
-_KOL_SHARE_BOOST = 3.0  # KOLs share more often
+_KOL_SHARE_BOOST = 10.0  # KOLs share much more often
+_KOL_ACTIVITY_BOOST = 3.0  # ... and are regulars (activity logit): a KOL is someone whose shares are seen
 
 
 def day_number(day: dt.date) -> int:
@@ -239,7 +240,9 @@ def new_users(
         age=age,
         city_tier=(1 + _pick(rng, _TIER_P, n)).astype(np.int8),
         country=country,
-        activity=rng.normal(cfg.activity_logit_mean, cfg.activity_logit_sd, n).astype(np.float32),
+        activity=(rng.normal(cfg.activity_logit_mean, cfg.activity_logit_sd, n) + _KOL_ACTIVITY_BOOST * is_kol).astype(
+            np.float32
+        ),
         depth=rng.lognormal(-0.125, 0.5, n).astype(np.float32),
         interest_l2=interest_l2,
         interest_w=interest_w,
