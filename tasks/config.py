@@ -345,22 +345,13 @@ class PlatformConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     airflow: AirflowConfig = AirflowConfig()
 
-    @field_validator("segments")
+    @field_validator("segments", "pools")
     @classmethod
-    def _unique_names(cls, v: tuple) -> tuple:
-        names = [s.name for s in v]
+    def _unique_names(cls, v: tuple, info) -> tuple:
+        names = [item.name for item in v]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate segment names {dupes}")
-        return v
-
-    @field_validator("pools")
-    @classmethod
-    def _unique_pools(cls, v: tuple) -> tuple:
-        names = [p.name for p in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate pool names {dupes}")
+            raise ValueError(f"duplicate {info.field_name[:-1]} names {dupes}")
         return v
 
     @model_validator(mode="after")

@@ -17,14 +17,7 @@ user_day as (
         min(experiment_bucket) filter (where event_type in ('session_start', 'session_end')) as experiment_bucket,
         count(*) filter (where event_type = 'session_start') as sessions,
         coalesce(sum(dwell_ms) filter (where event_type = 'session_end'), 0) / 1000.0 as session_duration_s,
-        count(*) filter (where event_type = 'impression') as impressions,
-        count(*) filter (where event_type = 'click') as clicks,
-        count(*) filter (where event_type = 'like') as likes,
-        count(*) filter (where event_type = 'favorite') as favorites,
-        count(*) filter (where event_type = 'share') as shares,
-        count(*) filter (where event_type = 'comment') as comments,
-        count(*) filter (where event_type = 'follow') as follows,
-        count(*) filter (where event_type = 'publish') as publishes
+        {{- event_counts(['impression', 'click', 'like', 'favorite', 'share', 'comment', 'follow', 'publish']) }}
     from events
     group by day, user_id
 )

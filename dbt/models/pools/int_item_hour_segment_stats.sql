@@ -28,12 +28,6 @@ select
     hour,
     segment,
     item_id,
-    count(*) filter (where event_type = 'impression') as impressions,
-    count(*) filter (where event_type = 'click') as clicks,
-    count(*) filter (where event_type = 'like') as likes,
-    count(*) filter (where event_type = 'favorite') as favorites,
-    count(*) filter (where event_type = 'share') as shares,
-    count(*) filter (where event_type = 'comment') as comments,
-    count(*) filter (where event_type = 'follow') as follows
+    {{- event_counts(['impression', 'click', 'like', 'favorite', 'share', 'comment', 'follow']) }}
 from sliced
 group by day, hour, segment, item_id

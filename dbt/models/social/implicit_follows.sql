@@ -22,8 +22,7 @@
 -- (the latest follow/unfollow action per pair decides) are left out; pairs with at least
 -- min_clicks clicks are ranked per user by affinity and the top_n kept. A run replaces its days.
 with days as (
-    select cast(generate_series as date) as day
-    from generate_series(date '{{ ds_from }}', date '{{ ds }}', interval 1 day)
+    {{ days_of_run(ds_from, ds) }}
 ),
 
 daily as (

@@ -15,8 +15,7 @@
 -- (offsite_visit events whose referrer_user_id is the user). Users with neither are left out.
 -- A run replaces its days (delete+insert on day); tasks/kol.py scores them.
 with days as (
-    select cast(generate_series as date) as day
-    from generate_series(date '{{ ds_from }}', date '{{ ds }}', interval 1 day)
+    {{ days_of_run(ds_from, ds) }}
 ),
 
 daily as (
