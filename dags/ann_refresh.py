@@ -1,6 +1,6 @@
 """ann_refresh: one faiss index per (vector model, content pool) (PLAYBOOK §2), rebuilt when a pool
 publishes a new version (recpipe_pool_<name>) or a vector model a new version
-(recpipe_model_<name>): the schedule is the asset expression `pool_1 | ... | model_1 | ...`.
+(recpipe_model_<name>, for each of `ann.vector_models`): the schedule is the asset expression `pool_1 | ... | model_1 | ...`.
 
 Each task `index_<model>__<pool>` rebuilds its index only when the pool's or the model's current
 version (or the `ann:` config) changed since the current index; an approximate index whose
@@ -25,7 +25,7 @@ from tasks.config import get_config
 from tasks.dag_wiring import dag_kwargs, model_asset, pool_asset, writer_task_kwargs
 
 cfg = get_config()
-triggers = [pool_asset(p.name) for p in cfg.pools] + [model_asset(m) for m in ann_refresh.VECTOR_MODELS]
+triggers = [pool_asset(p.name) for p in cfg.pools] + [model_asset(m) for m in cfg.ann.vector_models]
 
 
 @dag(
@@ -36,7 +36,7 @@ triggers = [pool_asset(p.name) for p in cfg.pools] + [model_asset(m) for m in an
     **dag_kwargs(cfg, schedule=functools.reduce(operator.or_, triggers), tags=["retrieval", "ann", "faiss"]),
 )
 def ann_refresh_dag() -> None:
-    for model in ann_refresh.VECTOR_MODELS:
+    for model in cfg.ann.vector_models:
         for pool in cfg.pools:
 
             @task(task_id=ann_refresh.task_id(model, pool.name), **writer_task_kwargs(cfg))

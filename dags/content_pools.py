@@ -18,7 +18,7 @@ from airflow.sdk import Param, dag, task
 
 from tasks import metrics_run, pools
 from tasks.config import get_config
-from tasks.dag_wiring import METRICS, dag_kwargs, day_range_params, pool_asset, write_report_task, writer_task_kwargs
+from tasks.dag_wiring import METRICS, dag_kwargs, day_range_params, pool_asset, report_whatever_happens, writer_task_kwargs
 
 cfg = get_config()
 
@@ -46,7 +46,7 @@ def _pool_tasks(names: list[str], times) -> None:
 
         published.append(publish(rendered))
 
-    published >> write_report_task(cfg, trigger_rule="all_done")  # also after a rejected version
+    report_whatever_happens(cfg, published)  # the report also after a rejected version; the run fails then
 
 
 daily = [p.name for p in cfg.pools if p.refresh == "daily"]

@@ -28,9 +28,6 @@ from tasks.config import PlatformConfig
 
 log = logging.getLogger(__name__)
 
-# The models whose current version holds item and user vectors (the contract above). Not in the
-# platform config yet: add a `vector_models` list there and read it instead.
-VECTOR_MODELS: tuple[str, ...] = ("two_tower",)
 QUERY_SEED = 20260101  # the sampled recall queries are the same for every build of a version
 INDEX_FILE = "index.faiss"
 IDS_FILE = "item_ids.npy"
@@ -185,7 +182,7 @@ def refresh(cfg: PlatformConfig, model: str, pool: str) -> RefreshOutcome:
     previous = artifacts.current(store)
     kept = previous.name if previous else None
     inputs = {"pool_version": pool_version, "model_version": model_version.name,
-              "params": cfg.ann.model_dump(exclude={"versions_kept"})}
+              "params": cfg.ann.model_dump(mode="json", exclude={"versions_kept", "vector_models"})}
     if previous is not None and all(previous.meta.get(k) == v for k, v in inputs.items()):
         log.info("ann %s x %s: up to date (index %s, pool %s, model %s)",
                  model, pool, kept, pool_version, model_version.name)

@@ -73,6 +73,15 @@ def publish(store: Path, write: Callable[[Path], dict[str, Any]], meta: dict[str
     return version
 
 
+def annotate(store: Path, name: str, fields: dict[str, Any]) -> Version:
+    """Merge `fields` into a version's meta.json (e.g. its evaluation), replaced atomically; the
+    version's files are untouched."""
+    version = load(store, name)
+    meta = {**version.meta, **fields}
+    atomic_write(version.path / META, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
+    return Version(name, version.path, meta)
+
+
 def switch(store: Path, name: str) -> None:
     """Point CURRENT at an existing version (publish, or a rollback)."""
     if not (Path(store) / "versions" / name / META).exists():

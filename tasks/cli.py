@@ -1,4 +1,5 @@
-"""The `recpipe` command line: simulate, load, demo, airflow-setup, config, alerts."""
+"""The `recpipe` command line: simulate, load, demo, the DAGs by hand (metrics, pools, kol, implicit-follows,
+train), evaluate, models, report, alerts, airflow-setup, config."""
 
 from __future__ import annotations
 
@@ -123,6 +124,40 @@ def _cmd_social(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Fit the channels on the window ending on --day, score them on the following days' clicks,
+    store the rows in retrieval_eval, print segment 'all' and rewrite the report."""
+    from tasks.evaluate import evaluate, write_results
+    from tasks.report import write_report
+
+    results = evaluate(cfg, args.day, args.channels.split(",") if args.channels else None, args.eval_days)
+    write_results(cfg, results)
+    overall = results[results.segment == "all"]
+    table = overall.pivot_table(index="channel", columns=["metric", "k"], values="value", sort=False)
+    users = int(overall.n_users.iloc[0])
+    print(f"retrieval evaluation: trained through {args.day}, {users} users with clicks in the next "
+          f"{args.eval_days} day(s)\n{table.round(4).to_string()}")
+    print(f"rows in retrieval_eval; report: {write_report(cfg)}")
+    return 0
+
+
+def _cmd_train(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Run the nightly_training DAG for the data through --day, then print its gate rows."""
+    from tasks.airflow_local import run_dag_for_days, setup_metadata
+    from tasks.warehouse import connect
+
+    setup_metadata(cfg)
+    run_dag_for_days("nightly_training", [args.day], conf={"day": args.day.isoformat()})
+    with connect(cfg, read_only=True) as con:
+        gates = con.execute(
+            "select model, candidate, current, round(candidate_recall, 4) as recall, round(recall_floor, 4) as floor, "
+            "round(popularity_recall, 4) as popularity, passed, failed_expectations from model_gate where day = ? "
+            "order by model", [args.day - dt.timedelta(days=1)]
+        ).df()
+    print(f"nightly_training {args.day} (trained through the day before):\n{gates.to_string(index=False)}")
+    return _cmd_models(cfg, argparse.Namespace(action="list", model=None, version=None))
+
+
 def _cmd_models(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     from tasks import registry
 
@@ -212,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
         so.add_argument("--day", type=dt.date.fromisoformat, required=True)
         so.add_argument("--through", type=dt.date.fromisoformat, help="last day, included (default: --day)")
         so.set_defaults(func=_cmd_social, dag_id=dag_id)
+
+    ev = sub.add_parser("evaluate", help="offline retrieval evaluation: fit every channel on the window ending on "
+                        "--day, score it on the next day's clicks (PLAYBOOK §2)")
+    ev.add_argument("--day", type=dt.date.fromisoformat, required=True, help="last training day")
+    ev.add_argument("--channels", help="comma-separated channels (default: all; ablation: two_tower_no_logq)")
+    ev.add_argument("--eval-days", type=int, default=1, help="days of clicks after --day to evaluate on")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    tr = sub.add_parser("train", help="run the nightly_training DAG: train through the day before --day, "
+                        "evaluate on --day, gate, publish")
+    tr.add_argument("--day", type=dt.date.fromisoformat, required=True, help="the evaluation day (data through it)")
+    tr.set_defaults(func=_cmd_train)
 
     mo = sub.add_parser("models", help="the model registry: list versions (* = current) or roll back")
     mo.add_argument("action", choices=["list", "rollback"])

@@ -268,6 +268,10 @@ class RetrievalConfig(_Strict):
     swing: SwingConfig = SwingConfig()
     u2u2i: UserCFConfig = UserCFConfig()
     authors: AuthorChannelsConfig = AuthorChannelsConfig()
+    # trained, gated and published by the nightly_training DAG (the other channels are fitted at
+    # serving time from the day's data); every name must be a registry model of tasks/nightly_training.py
+    nightly_models: tuple[Literal["two_tower", "itemcf", "swing"], ...] = ("two_tower", "itemcf", "swing")
+    versions_kept: Annotated[int, Field(ge=1)] = 5  # per model; the current version is never deleted
 
 
 class EvaluationConfig(_Strict):
@@ -292,6 +296,7 @@ class AnnConfig(_Strict):
     min_recall: Annotated[float, Field(gt=0, le=1)] = 0.95  # recall@recall_k vs exact, else keep the old index
     sample_queries: Annotated[int, Field(ge=10)] = 1000
     versions_kept: Annotated[int, Field(ge=1)] = 3
+    vector_models: tuple[Literal["two_tower"], ...] = ("two_tower",)  # models with an index per pool
 
 
 class IngestConfig(_Strict):

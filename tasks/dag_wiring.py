@@ -57,6 +57,24 @@ def writer_task_kwargs(cfg: PlatformConfig) -> dict[str, Any]:
     return {"pool": cfg.airflow.warehouse_pool, "pool_slots": 1}
 
 
+WATCHER = "fail_run_if_any_failed"
+
+
+def report_whatever_happens(cfg: PlatformConfig, upstream: list[Any]) -> None:
+    """End a DAG with the report, written whatever `upstream` did (trigger rule all_done), and a
+    watcher (Airflow's watcher pattern): the report is a leaf that succeeds, so without a leaf
+    that fails the run would look successful after a rejected version. The watcher runs, and
+    fails, only when an upstream task failed; otherwise it is skipped. Its failure raises no
+    extra alert (the failed task and the run already did)."""
+
+    @task(task_id=WATCHER, trigger_rule="one_failed", retries=0, on_failure_callback=None)
+    def watcher() -> None:
+        raise RuntimeError("an upstream task failed (see its alert): this run is marked failed")
+
+    upstream >> write_report_task(cfg, trigger_rule="all_done")
+    upstream >> watcher()
+
+
 def write_report_task(cfg: PlatformConfig, **task_kwargs: Any) -> Any:
     """The last task of a DAG whose tables the nightly report draws: rewrite the report. In the
     writer pool: DuckDB refuses a reader while another process writes."""

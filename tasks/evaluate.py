@@ -13,18 +13,31 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 
+from models.cf_channels import U2A2A2I, U2A2I, U2U2I
+from models.i2i import U2I2I
 from models.retriever import Popularity, Retriever
+from models.two_tower_retriever import TwoTowerRetriever
 from tasks import eval_metrics as m
 from tasks.config import PlatformConfig
-from tasks.retrieval_data import Catalogue, Events, connect_read, load_catalogue, load_events
+from tasks.retrieval_data import (
+    Catalogue,
+    Events,
+    connect_read,
+    load_catalogue,
+    load_events,
+    load_follows,
+    load_implicit_follows,
+)
 
 log = logging.getLogger(__name__)
 EVERYONE = "all"
@@ -41,6 +54,8 @@ class EvalData:
     truth: list[np.ndarray]  # per user, the catalogue rows clicked in the evaluation days
     segments: pd.DataFrame  # user_id, segment (the first evaluation day's memberships)
     tail: np.ndarray  # bool over catalogue rows
+    follows: tuple[np.ndarray, np.ndarray]  # explicit (user_id, author_id) as of `day`
+    implicit_follows: tuple[np.ndarray, np.ndarray, np.ndarray]  # (user_id, author_id, affinity) of `day`
 
 
 def load_eval_data(cfg: PlatformConfig, day: dt.date, eval_days: int = 1) -> EvalData:
@@ -51,6 +66,7 @@ def load_eval_data(cfg: PlatformConfig, day: dt.date, eval_days: int = 1) -> Eva
         train = load_events(con, catalogue, cfg.retrieval.positive_event, first, day)
         future = load_events(con, catalogue, "click", day + dt.timedelta(days=1), day + dt.timedelta(days=eval_days))
         segments = _segments(con, day + dt.timedelta(days=1))
+        follows, implicit = load_follows(con, day), load_implicit_follows(con, day)
     if not len(future):
         raise ValueError(f"evaluation of {day}: no clicks on the {eval_days} day(s) after it (data through {day}?)")
     order = np.argsort(future.user_id, kind="stable")
@@ -59,7 +75,7 @@ def load_eval_data(cfg: PlatformConfig, day: dt.date, eval_days: int = 1) -> Eva
     tail = m.tail_items(train.item, len(catalogue), cfg.evaluation.tail_share)
     log.info("evaluation %s: %d catalogue items, %d training positives (%s..%s), %d users with %d next-day clicks",
              day, len(catalogue), len(train), first, day, len(users), len(future))
-    return EvalData(day, catalogue, train, users, truth, segments, tail)
+    return EvalData(day, catalogue, train, users, truth, segments, tail, follows, implicit)
 
 
 def _segments(con: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
@@ -69,8 +85,11 @@ def _segments(con: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
     return con.execute("select user_id, segment from int_user_day_segments where day = ?", [day]).df()
 
 
-def score_channel(data: EvalData, channel: Retriever, ks: tuple[int, ...]) -> pd.DataFrame:
-    """Every metric of one fitted channel, overall and per segment."""
+def score_channel(data: EvalData, channel: Retriever, ks: tuple[int, ...], name: str | None = None,
+                  version: str = "") -> pd.DataFrame:
+    """Every metric of one fitted channel (reported as `name`, default its own; `version`: the
+    registry version scored, '' for a fit on the spot), overall and per segment."""
+    label = name or channel.name
     started = time.perf_counter()
     retrieved = channel.retrieve(data.users, max(ks))
     groups = {EVERYONE: np.arange(len(data.users))}
@@ -90,10 +109,10 @@ def score_channel(data: EvalData, channel: Retriever, ks: tuple[int, ...]) -> pd
                 "tail_recall": m.tail_recall_at_k(got, truth, k, data.tail),
             }
             records += [
-                {"channel": channel.name, "segment": segment, "k": k, "metric": name, "value": value, "n_users": len(rows)}
+                {"channel": label, "version": version, "segment": segment, "k": k, "metric": name, "value": value, "n_users": len(rows)}
                 for name, value in values.items()
             ]
-    log.info("evaluated %s on %d users in %.1f s", channel.name, len(data.users), time.perf_counter() - started)
+    log.info("evaluated %s%s on %d users in %.1f s", label, f" {version}" if version else "", len(data.users), time.perf_counter() - started)
     return pd.DataFrame.from_records(records)
 
 
@@ -105,19 +124,49 @@ def popularity(cfg: PlatformConfig, data: EvalData) -> Retriever:
     return Popularity(data.train, len(data.catalogue))
 
 
-CHANNELS: dict[str, ChannelBuilder] = {"popularity": popularity}
+def _two_tower(cfg: PlatformConfig, data: EvalData, **overrides: object) -> Retriever:
+    """A cold two-tower trained on the window into a throwaway store (the registry is untouched)."""
+    from tasks.train_two_tower import load_users, train
+
+    if overrides:
+        tt = cfg.retrieval.two_tower.model_copy(update=overrides)
+        cfg = cfg.model_copy(update={"retrieval": cfg.retrieval.model_copy(update={"two_tower": tt})})
+    with connect_read(cfg) as con:
+        users = load_users(con, data.day)
+    with tempfile.TemporaryDirectory(prefix="recpipe-eval-") as store:
+        version = train(cfg, data.day, store=Path(store))
+        return TwoTowerRetriever(version, data.catalogue, data.train, users)
+
+
+CHANNELS: dict[str, ChannelBuilder] = {
+    "popularity": popularity,
+    "itemcf": lambda cfg, d: U2I2I.itemcf(d.catalogue, d.train, cfg.retrieval),
+    "swing": lambda cfg, d: U2I2I.swing(d.catalogue, d.train, cfg.retrieval),
+    "u2u2i": lambda cfg, d: U2U2I(d.catalogue, d.train, cfg.retrieval),
+    "u2a2i": lambda cfg, d: U2A2I(d.catalogue, d.train, cfg.retrieval, d.follows, d.implicit_follows),
+    "u2a2a2i": lambda cfg, d: U2A2A2I(d.catalogue, d.train, cfg.retrieval, d.follows, d.implicit_follows),
+    "two_tower": _two_tower,
+}
+# measured on demand (`recpipe evaluate --channels ...`), not every night
+ABLATIONS: dict[str, ChannelBuilder] = {
+    "two_tower_no_logq": lambda cfg, d: _two_tower(cfg, d, logq_correction=False),
+}
 
 
 def evaluate(cfg: PlatformConfig, day: dt.date, channels: list[str] | None = None, eval_days: int = 1) -> pd.DataFrame:
-    """Fit each channel (default: all registered) on the window ending on `day` and score it on
-    the following `eval_days` days; one row per (channel, segment, k, metric)."""
+    """Fit each channel (default: every one of CHANNELS; ABLATIONS by name) on the window ending on
+    `day` and score it on the following `eval_days` days; one row per (channel, segment, k, metric)."""
+    builders = {**CHANNELS, **ABLATIONS}
+    unknown = sorted(set(channels or ()) - set(builders))
+    if unknown:
+        raise ValueError(f"unknown channel(s) {', '.join(unknown)}; known: {', '.join(builders)}")
     data = load_eval_data(cfg, day, eval_days)
     frames = []
     for name in channels or list(CHANNELS):
         started = time.perf_counter()
-        channel = CHANNELS[name](cfg, data)
+        channel = builders[name](cfg, data)
         log.info("fitted %s in %.1f s", name, time.perf_counter() - started)
-        frames.append(score_channel(data, channel, tuple(cfg.evaluation.k)))
+        frames.append(score_channel(data, channel, tuple(cfg.evaluation.k), name))
     out = pd.concat(frames, ignore_index=True)
     out.insert(0, "day", day)
     return out
@@ -131,7 +180,7 @@ def write_results(cfg: PlatformConfig, results: pd.DataFrame) -> None:
         con.execute(
             """
             create table if not exists retrieval_eval (
-                day date, channel varchar, segment varchar, k integer, metric varchar,
+                day date, channel varchar, version varchar, segment varchar, k integer, metric varchar,
                 value double, n_users bigint, evaluated_at timestamp
             )
             """
@@ -139,9 +188,9 @@ def write_results(cfg: PlatformConfig, results: pd.DataFrame) -> None:
         con.register("results", results)
         con.execute("begin transaction")
         con.execute(
-            "delete from retrieval_eval where (day, channel) in (select distinct day, channel from results)"
+            "delete from retrieval_eval where (day, channel, version) in (select distinct day, channel, version from results)"
         )
         con.execute(
-            "insert into retrieval_eval select day, channel, segment, k, metric, value, n_users, now() from results"
+            "insert into retrieval_eval select day, channel, version, segment, k, metric, value, n_users, now() from results"
         )
         con.execute("commit")

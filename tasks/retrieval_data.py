@@ -9,13 +9,18 @@ mapping with its weights), so a version trained yesterday still knows which row 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from tasks.config import PlatformConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,32 @@ def load_follows(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[np.nda
         [as_of],
     ).df()
     return df.user_id.to_numpy(np.int64), df.author_id.to_numpy(np.int64)
+
+
+def load_implicit_follows(
+    con: duckdb.DuckDBPyConnection, day: dt.date
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The implicit follows dbt built for `day` (the implicit_follows mart): (user_id, author_id,
+    affinity) arrays; empty, with a warning, when the mart or the day is not built."""
+    if not con.execute("select count(*) from information_schema.tables where table_name = 'implicit_follows'").fetchone()[0]:
+        log.warning("implicit_follows is not built: U2A2I uses explicit follows only")
+        df = pd.DataFrame({"user_id": [], "author_id": [], "affinity": []})
+    else:
+        df = con.execute(
+            "select user_id, author_id, affinity from implicit_follows where day = ? order by user_id, author_id", [day]
+        ).df()
+        if df.empty:
+            log.warning("implicit_follows has no row for %s: U2A2I uses explicit follows only", day)
+    return df.user_id.to_numpy(np.int64), df.author_id.to_numpy(np.int64), df.affinity.to_numpy(np.float64)
+
+
+def data_hash(catalogue: Catalogue, first_day: dt.date, *events: Events) -> str:
+    """sha256 over a model's training arrays (external ids, timestamps) and its first day."""
+    h = hashlib.sha256(first_day.isoformat().encode())
+    for e in events:
+        for array in (e.user_id, catalogue.item_id[e.item], e.ts_us):
+            h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def user_index(user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

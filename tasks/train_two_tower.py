@@ -2,7 +2,8 @@
 
 Cold start (no current version, or warm_start off): the `train_window_days` days ending on `day`,
 `first_epochs` epochs, oldest day first. Aged ("old soup") training: the current version's
-weights, vocabularies extended by the new ids, 1 epoch on `day`'s positives. Either way the
+weights, vocabularies extended by the new ids, 1 epoch on the positives of the days after its
+window (`day` alone on a normal night; the missed days, oldest first, after a gap). Either way the
 behaviour sequences come from the positives of the whole window, and the version is published
 without becoming current (the nightly DAG switches it after evaluation).
 
@@ -14,7 +15,6 @@ sequence as of the end of `day`), meta.json.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -52,6 +52,7 @@ from tasks.retrieval_data import (
     Catalogue,
     Events,
     connect_read,
+    data_hash,
     load_catalogue,
     load_events,
     load_unclicked_impressions,
@@ -116,15 +117,6 @@ def fit(
     return history
 
 
-def data_hash(history: Events, catalogue: Catalogue, first_day: dt.date, unclicked: Events | None) -> str:
-    """sha256 over the training arrays (external ids, timestamps, the first example day)."""
-    h = hashlib.sha256(first_day.isoformat().encode())
-    for events in (history, unclicked) if unclicked is not None else (history,):
-        for array in (events.user_id, catalogue.item_id[events.item], events.ts_us):
-            h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
-    return h.hexdigest()
-
-
 def export(folder: Path, model: TwoTower, vocabs: Mapping[str, Vocab], catalogue: Catalogue, users: UserTable,
            history: Events, sequence_length: int) -> dict[str, int]:
     """Item vectors of the catalogue and user vectors of the window's users into `folder`."""
@@ -139,15 +131,18 @@ def export(folder: Path, model: TwoTower, vocabs: Mapping[str, Vocab], catalogue
     return {"exported_items": len(catalogue), "exported_users": len(user_ids)}
 
 
-def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False) -> artifacts.Version:
-    """Train on the window ending on `day` (cold or aged, see the module doc) and publish a version."""
-    tt, store = cfg.retrieval.two_tower, model_store(cfg)
+def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False, store: Path | None = None) -> artifacts.Version:
+    """Train on the window ending on `day` (cold or aged, see the module doc) and publish a version
+    in `store` (default: the registry's two-tower store)."""
+    tt, store = cfg.retrieval.two_tower, store or model_store(cfg)
     window_first = day - dt.timedelta(days=cfg.retrieval.train_window_days - 1)
     parent = artifacts.current(store) if tt.warm_start else None
-    if parent and parent.meta["training_window"].split("..")[1] >= day.isoformat():
+    parent_last = dt.date.fromisoformat(parent.meta["training_window"].split("..")[1]) if parent else None
+    if parent_last and parent_last >= day:
         raise ValueError(f"two_tower: current version {parent.name} has training window "
                          f"{parent.meta['training_window']}; aged training needs a later day than {day}")
-    first, epochs = (day, 1) if parent else (window_first, tt.first_epochs)
+    # aged: 1 epoch on the days after the parent's window (one day on a normal night)
+    first, epochs = (max(parent_last + dt.timedelta(days=1), window_first), 1) if parent_last else (window_first, tt.first_epochs)
     with connect_read(cfg) as con:
         catalogue = load_catalogue(con, day)
         history = load_events(con, catalogue, cfg.retrieval.positive_event, window_first, day)
@@ -179,7 +174,7 @@ def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False) -> arti
         "examples": len(data),
         "loss_per_epoch": [e["loss"] for e in epochs_log],
         "examples_per_s": [e["examples_per_s"] for e in epochs_log],
-        "data_hash": data_hash(history, catalogue, first, unclicked),
+        "data_hash": data_hash(catalogue, first, history, *([unclicked] if unclicked is not None else [])),
     }
 
     def write(folder: Path) -> dict[str, int]:

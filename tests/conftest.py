@@ -44,6 +44,33 @@ def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformConfig:
     return load_config(cfg_path)
 
 
+RETRIEVAL_SIMULATOR = {"users": 2000, "items": 1500, "days": 15}
+
+
+@pytest.fixture(scope="session")
+def retrieval_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The config file of 2,000 users x 15 simulated days, loaded, with dbt's staging views, user
+    segments and the implicit follows of days 13 and 14 (what the retrieval channels read)."""
+    import datetime as dt
+
+    from tasks import implicit_follows
+    from tasks.dbt_project import run_dbt
+    from tasks.load import load_dir
+    from tasks.simulator import simulate
+    from tasks.warehouse import refresh_views
+
+    tmp = tmp_path_factory.mktemp("retrieval")
+    path = write_config(tmp / "recpipe.yaml", tmp / "data", simulator=RETRIEVAL_SIMULATOR)
+    cfg = load_config(path)
+    simulate(cfg.simulator, cfg.landing_dir, cfg.ground_truth_dir)
+    load_dir(cfg.landing_dir, cfg)
+    refresh_views(cfg)
+    run_dbt(cfg, ["run", "--select", "path:models/staging", "+int_user_day_segments"])  # + evaluation segments
+    last = cfg.simulator.start_date + dt.timedelta(days=RETRIEVAL_SIMULATOR["days"] - 2)
+    implicit_follows.build(cfg, (last - dt.timedelta(days=1)).isoformat(), last.isoformat())
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def dbt_manifest() -> Path:
     """The dbt manifest the daily_metrics DAG is rendered from (built by `recpipe airflow-setup`)."""

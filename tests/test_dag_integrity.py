@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from tasks.config import get_config
+from tasks.dag_wiring import WATCHER
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED_DAGS = {"ingest", "daily_metrics", "content_pools", "content_pools_hourly", "kol_scoring", "implicit_follows", "ann_refresh"}
+EXPECTED_DAGS = {"ingest", "daily_metrics", "content_pools", "content_pools_hourly", "kol_scoring", "implicit_follows", "ann_refresh", "nightly_training"}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,11 @@ def test_every_dag_follows_the_platform_rules(dagbag) -> None:
         for task in dag.tasks:
             where = f"{dag_id}.{task.task_id}"
             assert task.owner == cfg.airflow.owner, where
-            assert task.retries == cfg.airflow.retries, where
-            assert any(isinstance(cb, RecpipeNotifier) for cb in _callbacks(task.on_failure_callback)), where
+            if task.task_id == WATCHER:  # its failure only restates an upstream one: no retry, no alert
+                assert task.retries == 0 and not _callbacks(task.on_failure_callback), where
+            else:
+                assert task.retries == cfg.airflow.retries, where
+                assert any(isinstance(cb, RecpipeNotifier) for cb in _callbacks(task.on_failure_callback)), where
             assert task.pool in {"default_pool", cfg.airflow.warehouse_pool}, where
 
 
@@ -109,6 +113,23 @@ def test_content_pools_have_a_task_and_an_asset_per_configured_pool(dagbag) -> N
     for dag in (daily, hourly):
         assert dag.get_task("render_candidates").pool == cfg.airflow.warehouse_pool
         assert dag.get_task("write_report").trigger_rule == "all_done"
+
+
+def test_nightly_training_gates_every_configured_model_before_publishing(dagbag) -> None:
+    cfg = get_config()
+    dag = dagbag.dags["nightly_training"]
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["recpipe_metrics"]
+    for model in cfg.retrieval.nightly_models:
+        train, evaluate, gate, publish = (dag.get_task(f"{model}.{step}") for step in ("train", "evaluate", "gate", "publish"))
+        assert evaluate.task_id in train.downstream_task_ids and gate.task_id in evaluate.downstream_task_ids
+        assert publish.upstream_task_ids == {gate.task_id}
+        assert [a.name for a in publish.outlets] == [f"recpipe_model_{model}"]
+        assert {train.pool, evaluate.pool, gate.pool} == {cfg.airflow.warehouse_pool}
+        assert {"write_report", WATCHER} <= publish.downstream_task_ids
+    assert dag.get_task("write_report").trigger_rule == "all_done"
+    watcher = dag.get_task(WATCHER)
+    assert watcher.trigger_rule == "one_failed" and not watcher.downstream_task_ids
+    assert dagbag.dags["content_pools"].get_task(WATCHER).trigger_rule == "one_failed"
 
 
 def _callbacks(cb) -> list:

@@ -1,0 +1,28 @@
+"""The GX suite of the nightly model gate (PLAYBOOK §2, §7): a candidate version's evaluation row
+before it may become current.
+
+The frame has one row per gated candidate: model, candidate_recall (Recall@K of the candidate on
+the evaluation day), recall_floor (the current version's Recall@K on the same day x (1 -
+max_recall_drop); 0 before the first version), popularity_recall (the baseline's, same day) and
+n_users (users with a click that day).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import great_expectations.expectations as gxe
+
+GATE_COLUMNS = ("model", "candidate_recall", "recall_floor", "popularity_recall", "n_users")
+
+
+def model_gate_expectations() -> list[Any]:
+    """Recall a probability, evaluated on at least one user, not below the floor the current
+    version sets, and above the popularity baseline."""
+    return [
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in GATE_COLUMNS),
+        gxe.ExpectColumnValuesToBeBetween(column="candidate_recall", min_value=0, max_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="n_users", min_value=1),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="candidate_recall", column_B="recall_floor", or_equal=True),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="candidate_recall", column_B="popularity_recall"),
+    ]

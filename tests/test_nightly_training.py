@@ -1,0 +1,153 @@
+"""nightly_training (PLAYBOOK §2, §3) run with dag.test() on a simulation: candidates trained
+through the day before, evaluated against the current version and popularity, gated by GX and
+published by switching the registry pointer; a re-run changes nothing; a candidate that loses
+recall is rejected with a data-quality alert and the previous version stays current. Also: a
+stored neighbour table served over a later catalogue."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tasks import artifacts, registry
+from tasks.alerts import read_alerts
+from tasks.config import PlatformConfig, load_config
+from tasks.retrieval_data import connect_read, load_catalogue
+from tasks.train_i2i import load_table
+from tasks.train_i2i import train as train_i2i
+from tasks.warehouse import connect
+
+pytestmark = pytest.mark.slow
+MODELS = ("two_tower", "itemcf", "swing")
+
+
+@pytest.fixture(scope="module")
+def nights(retrieval_sim: Path) -> Iterator[tuple[PlatformConfig, Path, list[dt.date]]]:
+    """Config (own artifact store), its path, and the evaluation days 13 and 14 run by the DAG."""
+    raw = yaml.safe_load(retrieval_sim.read_text())
+    raw["paths"]["artifacts"] = str(retrieval_sim.parent / "nightly-artifacts")
+    path = retrieval_sim.parent / "nightly.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(path)
+    days = [cfg.simulator.start_date + dt.timedelta(days=n) for n in (12, 13)]
+    with pytest.MonkeyPatch.context() as mp:  # the DAG is parsed with this config
+        mp.setenv("RECPIPE_CONFIG", str(path))
+        mp.delenv("RECPIPE_DATA_DIR", raising=False)
+        from tasks.airflow_local import run_dag_for_days, setup_metadata
+
+        setup_metadata(cfg)
+        for day in days:
+            run_dag_for_days("nightly_training", [day])
+        yield cfg, path, days
+
+
+def _gates(cfg: PlatformConfig) -> list[tuple]:
+    with connect(cfg, read_only=True) as con:
+        return con.execute(
+            "select day, model, candidate, current, passed from model_gate order by day, model, checked_at"
+        ).fetchall()
+
+
+def test_each_night_publishes_a_gated_version_trained_through_the_day_before(nights) -> None:
+    cfg, _, days = nights
+    gates = _gates(cfg)
+    assert [(g[0], g[1]) for g in gates] == [(d - dt.timedelta(days=1), m) for d in days for m in sorted(MODELS)]
+    assert all(g[4] for g in gates)
+    for model in MODELS:
+        store = registry.model_store(cfg, model)
+        versions, current = artifacts.list_versions(store), artifacts.require_current(store)
+        assert len(versions) == 2 and current.name == versions[-1].name
+        assert current.meta["training_window"].endswith(str(days[-1] - dt.timedelta(days=1)))
+        assert current.meta["evaluation"]["passed"] and current.meta["evaluation"]["current_recall"] is not None
+        second_night = [g for g in gates if g[1] == model][-1]
+        assert second_night[2] == current.name and second_night[3] == versions[0].name
+
+
+def test_the_aged_two_tower_warm_starts_from_the_previous_version(nights) -> None:
+    cfg, _, days = nights
+    first, second = artifacts.list_versions(registry.model_store(cfg, "two_tower"))
+    assert first.meta["warm_started_from"] is None and first.meta["epochs"] == cfg.retrieval.two_tower.first_epochs
+    assert second.meta["warm_started_from"] == first.name and second.meta["epochs"] == 1
+    assert second.meta["training_window"] == f"{days[1] - dt.timedelta(days=1)}..{days[1] - dt.timedelta(days=1)}"
+
+
+def test_evaluation_rows_hold_candidate_current_and_popularity(nights) -> None:
+    cfg, _, days = nights
+    day = days[-1] - dt.timedelta(days=1)
+    with connect(cfg, read_only=True) as con:
+        rows = con.execute(
+            "select channel, version from retrieval_eval where day = ? and segment = 'all' and k = 50 and metric = 'recall'",
+            [day],
+        ).fetchall()
+    for model in MODELS:
+        versions = [v.name for v in artifacts.list_versions(registry.model_store(cfg, model))]
+        assert {(model, v) for v in versions} <= set(rows)
+    assert ("popularity", "") in rows
+
+
+def test_a_rerun_of_a_night_changes_nothing(nights) -> None:
+    from tasks.airflow_local import run_dag_for_days
+
+    cfg, _, days = nights
+    before = {m: [v.name for v in artifacts.list_versions(registry.model_store(cfg, m))] for m in MODELS}
+    gates = _gates(cfg)
+    run_dag_for_days("nightly_training", [days[-1]])
+    assert {m: [v.name for v in artifacts.list_versions(registry.model_store(cfg, m))] for m in MODELS} == before
+    assert len(_gates(cfg)) == len(gates)
+
+
+def test_a_candidate_losing_recall_is_rejected_and_alerted(nights) -> None:
+    """A night whose ItemCF keeps 1 neighbour per item (a misconfiguration) with no recall drop
+    allowed: the gate fails, an alert names the failed expectation, the previous version stays
+    current and the rejected one is kept for inspection."""
+    from tasks.airflow_local import run_dag_for_days
+
+    cfg, path, days = nights
+    raw = yaml.safe_load(path.read_text())
+    raw["retrieval"]["itemcf"]["top_k"] = 1
+    raw["retrieval"]["nightly_models"] = ["itemcf"]
+    raw["evaluation"]["max_recall_drop"] = 0.0
+    bad = path.parent / "nightly-bad.yaml"
+    bad.write_text(yaml.safe_dump(raw, sort_keys=False))
+    store = registry.model_store(cfg, "itemcf")
+    before = artifacts.require_current(store)
+    night = days[-1] + dt.timedelta(days=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECPIPE_CONFIG", str(bad))
+        with pytest.raises(RuntimeError, match="nightly_training run for .* ended"):
+            run_dag_for_days("nightly_training", [night])
+    assert artifacts.require_current(store).name == before.name
+    rejected = artifacts.list_versions(store)[-1]
+    assert rejected.name != before.name and rejected.meta["evaluation"]["passed"] is False
+    alert = [a for a in read_alerts(cfg) if a["source"] == "nightly_training.gate"][-1]
+    assert alert["kind"] == "data_quality" and rejected.name in alert["title"]
+    assert any("expect_column_pair_values_a_to_be_greater_than_b" in f and "recall_floor" in f
+               for f in alert["details"]["failed_expectations"])
+    last = _gates(cfg)[-1]
+    assert last[1:] == ("itemcf", rejected.name, before.name, False)
+
+
+def test_a_stored_table_serves_a_later_catalogue(retrieval_sim: Path, tmp_path: Path) -> None:
+    """Neighbours are stored as item ids: over a later catalogue, rows of items the version never
+    saw are empty and every neighbour maps to the same item id as when it was trained."""
+    raw = yaml.safe_load(retrieval_sim.read_text())
+    raw["paths"]["artifacts"] = str(tmp_path / "artifacts")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "cfg.yaml")
+    day = cfg.simulator.start_date + dt.timedelta(days=5)
+    version = train_i2i(cfg, "itemcf", day, make_current=True)
+    with connect_read(cfg) as con:
+        later = load_catalogue(con, day + dt.timedelta(days=7))
+    table = load_table(version, later)
+    ids, stored = np.load(version.path / "item_ids.npy"), np.load(version.path / "neighbours.npy")
+    assert len(later) > len(ids)
+    new = ~np.isin(later.item_id, ids)
+    assert (table.neighbours[new] == -1).all()
+    rows = np.searchsorted(ids, later.item_id[~new])
+    mapped = np.where(table.neighbours[~new] >= 0, later.item_id[table.neighbours[~new]], -1)
+    np.testing.assert_array_equal(mapped, stored[rows])
