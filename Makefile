@@ -15,8 +15,11 @@ BENCH_USERS ?= 1000000
 BENCH_DAYS ?= 3
 BENCH_METRICS_DAYS ?= 30
 BENCH_DIR ?= $(CURDIR)/bench-data
+ML_SRC ?= $(CURDIR)/../shared/data/movielens-100k
+ML_DIR ?= $(CURDIR)/movielens-data
+ML_SPLIT ?= 1998-03-31  # last training day: the last 10% of the ratings (1998-04-01..04-22) are the test
 
-.PHONY: install system-deps demo test airflow bench clean
+.PHONY: install system-deps demo test airflow bench eval-movielens clean
 
 install: $(STAMP)
 
@@ -49,5 +52,8 @@ bench: $(STAMP)  ## benchmarks (not tests): simulator, loader, metric marts, Ite
 	$(BIN)/python benchmarks/bench_two_tower.py --examples 250000 --threads 1
 	$(BIN)/python benchmarks/bench_ann.py --n 1000000 --dim 64 --queries 1000
 
+eval-movielens: $(STAMP)  ## MovieLens 100K through the input contract, then the offline retrieval evaluation (temporal split)
+	bash scripts/evaluate-movielens.sh $(ML_SRC) $(ML_DIR) $(ML_SPLIT)
+
 clean:
-	rm -rf data .airflow reports bench-data test-artifacts
+	rm -rf data .airflow reports bench-data test-artifacts movielens-data

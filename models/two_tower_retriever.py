@@ -1,17 +1,36 @@
 """Two-tower retrieval from a published version: exact top-k by dot product of the user vector
-with every catalogue item's vector, the user's training positives excluded."""
+with every catalogue item's vector, the user's training positives excluded; and the item vectors of
+a catalogue (new items through the item tower), which ANN indexes of fresh pools need."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
 from models.retriever import seen_matrix, top_k_rows
-from models.two_tower import item_vectors, load_model, user_vectors
+from models.two_tower import TwoTower, Vocab, item_vectors, load_model, user_vectors
 from models.two_tower_data import UserTable, item_features, latest_sequences, lookup, to_item_rows, user_features
 from tasks.artifacts import Version
 from tasks.retrieval_data import Catalogue, Events
 
 SCORE_CELLS = 1 << 22  # users x items scored per block
+
+
+def catalogue_vectors(version: Version, catalogue: Catalogue, model: TwoTower | None = None,
+                      vocabs: Mapping[str, Vocab] | None = None) -> np.ndarray:
+    """(len(catalogue), d) L2-normalised item vectors: the version's exported ones, and for items
+    it has not seen (published after its training) the item tower's, from their author,
+    categories and cluster."""
+    ids, vectors = np.load(version.path / "item_ids.npy"), np.load(version.path / "item_vectors.npy")
+    pos, known = lookup(catalogue.item_id, ids)
+    out = np.empty((len(catalogue), vectors.shape[1]), dtype=np.float32)
+    out[known] = vectors[pos[known]]
+    if not known.all():
+        if model is None or vocabs is None:
+            model, vocabs = load_model(version.path)
+        out[~known] = item_vectors(model, item_features(vocabs, catalogue)[~known])
+    return out
 
 
 class TwoTowerRetriever:
@@ -28,12 +47,7 @@ class TwoTowerRetriever:
         self.catalogue, self.events = catalogue, events
         no_users = UserTable(*(np.zeros(0, t) for t in (np.int64, str, str, np.int64)))
         self.users = users if users is not None else no_users
-        ids, vectors = np.load(version.path / "item_ids.npy"), np.load(version.path / "item_vectors.npy")
-        pos, known = lookup(catalogue.item_id, ids)
-        self.item_vectors = np.empty((len(catalogue), vectors.shape[1]), dtype=np.float32)
-        self.item_vectors[known] = vectors[pos[known]]
-        if not known.all():
-            self.item_vectors[~known] = item_vectors(self.model, item_features(self.vocabs, catalogue)[~known])
+        self.item_vectors = catalogue_vectors(version, catalogue, self.model, self.vocabs)
         self.user_ids = np.load(version.path / "user_ids.npy")  # sorted (np.unique at export)
         self.user_vectors = np.load(version.path / "user_vectors.npy")
 

@@ -75,6 +75,9 @@ def run_dag_for_days(dag_id: str, days: list[dt.date], conf: dict[str, str] | No
     dag = bag.dags[dag_id]
     for i, day in enumerate(days, 1):
         logical = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+        if dag.start_date and logical < dag.start_date:  # Airflow would run no task and call it a success
+            raise ValueError(f"{dag_id}: {day} is before the DAGs' start date {dag.start_date:%Y-%m-%d}; "
+                             "set airflow.start_date in the config to your data's first day")
         run = dag.test(logical_date=logical, run_conf={"day": day.isoformat(), **(conf or {})})
         state = str(getattr(run, "state", run))
         log.info("%s %s (%d/%d): %s", dag_id, day, i, len(days), state)

@@ -3,7 +3,8 @@ the pool's current version, the model's current version or the `ann:` config cha
 
 A refresh reads the pool's current members from the warehouse (read-only) and the model's current
 vectors (artifact store `models/<model>`: item_ids.npy, item_vectors.npy, user_ids.npy,
-user_vectors.npy, L2-normalised float32), indexes the pool's items that have a vector, and checks
+user_vectors.npy, L2-normalised float32), indexes the pool's items that have a vector (two-tower:
+items published after the version's training get one from its item tower), and checks
 recall@`ann.recall_k` against exact search on `ann.sample_queries` sampled user vectors. An
 approximate index under `ann.min_recall` raises a data-quality alert and is not published (the
 previous index stays current); otherwise it is published atomically into the artifact store
@@ -13,6 +14,7 @@ previous index stays current); otherwise it is published atomically into the art
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
@@ -99,6 +101,30 @@ def load_vectors(version: artifacts.Version) -> Vectors:
             f"{folder}: {len(item_ids)} item ids, item vectors {items.shape}, user vectors {users.shape}"
         )
     return Vectors(version.name, item_ids, items, users)
+
+
+def with_new_items(cfg: PlatformConfig, model: str, version: artifacts.Version, vectors: Vectors,
+                   item_ids: np.ndarray) -> Vectors:
+    """`vectors` plus the vectors of `item_ids` the version has none for (items published after its
+    training), when the model can encode an item from its features (two-tower's item tower);
+    otherwise unchanged."""
+    from models.two_tower import WEIGHTS
+
+    missing = np.setdiff1d(item_ids, vectors.item_ids)
+    if model != "two_tower" or not (version.path / WEIGHTS).exists() or not len(missing):
+        return vectors
+    from models.two_tower_retriever import catalogue_vectors
+    from tasks.retrieval_data import connect_read, load_catalogue
+
+    with connect_read(cfg) as con:
+        catalogue = load_catalogue(con, dt.date.max - dt.timedelta(days=1))
+    catalogue = catalogue.subset(np.flatnonzero(np.isin(catalogue.item_id, missing)))
+    ids = np.r_[vectors.item_ids, catalogue.item_id]
+    items = np.r_[vectors.item_vectors, catalogue_vectors(version, catalogue)]
+    order = np.argsort(ids, kind="stable")
+    log.info("%s %s: %d pool items published after its training encoded by the item tower",
+             model, version.name, len(catalogue))
+    return dataclasses.replace(vectors, item_ids=ids[order], item_vectors=items[order])
 
 
 def read_pool_items(cfg: PlatformConfig, pool: str) -> tuple[str | None, np.ndarray]:
@@ -189,7 +215,7 @@ def refresh(cfg: PlatformConfig, model: str, pool: str) -> RefreshOutcome:
         return RefreshOutcome(model, pool, "up_to_date", version=kept, n_items=previous.meta["n_items"],
                               kind=previous.meta["kind"], recall=previous.meta["recall"])
 
-    vectors = load_vectors(model_version)
+    vectors = with_new_items(cfg, model, model_version, load_vectors(model_version), pool_items)
     rows = np.flatnonzero(np.isin(vectors.item_ids, pool_items))
     ids, items = vectors.item_ids[rows], vectors.item_vectors[rows]
     log.info("ann %s x %s: %d of %d pool items have a vector (pool %s, model %s; read in %.2f s)",

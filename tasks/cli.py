@@ -54,6 +54,14 @@ def _cmd_load(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_movielens(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    from tasks.movielens import convert_movielens
+
+    rows = convert_movielens(Path(args.src), Path(args.out))
+    print(f"contract dump in {args.out}: {rows}; load it with `recpipe load {args.out}`")
+    return 0
+
+
 def _cmd_airflow_setup(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     from tasks.airflow_local import setup_metadata
 
@@ -62,6 +70,7 @@ def _cmd_airflow_setup(cfg: PlatformConfig, args: argparse.Namespace) -> int:
 
 
 RECENT_DEMO_DAYS = 7
+DEMO_TRAINING_NIGHTS = 2
 
 
 def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
@@ -73,7 +82,8 @@ def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     day_list = [start + dt.timedelta(days=i) for i in range(days)]
     print(
         f"recpipe demo: {days} simulated days from {start} through the ingest DAG, then daily_metrics "
-        f"over them, then content_pools, kol_scoring and implicit_follows (data in {cfg.data_root})"
+        f"over them, then content_pools, kol_scoring, implicit_follows, nightly_training and ann_refresh "
+        f"(data in {cfg.data_root})"
     )
     setup_metadata(cfg)
     run_dag_for_days("ingest", day_list)
@@ -83,6 +93,10 @@ def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     recent = day_list[max(0, len(day_list) - RECENT_DEMO_DAYS)]
     for dag_id in ("content_pools", "kol_scoring", "implicit_follows"):
         run_dag_for_days(dag_id, [recent], conf={"through": day_list[-1].isoformat()})
+    # Nightly retrieval training for the last DEMO_TRAINING_NIGHTS days (one night each: cold,
+    # then aged), then the ANN indexes of the published two-tower over the current pools.
+    run_dag_for_days("nightly_training", day_list[-DEMO_TRAINING_NIGHTS:])
+    run_dag_for_days("ann_refresh", [day_list[-1]])
     print_summary(cfg)
     return 0
 
@@ -130,6 +144,8 @@ def _cmd_evaluate(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     from tasks.evaluate import evaluate, write_results
     from tasks.report import write_report
 
+    if args.train_window_days:
+        cfg = cfg.model_copy(update={"retrieval": cfg.retrieval.model_copy(update={"train_window_days": args.train_window_days})})
     results = evaluate(cfg, args.day, args.channels.split(",") if args.channels else None, args.eval_days)
     write_results(cfg, results)
     overall = results[results.segment == "all"]
@@ -137,6 +153,12 @@ def _cmd_evaluate(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     users = int(overall.n_users.iloc[0])
     print(f"retrieval evaluation: trained through {args.day}, {users} users with clicks in the next "
           f"{args.eval_days} day(s)\n{table.round(4).to_string()}")
+    k0 = cfg.evaluation.k[0]
+    recall = results[(results.metric == "recall") & (results.k == k0)]
+    groups = recall.pivot_table(index="channel", columns="segment", values="value", sort=False)
+    users = recall.groupby("segment").n_users.max()
+    groups.columns = [f"{g} ({users[g]})" for g in groups.columns]
+    print(f"Recall@{k0} per user group (users):\n{groups.round(4).to_string()}")
     print(f"rows in retrieval_eval; report: {write_report(cfg)}")
     return 0
 
@@ -221,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--day", type=dt.date.fromisoformat, help="treat the folder as this day's batch")
     ld.set_defaults(func=_cmd_load)
 
+    ml = sub.add_parser("convert-movielens", help="turn MovieLens 100K (u.user, u.item, u.data) into a contract "
+                        "dump (docs/CONTRACT.md)")
+    ml.add_argument("--src", required=True, help="the ml-100k folder")
+    ml.add_argument("--out", required=True, help="folder for users.csv, items.csv, events.csv")
+    ml.set_defaults(func=_cmd_convert_movielens)
+
     sub.add_parser("airflow-setup", help="migrate the local Airflow metadata DB and create the pools").set_defaults(
         func=_cmd_airflow_setup
     )
@@ -251,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="offline retrieval evaluation: fit every channel on the window ending on "
                         "--day, score it on the next day's clicks (PLAYBOOK §2)")
     ev.add_argument("--day", type=dt.date.fromisoformat, required=True, help="last training day")
-    ev.add_argument("--channels", help="comma-separated channels (default: all; ablation: two_tower_no_logq)")
+    ev.add_argument("--channels", help="comma-separated channels; 'all' (the default) = every channel; "
+                    "ablation: two_tower_no_logq")
     ev.add_argument("--eval-days", type=int, default=1, help="days of clicks after --day to evaluate on")
+    ev.add_argument("--train-window-days", type=int, help="training window (default: retrieval.train_window_days)")
     ev.set_defaults(func=_cmd_evaluate)
 
     tr = sub.add_parser("train", help="run the nightly_training DAG: train through the day before --day, "

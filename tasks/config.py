@@ -331,6 +331,9 @@ class AirflowConfig(_Strict):
     warehouse_pool: Annotated[str, Field(pattern=IDENTIFIER)] = "warehouse_writer"
     owner: str = "recpipe"
     retries: Annotated[int, Field(ge=0)] = 1
+    # the first logical date of the DAGs (default: simulator.start_date); with your own data, its
+    # first day: a run for an earlier day has no task to run
+    start_date: dt.date | None = None
 
 
 class PlatformConfig(_Strict):

@@ -44,7 +44,7 @@ def dag_kwargs(cfg: PlatformConfig, *, schedule: Any, tags: list[str]) -> dict[s
     """Keyword arguments common to every recpipe @dag."""
     return {
         "schedule": schedule,
-        "start_date": dt.datetime.combine(cfg.simulator.start_date, dt.time(), tzinfo=dt.timezone.utc),
+        "start_date": dt.datetime.combine(cfg.airflow.start_date or cfg.simulator.start_date, dt.time(), tzinfo=dt.timezone.utc),
         "catchup": False,
         "default_args": default_args(cfg),
         "on_failure_callback": RecpipeNotifier(title="Airflow DAG run failed"),

@@ -55,6 +55,13 @@ SOCIAL_SQL = {
 }
 
 
+GATE_SQL = """
+select day + 1 as evaluated_on, model, candidate, round(candidate_recall, 4) as recall_at_k,
+       round(current_recall, 4) as current_recall, round(popularity_recall, 4) as popularity_recall, passed
+from model_gate order by day, model
+"""
+
+
 def print_summary(cfg: PlatformConfig) -> None:
     """Print per-day metrics, the last complete day's core metrics per segment, alerts and paths."""
     from tasks.warehouse import connect
@@ -68,6 +75,7 @@ def print_summary(cfg: PlatformConfig) -> None:
         tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
         pools = con.execute(POOLS_SQL).df() if "pool_versions" in tables else None
         social = {t: con.execute(q).df() for t, q in SOCIAL_SQL.items() if t in tables}
+        gates = con.execute(GATE_SQL).df() if "model_gate" in tables else None
         totals = {
             t: con.execute(f"select count(*) from raw.{t}").fetchone()[0]
             for t in ("users", "items", "follows", "events", "quarantine")
@@ -86,7 +94,27 @@ def print_summary(cfg: PlatformConfig) -> None:
     if "implicit_follows" in social:
         print("\nImplicit follows per day (implicit_follows):")
         print(social["implicit_follows"].to_string(index=False))
+    if gates is not None:
+        print(f"\nNightly retrieval training: each candidate's Recall@{cfg.evaluation.k[0]} on the next day's clicks, "
+              "against the current version and popularity (model_gate; passed = published):")
+        print(gates.to_string(index=False))
+        _print_indexes(cfg)
     alerts = read_alerts(cfg)
     print(f"Alerts raised: {len(alerts)} (log: {cfg.alerts_log})")
     print(f"Warehouse: {cfg.warehouse_path}")
-    print(f"Report (metrics, pools, KOLs, implicit follows): {reports_metrics_dir(cfg) / 'index.html'}")
+    print(f"Report (metrics, pools, KOLs, implicit follows, retrieval): {reports_metrics_dir(cfg) / 'index.html'}")
+
+
+def _print_indexes(cfg: PlatformConfig) -> None:
+    """The current ANN index per (vector model, pool)."""
+    from tasks import artifacts
+    from tasks.ann_refresh import index_store
+
+    rows = []
+    for model in cfg.ann.vector_models:
+        for pool in cfg.pools:
+            v = artifacts.current(index_store(cfg, model, pool.name))
+            if v:
+                rows.append(f"  {model} x {pool.name}: {v.meta['kind']} over {v.meta['n_items']} items, "
+                            f"recall@{v.meta['recall_k']} {v.meta['recall']:.3f} (model {v.meta['model_version']})")
+    print("ANN indexes (current):\n" + ("\n".join(rows) if rows else "  none yet"))

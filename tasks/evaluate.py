@@ -1,8 +1,9 @@
 """Offline evaluation of the retrieval channels (PLAYBOOK §2): fit on the positives of the
 training window ending on day d, evaluate on the clicks of the following `eval_days` days.
 
-Per channel and per segment (the user's segment on the first evaluation day, from dbt's
-int_user_day_segments when it has been built; 'all' always), at every K of the config: Recall@K,
+Per channel and per user group ('all'; 'with_history' / 'without_history': users with / without a
+positive in the training window; the user's segment on the first evaluation day, from dbt's
+int_user_day_segments when it has been built), at every K of the config: Recall@K,
 NDCG@K, HitRate@K, catalogue coverage@K and tail-item recall@K (tail = the least clicked
 `tail_share` of the catalogue in training), next to the popularity baseline. Results go to the
 warehouse table `retrieval_eval` (day, channel, version, segment, k, metric, value, n_users;
@@ -41,6 +42,7 @@ from tasks.retrieval_data import (
 
 log = logging.getLogger(__name__)
 EVERYONE = "all"
+WARM, COLD = "with_history", "without_history"  # users with / without a training positive
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ def score_channel(data: EvalData, channel: Retriever, ks: tuple[int, ...], name:
     label = name or channel.name
     started = time.perf_counter()
     retrieved = channel.retrieve(data.users, max(ks))
-    groups = {EVERYONE: np.arange(len(data.users))}
+    warm = np.isin(data.users, data.train.user_id)
+    groups = {EVERYONE: np.arange(len(data.users)), WARM: np.flatnonzero(warm), COLD: np.flatnonzero(~warm)}
+    groups = {name: rows for name, rows in groups.items() if len(rows) or name == EVERYONE}
     for segment, ids in data.segments.groupby("segment").user_id:
         rows = np.flatnonzero(np.isin(data.users, ids.to_numpy()))
         if len(rows):
@@ -154,15 +158,16 @@ ABLATIONS: dict[str, ChannelBuilder] = {
 
 
 def evaluate(cfg: PlatformConfig, day: dt.date, channels: list[str] | None = None, eval_days: int = 1) -> pd.DataFrame:
-    """Fit each channel (default: every one of CHANNELS; ABLATIONS by name) on the window ending on
+    """Fit each channel (default "all": every one of CHANNELS; ABLATIONS by name) on the window ending on
     `day` and score it on the following `eval_days` days; one row per (channel, segment, k, metric)."""
     builders = {**CHANNELS, **ABLATIONS}
-    unknown = sorted(set(channels or ()) - set(builders))
+    channels = [c for name in channels or ["all"] for c in (CHANNELS if name == "all" else [name])]
+    unknown = sorted(set(channels) - set(builders))
     if unknown:
         raise ValueError(f"unknown channel(s) {', '.join(unknown)}; known: {', '.join(builders)}")
     data = load_eval_data(cfg, day, eval_days)
     frames = []
-    for name in channels or list(CHANNELS):
+    for name in dict.fromkeys(channels):
         started = time.perf_counter()
         channel = builders[name](cfg, data)
         log.info("fitted %s in %.1f s", name, time.perf_counter() - started)

@@ -8,6 +8,7 @@ mapping with its weights), so a version trained yesterday still knows which row 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -38,6 +39,11 @@ class Catalogue:
 
     def __len__(self) -> int:
         return len(self.item_id)
+
+    def subset(self, rows: np.ndarray) -> Catalogue:
+        """The catalogue of the given rows (ascending), category names kept."""
+        return dataclasses.replace(self, **{f: getattr(self, f)[rows] for f in (
+            "item_id", "author_id", "category_l1", "category_l2", "content_cluster", "publish_us")})
 
     def index(self, item_ids: np.ndarray) -> np.ndarray:
         """Row of each item id (ValueError on an id not in the catalogue)."""

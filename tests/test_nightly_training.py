@@ -151,3 +151,24 @@ def test_a_stored_table_serves_a_later_catalogue(retrieval_sim: Path, tmp_path: 
     rows = np.searchsorted(ids, later.item_id[~new])
     mapped = np.where(table.neighbours[~new] >= 0, later.item_id[table.neighbours[~new]], -1)
     np.testing.assert_array_equal(mapped, stored[rows])
+
+
+def test_items_published_after_training_get_item_tower_vectors_for_the_ann(nights) -> None:
+    """A fresh pool holds items the current two-tower never saw: the index refresh encodes them
+    from their author, categories and cluster instead of leaving them out."""
+    from tasks.ann_refresh import load_vectors, with_new_items
+
+    cfg, _, days = nights
+    version = artifacts.require_current(registry.model_store(cfg, "two_tower"))
+    vectors = load_vectors(version)
+    with connect_read(cfg) as con:
+        later = load_catalogue(con, days[-1] + dt.timedelta(days=1))
+    new = later.item_id[~np.isin(later.item_id, vectors.item_ids)]
+    assert len(new)
+    pool = np.r_[vectors.item_ids[:5], new, -1]  # -1: not in the catalogue either
+    got = with_new_items(cfg, "two_tower", version, vectors, pool)
+    assert set(new) <= set(got.item_ids) and -1 not in got.item_ids
+    assert np.all(np.diff(got.item_ids) > 0) and len(got.item_ids) == len(vectors.item_ids) + len(new)
+    np.testing.assert_allclose(np.linalg.norm(got.item_vectors, axis=1), 1, atol=1e-5)
+    old = np.searchsorted(got.item_ids, vectors.item_ids)
+    np.testing.assert_array_equal(got.item_vectors[old], vectors.item_vectors)

@@ -12,9 +12,13 @@ user_day as (
     select
         day,
         user_id,
-        -- Buckets are per user; reading them off the session events only (each day of a session
-        -- has its start or its end) saves a fifth of the time of this, the largest model.
-        min(experiment_bucket) filter (where event_type in ('session_start', 'session_end')) as experiment_bucket,
+        -- Buckets are per user; reading them off the session events (each day of a session has
+        -- its start or its end) saves a fifth of the time of this, the largest model. Logs
+        -- without session events (the contract does not require them) use all of the day's events.
+        coalesce(
+            min(experiment_bucket) filter (where event_type in ('session_start', 'session_end')),
+            min(experiment_bucket)
+        ) as experiment_bucket,
         count(*) filter (where event_type = 'session_start') as sessions,
         coalesce(sum(dwell_ms) filter (where event_type = 'session_end'), 0) / 1000.0 as session_duration_s,
         {{- event_counts(['impression', 'click', 'like', 'favorite', 'share', 'comment', 'follow', 'publish']) }}
