@@ -282,6 +282,73 @@ class EvaluationConfig(_Strict):
     max_recall_drop: Annotated[float, Field(ge=0, le=1)] = 0.05  # gate: relative drop of Recall@k[0] vs current
 
 
+RANKING_HEADS: tuple[str, ...] = ("click", "like", "favorite", "share", "comment", "follow", "long_view")
+FAULTS: tuple[str, ...] = ("none", "scaled_x3", "constant_half", "shuffled", "nan_5pct", "leaked_labels", "shifted_0_2")
+
+
+class FullRankingConfig(_Strict):
+    """The multi-objective full ranker (PLAYBOOK §3): MMoE over user, item, author and context
+    features plus the behaviour sequence with candidate attention (DIN), one head per target."""
+
+    long_view_seconds: Annotated[float, Field(gt=0)] = 30.0  # the long_view label: a click with this dwell
+    embedding_dim: Annotated[int, Field(ge=2, le=256)] = 16
+    experts: Annotated[int, Field(ge=1, le=32)] = 4
+    expert_hidden: Annotated[int, Field(ge=4)] = 64
+    tower_hidden: Annotated[int, Field(ge=4)] = 32
+    sequence_length: Annotated[int, Field(ge=1, le=500)] = 20
+    batch_size: Annotated[int, Field(ge=16)] = 1024
+    learning_rate: Annotated[float, Field(gt=0)] = 0.003
+    first_window_days: Annotated[int, Field(ge=1)] = 7  # cold start: the days before the first night
+    first_epochs: Annotated[int, Field(ge=1)] = 2
+    warm_start: bool = True  # aged: warm-start from the current version, 1 epoch on the new day
+    seed: int = 7
+    # fusion formula (PLAYBOOK §3): score = sum_k w_k * p_k
+    fusion_weights: dict[str, float] = {"click": 1.0, "like": 2.0, "favorite": 2.0, "share": 3.0,
+                                        "comment": 3.0, "follow": 4.0, "long_view": 1.0}
+    # planted bug on the scoring of the distillation set (tests and drills only; "none" in production)
+    fault_injection: Literal[FAULTS] = "none"  # type: ignore[valid-type]
+
+    @field_validator("fusion_weights")
+    @classmethod
+    def _known_heads(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(RANKING_HEADS)
+        if unknown:
+            raise ValueError(f"unknown heads {sorted(unknown)}; heads: {', '.join(RANKING_HEADS)}")
+        return v
+
+
+class DistillationGateConfig(_Strict):
+    """The GX gate on the full ranker's predictions before pre-ranking distils them (PLAYBOOK §7)."""
+
+    min_coverage: Annotated[float, Field(gt=0, le=1)] = 1.0  # share of the day's exposures scored
+    calibration_band: tuple[float, float] = (0.5, 2.0)  # mean prediction / observed rate, per head and segment
+    calibration_min_positives: Annotated[int, Field(ge=1)] = 30  # slices with fewer positives are not judged
+    auc_band: tuple[float, float] = (0.55, 0.97)  # too low: broken; too high: labels leaked
+    auc_min_positives: Annotated[int, Field(ge=1)] = 30
+    max_kl_divergence: Annotated[float, Field(gt=0)] = 0.2  # per head, against the previous day's predictions
+    on_failure: Literal["label_only", "skip"] = "label_only"  # what pre-ranking trains on after a failed gate
+
+
+class PreRankingConfig(_Strict):
+    """The pre-ranker (PLAYBOOK §3): a multi-vector two-tower (one user vector per target, one item
+    vector) distilled from the full ranker."""
+
+    dim: Annotated[int, Field(ge=2, le=256)] = 16
+    targets: tuple[Literal[RANKING_HEADS], ...] = ("click", "like", "long_view")  # type: ignore[valid-type]
+    loss: Literal["pointwise", "pairwise", "both"] = "pointwise"  # (y + p) / 2, and/or log(1 + exp(-(q_i - q_j)))
+    batch_size: Annotated[int, Field(ge=16)] = 1024
+    learning_rate: Annotated[float, Field(gt=0)] = 0.003
+    first_epochs: Annotated[int, Field(ge=1)] = 2
+    warm_start: bool = True
+    seed: int = 7
+
+
+class RankingConfig(_Strict):
+    full: FullRankingConfig = FullRankingConfig()
+    gate: DistillationGateConfig = DistillationGateConfig()
+    preranking: PreRankingConfig = PreRankingConfig()
+
+
 class AnnConfig(_Strict):
     """ANN index per content pool x vector model (faiss, inner product on normalised vectors)."""
 
@@ -347,6 +414,7 @@ class PlatformConfig(_Strict):
     implicit_follows: ImplicitFollowsConfig = ImplicitFollowsConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    ranking: RankingConfig = RankingConfig()
     ann: AnnConfig = AnnConfig()
     ingest: IngestConfig = IngestConfig()
     schedules: Schedules = Schedules()

@@ -49,8 +49,8 @@ def dbt_vars(
     None: every day; dbt checks their format, so Airflow templates may stand in), the segments
     (validated by the config; 'all' is reserved), the experiment buckets (the first is control),
     and for the pool and social models the refresh time(s) `as_of` ('YYYY-MM-DD HH:00:00', UTC),
-    the pools (those named in `pools`, default all; with their window in hours), the KOL and
-    implicit-follow settings."""
+    the pools (those named in `pools`, default all; with their window in hours), the KOL,
+    implicit-follow and ranking-label settings."""
     if ds_from is not None and ds is None:
         raise ValueError("dbt vars: ds_from needs ds (the last day to rebuild)")
     names = [s.name for s in cfg.segments] + list(cfg.simulator.experiment_buckets)
@@ -68,6 +68,7 @@ def dbt_vars(
         ],
         "kol": cfg.kol.model_dump(mode="json"),
         "implicit_follows": cfg.implicit_follows.model_dump(mode="json"),
+        "ranking": {"long_view_seconds": cfg.ranking.full.long_view_seconds},
     }
 
 

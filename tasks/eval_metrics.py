@@ -68,3 +68,16 @@ def tail_items(train_item_rows: np.ndarray, n_items: int, tail_share: float) -> 
     mask = np.zeros(n_items, dtype=bool)
     mask[order[: int(round(tail_share * n_items))]] = True
     return mask
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC: the probability that a random positive scores above a random negative (ties count
+    one half), from average ranks (Mann-Whitney U); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if not positives or not negatives:
+        return float("nan")
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.eval_metrics import coverage_at_k, hit_rate_at_k, ndcg_at_k, recall_at_k, tail_items, tail_recall_at_k
+from tasks.eval_metrics import auc, coverage_at_k, hit_rate_at_k, ndcg_at_k, recall_at_k, tail_items, tail_recall_at_k
 
 RETRIEVED = np.array([[3, 1, 4, -1], [2, 0, 5, 6]])
 TRUTH = [np.array([1, 9]), np.array([6])]
@@ -33,3 +33,12 @@ def test_tail_is_the_least_clicked_share() -> None:
     clicks = np.array([0, 0, 0, 1, 1, 2])  # item 0: 3 clicks, 1: 2, 2: 1, 3-4: none
     mask = tail_items(clicks, 5, 0.6)
     assert mask.tolist() == [False, False, True, True, True]
+
+
+def test_auc_counts_ordered_pairs_and_half_ties() -> None:
+    labels = np.array([1, 0, 1, 0, 0])
+    scores = np.array([0.9, 0.8, 0.3, 0.3, 0.1])
+    # pairs (positive, negative): (0.9 > 0.8, 0.3, 0.1) = 3; (0.3 vs 0.8: 0, vs 0.3: 1/2, vs 0.1: 1)
+    assert auc(labels, scores) == pytest.approx(4.5 / 6)
+    assert auc(labels, -scores) == pytest.approx(1 - 4.5 / 6)
+    assert np.isnan(auc(np.ones(3), np.arange(3)))
