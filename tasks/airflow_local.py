@@ -63,9 +63,13 @@ def setup_metadata(cfg: PlatformConfig) -> None:
     log.info("Airflow metadata ready in %s; pool %s (1 slot)", os.environ["AIRFLOW_HOME"], cfg.airflow.warehouse_pool)
 
 
+class DagRunFailed(RuntimeError):
+    """A DAG run ended in a state other than success."""
+
+
 def run_dag_for_days(dag_id: str, days: list[dt.date], conf: dict[str, str] | None = None) -> None:
     """Run one DAG once per logical day, in the given order, in this process (`dag.test`, with
-    conf {"day": <that day>} plus `conf`); stop on failure."""
+    conf {"day": <that day>} plus `conf`); stop on the first failed run (DagRunFailed)."""
     use_local_airflow()
     from airflow.dag_processing.dagbag import DagBag
 
@@ -82,4 +86,4 @@ def run_dag_for_days(dag_id: str, days: list[dt.date], conf: dict[str, str] | No
         state = str(getattr(run, "state", run))
         log.info("%s %s (%d/%d): %s", dag_id, day, i, len(days), state)
         if "success" not in state:
-            raise RuntimeError(f"{dag_id} run for {day} ended {state}; see the alerts log and task logs")
+            raise DagRunFailed(f"{dag_id} run for {day} ended {state}; see the alerts log and task logs")
