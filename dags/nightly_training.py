@@ -14,7 +14,15 @@ param `day` (= ds), each model of `retrieval.nightly_models` runs in its own tas
 - `publish`: switch the model's CURRENT pointer (atomic) and emit recpipe_model_<model>, which
   schedules ann_refresh.
 
-The run ends by rewriting the report (retrieval section). Logic: tasks/nightly_training.py.
+The `ranking` group (PLAYBOOK §3, §7; tasks/nightly_ranking.py): exposures of ds built by dbt ->
+the current full ranker scores them into the distillation set and is evaluated on them (AUC per
+head and segment) -> the GX gate on the predictions (a failure alerts, fails the task and keeps
+the predictions for inspection) -> the pre-ranker trains on ds, distilled from the gated
+predictions or on labels only after a failure -> the aged full ranker trains 1 epoch on ds. Both
+emit recpipe_model_<name> when published.
+
+The run ends by rewriting the report; a failed gate fails the run (watcher task). Logic:
+tasks/nightly_training.py, tasks/nightly_ranking.py.
 `recpipe train --day D` runs it from the command line.
 """
 
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 from airflow.sdk import TaskGroup, dag, task
 
-from tasks import nightly_training
+from tasks import nightly_ranking, nightly_training
 from tasks.config import get_config
 from tasks.dag_wiring import (
     METRICS,
@@ -72,6 +80,55 @@ def _model_tasks(model: str, days) -> object:
         return publish(gated)
 
 
+def _ranking_tasks(days) -> list:
+    """prepare >> score >> gate, evaluate_full; train_preranking after the gate whatever it did;
+    train_full after scoring and evaluation (they use the version it replaces)."""
+    import datetime as dt
+
+    def ds(days: dict[str, str]) -> dt.date:
+        return dt.date.fromisoformat(days["ds"])
+
+    with TaskGroup(group_id="ranking"):
+
+        @task(**writer_task_kwargs(cfg))
+        def prepare(days: dict[str, str]) -> dict:
+            return nightly_ranking.prepare(cfg, ds(days))
+
+        @task(**writer_task_kwargs(cfg))
+        def score(_: dict, days: dict[str, str]) -> dict:
+            return nightly_ranking.score(cfg, ds(days))
+
+        @task(**writer_task_kwargs(cfg))
+        def evaluate_full(_: dict, days: dict[str, str]) -> dict:
+            return nightly_ranking.evaluate_full(cfg, ds(days))
+
+        @task(**writer_task_kwargs(cfg))
+        def gate(_: dict, days: dict[str, str]) -> dict:
+            return nightly_ranking.gate(cfg, ds(days))
+
+        @task(trigger_rule="all_done", outlets=[model_asset("preranking")], **writer_task_kwargs(cfg))
+        def train_preranking(days: dict[str, str], outlet_events=None) -> dict:
+            trained = nightly_ranking.train_preranking(cfg, ds(days))
+            outlet_events[model_asset("preranking")].extra = trained
+            return trained
+
+        @task(outlets=[model_asset("full_ranking")], **writer_task_kwargs(cfg))
+        def train_full(days: dict[str, str], outlet_events=None) -> dict:
+            trained = nightly_ranking.train_full(cfg, ds(days))
+            outlet_events[model_asset("full_ranking")].extra = trained
+            return trained
+
+        prepared = prepare(days)
+        scored = score(prepared, days)
+        evaluated = evaluate_full(prepared, days)
+        gated = gate(scored, days)
+        pre = train_preranking(days)
+        gated >> pre
+        full = train_full(days)
+        [scored, evaluated, pre] >> full
+        return [pre, full]
+
+
 @dag(
     dag_id="nightly_training",
     description="Retrieval models: train candidate -> evaluate vs current and popularity -> GX gate -> publish",
@@ -83,6 +140,8 @@ def _model_tasks(model: str, days) -> object:
 def nightly_training_dag() -> None:
     days = resolve_days_task()
     published = [_model_tasks(model, days) for model in cfg.retrieval.nightly_models]
+    if cfg.ranking.nightly:
+        published += _ranking_tasks(days)
     report_whatever_happens(cfg, published)  # the report also after a rejected candidate; the run fails then
 
 

@@ -190,6 +190,18 @@ def _cmd_train(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return _cmd_models(cfg, argparse.Namespace(action="list", model=None, version=None))
 
 
+def _cmd_fault_drill(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Plant each fault in --day's full-ranking predictions: does the gate stop it, and what would
+    the pre-ranker's next-day AUC be, gated vs ungated."""
+    from tasks.fault_drill import drill
+
+    rows = drill(cfg, args.day)
+    cols = ["fault", "caught", "auc_gated", "auc_ungated", "auc_label_only", "failed_expectations"]
+    print(f"fault drill on {args.day} (pre-ranking AUC on {args.day + dt.timedelta(days=1)}, mean over targets):")
+    print(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", max_colwidth=90))
+    return 0
+
+
 def _cmd_models(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     from tasks import registry
 
@@ -299,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluate on --day, gate, publish")
     tr.add_argument("--day", type=dt.date.fromisoformat, required=True, help="the evaluation day (data through it)")
     tr.set_defaults(func=_cmd_train)
+
+    fd = sub.add_parser("fault-drill", help="plant each listed bug in a day's full-ranking predictions: is it "
+                        "stopped by the distillation gate, and the pre-ranker's AUC gated vs ungated")
+    fd.add_argument("--day", type=dt.date.fromisoformat, required=True, help="a scored day with exposures the day after")
+    fd.set_defaults(func=_cmd_fault_drill)
 
     mo = sub.add_parser("models", help="the model registry: list versions (* = current) or roll back")
     mo.add_argument("action", choices=["list", "rollback"])

@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -118,7 +118,10 @@ def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False, store: 
     if parent_last and parent_last >= day:
         raise ValueError(f"full_ranking: current version {parent.name} has training window "
                          f"{parent.meta['training_window']}; aged training needs a later day than {day}")
-    first, epochs = (max(parent_last + dt.timedelta(days=1), window_first), 1) if parent_last else (window_first, fr.first_epochs)
+    if parent_last:  # aged: 1 epoch on the days after the parent's window (one day on a normal night)
+        first, epochs = max(parent_last + dt.timedelta(days=1), window_first), 1
+    else:
+        first, epochs = window_first, fr.first_epochs
     with connect_read(cfg) as con:
         exposures = load_exposures(con, first, day)
         src = load_sources(con, first, day)
@@ -127,14 +130,17 @@ def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False, store: 
                          "tasks.ranking_data.build_exposures)")
     torch.manual_seed(fr.seed)
     rng = np.random.default_rng([fr.seed, day.toordinal()])
+    arch = Architecture({}, len(RANKING_HEADS), fr.embedding_dim, fr.experts, fr.expert_hidden, fr.tower_hidden)
     if parent:
         old, old_vocabs = load_model(parent.path)
+        if replace(old.arch, sizes={}) != arch:
+            raise ValueError(f"full_ranking: cannot warm-start {arch} from {parent.name}: "
+                             f"{replace(old.arch, sizes={})}")
         vocabs = build_vocabs(src.catalogue, src.users, np.unique(exposures.user_id), old_vocabs)
         model = extend_model(old, old_vocabs, vocabs)
     else:
         vocabs = build_vocabs(src.catalogue, src.users, np.unique(exposures.user_id))
-        model = FullRanking(Architecture(sizes(vocabs), len(RANKING_HEADS), fr.embedding_dim, fr.experts,
-                                         fr.expert_hidden, fr.tower_hidden))
+        model = FullRanking(replace(arch, sizes=sizes(vocabs)))
         model.set_priors(exposures.labels.mean(axis=0))
     features = ranking_features(vocabs, src.catalogue, src.users, src.clicks, exposures, fr.sequence_length)
     log.info("full_ranking %s training on %s..%s: %d examples, %d epoch(s)%s", "aged" if parent else "cold",
@@ -154,7 +160,7 @@ def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False, store: 
         "examples_per_s": [e["examples_per_s"] for e in epochs_log],
         "data_hash": _data_hash(src, first, exposures),
     }
-    return artifacts.publish(store, lambda folder: save_model(folder, model, vocabs), meta, make_current=make_current)
+    return artifacts.publish(store, lambda folder: save_model(folder, model, vocabs), meta, make_current)
 
 
 def predict(cfg: PlatformConfig, version: artifacts.Version, exposures: Exposures) -> np.ndarray:

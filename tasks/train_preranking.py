@@ -148,7 +148,9 @@ def group_keys(exposures: Exposures) -> np.ndarray:
     return inverse.reshape(-1).astype(np.int64)
 
 
-def group_batches(group: np.ndarray, day: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+def group_batches(
+    group: np.ndarray, day: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
     """One epoch of row indices in batches of whole groups: days oldest first, groups shuffled
     within a day, a batch closed once it holds batch_size rows or more (a bigger group alone).
     Within a batch the rows of a group are contiguous."""
@@ -204,7 +206,9 @@ class TrainingData:
         return len(self.group)
 
 
-def batch_loss(model: PreRanker, data: TrainingData, rows: np.ndarray, loss: str, rng: np.random.Generator) -> torch.Tensor:
+def batch_loss(
+    model: PreRanker, data: TrainingData, rows: np.ndarray, loss: str, rng: np.random.Generator
+) -> torch.Tensor:
     """The loss of one batch (rows with each group contiguous): pointwise, pairwise or both."""
     idx = torch.from_numpy(rows)
     logits = model(data.users[idx], data.seq[idx], data.items[idx])
@@ -294,10 +298,11 @@ def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.n
         vocabs = build_vocabs(ctx.catalogue, ctx.users, user_ids)
         model = PreRanker({k: len(v) for k, v in vocabs.items()}, pr.dim, len(targets))
     x = inputs(vocabs, ctx, exposures, cfg.ranking.full.sequence_length)
+    used = teacher[:, columns] if teacher is not None else None
     data = TrainingData(
         users=torch.from_numpy(x.users), seq=torch.from_numpy(x.seq), items=torch.from_numpy(x.items),
         labels=torch.from_numpy(np.ascontiguousarray(exposures.labels[:, columns], dtype=np.float32)),
-        teacher=torch.from_numpy(np.ascontiguousarray(teacher[:, columns], dtype=np.float32)) if teacher is not None else None,
+        teacher=torch.from_numpy(np.ascontiguousarray(used, dtype=np.float32)) if used is not None else None,
         group=group_keys(exposures), day=exposures.day,
     )
     supervision = "distilled" if teacher is not None else "label_only"
@@ -317,7 +322,7 @@ def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.n
         "epochs": epochs,
         "examples": len(data),
         "label_rate": dict(zip(targets, map(float, exposures.labels[:, columns].mean(axis=0)))),
-        "teacher_mean": dict(zip(targets, map(float, teacher[:, columns].mean(axis=0)))) if teacher is not None else None,
+        "teacher_mean": dict(zip(targets, map(float, used.mean(axis=0)))) if used is not None else None,
         "loss_per_epoch": [e["loss"] for e in epochs_log],
         "examples_per_s": [e["examples_per_s"] for e in epochs_log],
         "data_hash": _hash(ctx, first, exposures, columns, teacher),

@@ -31,6 +31,7 @@ def nights(retrieval_sim: Path) -> Iterator[tuple[PlatformConfig, Path, list[dt.
     """Config (own artifact store), its path, and the evaluation days 13 and 14 run by the DAG."""
     raw = yaml.safe_load(retrieval_sim.read_text())
     raw["paths"]["artifacts"] = str(retrieval_sim.parent / "nightly-artifacts")
+    raw["ranking"] = {"nightly": False}  # the ranking group: tests/test_nightly_ranking.py
     path = retrieval_sim.parent / "nightly.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = load_config(path)

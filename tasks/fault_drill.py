@@ -1,0 +1,107 @@
+"""The planted-bug drill (PLAYBOOK §3, §7): does the distillation gate stop a buggy full ranker, and
+what would the bug have done to pre-ranking?
+
+For day d (its predictions by the full ranker trained before d, the previous accepted day as the
+drift reference) and each fault of tasks.config.FAULTS (models/faults.py): the gate's verdict on
+the faulty predictions (the expectations that failed; checked as version "drill:<fault>:<scorer>",
+so the night's own gate rows are never confused with a drill's, but alerted like any failure),
+and the pre-ranker's AUC per target on day d + 1 after the night of d (warm-started, as the night
+does, from the pre-ranker trained before d when there is one; cold on d otherwise)
+- gated: distilled from the predictions if the gate passed them, else on labels only;
+- ungated: distilled from the faulty predictions whatever they are (NaN read as 0, as a pipeline
+  without the gate would feed them).
+Rows go to the warehouse table `fault_drill` (replaced per day) and the pre-rankers to a
+throwaway store. `recpipe fault-drill --day D` runs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.faults import inject
+from tasks import artifacts, registry
+from tasks.config import FAULTS, PlatformConfig
+from tasks.distillation import frame, last_accepted_day, load_scored, scorer_for
+from tasks.ranking_data import load_exposures, user_segments
+from tasks.retrieval_data import connect_read
+
+log = logging.getLogger(__name__)
+TABLE = "fault_drill"
+
+
+def drill(cfg: PlatformConfig, day: dt.date, faults: tuple[str, ...] = FAULTS) -> pd.DataFrame:
+    """One row per fault: caught, failed expectations, and the pre-ranker's next-day mean AUC
+    (and per target) gated vs ungated."""
+    from tasks.distillation_gate import check
+    from tasks.train_full_ranking import predict
+    from tasks.train_preranking import evaluate, train
+
+    scorer = scorer_for(cfg, day)
+    with connect_read(cfg) as con:
+        today, tomorrow = load_exposures(con, day, day), load_exposures(con, day + dt.timedelta(days=1), day + dt.timedelta(days=1))
+        segments = user_segments(con, day, day)[["user_id", "segment"]]
+    if not len(tomorrow):
+        raise ValueError(f"fault drill: no exposures on {day + dt.timedelta(days=1)} to evaluate the pre-ranker on")
+    parent = _trained_before(cfg, day)
+    previous_day = last_accepted_day(cfg, day)
+    previous = load_scored(cfg, previous_day) if previous_day else None
+    clean = predict(cfg, scorer, today)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="recpipe-drill-") as tmp:
+
+        def auc_after(teacher: np.ndarray | None, name: str) -> dict[str, float]:
+            store = Path(tmp) / name
+            if parent is not None:  # the night as it runs: aged, 1 epoch from yesterday's pre-ranker
+                shutil.copytree(parent.path, store / "versions" / parent.name)
+                artifacts.switch(store, parent.name)
+            version = train(cfg, day, today, teacher, make_current=True, store=store)
+            return evaluate(cfg, version, tomorrow)
+
+        label_only = auc_after(None, "label_only")
+        for fault in faults:
+            predictions = inject(clean, today.labels, fault, np.random.default_rng(day.toordinal()))
+            version = f"drill:{fault}:{scorer.name}"
+            outcome = check(cfg, day, version, frame(day, version, today, predictions, fault), len(today), segments, previous)
+            ungated = auc_after(np.nan_to_num(predictions, nan=0.0), f"ungated-{fault}")
+            gated = ungated if outcome.success else label_only
+            rows.append({
+                "day": day, "fault": fault, "scorer": scorer.name, "caught": not outcome.success,
+                "failed_expectations": "; ".join(sorted({f"{f['suite']}: {f['expectation']}" for f in outcome.failed})),
+                "auc_gated": float(np.mean(list(gated.values()))),
+                "auc_ungated": float(np.mean(list(ungated.values()))),
+                "auc_label_only": float(np.mean(list(label_only.values()))),
+                **{f"auc_gated_{t}": v for t, v in gated.items()},
+                **{f"auc_ungated_{t}": v for t, v in ungated.items()},
+            })
+            log.info("fault drill %s %s: %s; pre-ranking AUC gated %.4f, ungated %.4f", day, fault,
+                     "caught" if not outcome.success else "passed", rows[-1]["auc_gated"], rows[-1]["auc_ungated"])
+    out = pd.DataFrame(rows)
+    _store(cfg, out)
+    return out
+
+
+def _trained_before(cfg: PlatformConfig, day: dt.date) -> artifacts.Version | None:
+    """The newest pre-ranker trained before `day` (the one the night of `day` warm-starts from)."""
+    for version in artifacts.list_versions(registry.model_store(cfg, "preranking"))[::-1]:
+        if version.meta["training_window"].split("..")[1] < day.isoformat():
+            return version
+    return None
+
+
+def _store(cfg: PlatformConfig, rows: pd.DataFrame) -> None:
+    from tasks.warehouse import connect_writer
+
+    with connect_writer(cfg) as con:
+        con.register("drill_rows", rows)
+        con.execute(f"create table if not exists {TABLE} as select * from drill_rows limit 0")
+        con.execute("begin transaction")
+        con.execute(f"delete from {TABLE} where day in (select distinct day from drill_rows)")
+        con.execute(f"insert into {TABLE} by name select * from drill_rows")
+        con.execute("commit")

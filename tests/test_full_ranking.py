@@ -1,0 +1,183 @@
+"""The multi-objective full ranker (PLAYBOOK §3): behaviour sequences against a hand computation
+and against pandas on the simulation; cold training through day 12 of the 15-day simulation,
+evaluated on day 13 per head and segment (every head above chance, click above the items'
+training click-through rate); aged warm-start training; determinism; reloadable weights."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from models.full_ranking import load_model
+from models.ranking_features import behaviour_sequences, ranking_features
+from tasks import artifacts
+from tasks.config import RANKING_HEADS, PlatformConfig, load_config
+from tasks.eval_metrics import auc
+from tasks.ranking_data import build_exposures, load_exposures
+from tasks.ranking_eval import COLUMNS, evaluate, write_eval
+from tasks.retrieval_data import Events, connect_read
+from tasks.train_full_ranking import load_sources, model_store, predict, train
+from tasks.warehouse import connect
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Small models train fastest on one thread (and the machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ranking(retrieval_sim: Path) -> tuple[PlatformConfig, artifacts.Version, pd.DataFrame]:
+    """Config (own artifact store); the cold version trained through day 12 (current); its
+    evaluation on day 13."""
+    raw = yaml.safe_load(retrieval_sim.read_text())
+    raw["paths"]["artifacts"] = str(retrieval_sim.parent / "full-ranking-artifacts")
+    path = retrieval_sim.parent / "full-ranking.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(path)
+    day12, day13 = (cfg.simulator.start_date + dt.timedelta(days=n) for n in (11, 12))
+    build_exposures(cfg, day12 - dt.timedelta(days=cfg.ranking.full.first_window_days - 1), day13)
+    torch.set_num_threads(1)
+    cold = train(cfg, day12, make_current=True)
+    return cfg, cold, evaluate(cfg, cold, day13)
+
+
+def _day(cfg: PlatformConfig, n: int) -> dt.date:
+    return cfg.simulator.start_date + dt.timedelta(days=n - 1)
+
+
+def test_sequences_hold_the_last_clicks_strictly_before() -> None:
+    clicks = Events(user_id=np.array([1, 2, 1, 1]), item=np.array([10, 12, 11, 13]),
+                    ts_us=np.array([100, 150, 200, 300]), day=np.zeros(4, "datetime64[D]"))
+    seq = behaviour_sequences(clicks, np.array([1, 1, 2, 2, 3, 1]), np.array([200, 301, 150, 151, 500, 100]), 2)
+    assert seq.tolist() == [[10, -1], [13, 11], [-1, -1], [12, -1], [-1, -1], [-1, -1]]
+
+
+def test_every_head_beats_chance_and_click_beats_item_ctr(ranking, record_property) -> None:
+    cfg, cold, frame = ranking
+    day13 = _day(cfg, 13)
+    first, last = (dt.date.fromisoformat(d) for d in cold.meta["training_window"].split(".."))
+    assert (first, last) == (_day(cfg, 12 - cfg.ranking.full.first_window_days + 1), _day(cfg, 12))
+    with connect_read(cfg) as con:
+        events = con.execute(
+            "select user_id, item_id, event_type, cast(dt as date) as day from raw.events "
+            "where event_type in ('impression', 'click') and dt between ? and ?", [first, last],
+        ).df()
+        exposures = load_exposures(con, day13, day13)
+    # baseline: the item's click-through rate over the training days ((user, item, day) pairs)
+    pairs = events.drop_duplicates().groupby(["item_id", "event_type"]).size().unstack(fill_value=0)
+    ctr = pairs["click"] / pairs["impression"]
+    baseline = pd.Series(exposures.item_id).map(ctr).fillna(pairs["click"].sum() / pairs["impression"].sum())
+    overall = frame[frame.segment == "all"].set_index("head")
+    base_auc = {h: round(auc(exposures.label(h), baseline.to_numpy()), 4) for h in RANKING_HEADS}
+    record_property("auc_model", overall.auc.round(4).to_dict())
+    record_property("auc_item_ctr", base_auc)
+    assert (overall.auc > 0.5).all(), overall.auc
+    assert overall.auc["click"] > base_auc["click"]
+
+
+def test_evaluation_rows_per_head_and_segment(ranking) -> None:
+    cfg, cold, frame = ranking
+    day13 = _day(cfg, 13)
+    with connect_read(cfg) as con:
+        exposures = load_exposures(con, day13, day13)
+        segments = con.execute("select distinct segment from int_user_day_segments where day = ?", [day13]).df()
+    assert list(frame.columns) == list(COLUMNS)
+    assert set(frame.segment) == {"all", *segments.segment}
+    assert len(frame) == len(RANKING_HEADS) * frame.segment.nunique()
+    assert (frame.model == "full_ranking").all() and (frame.version == cold.name).all()
+    overall = frame[frame.segment == "all"].set_index("head")
+    assert (overall.n == len(exposures)).all()
+    assert overall.positives.tolist() == exposures.labels.sum(axis=0).astype(int).tolist()
+    assert np.allclose(overall.observed_rate, exposures.labels.mean(axis=0))
+    calibration = overall.mean_prediction / overall.observed_rate
+    assert calibration.between(0.5, 2.0).all(), calibration
+    write_eval(cfg, frame)
+    write_eval(cfg, frame)  # a re-run replaces its rows
+    with connect(cfg, read_only=True) as con:
+        stored = con.execute("select count(*) from ranking_eval where version = ?", [cold.name]).fetchone()[0]
+    assert stored == len(frame)
+
+
+def test_sequence_feature_matches_pandas(ranking) -> None:
+    cfg, cold, _ = ranking
+    day13, length = _day(cfg, 13), cfg.ranking.full.sequence_length
+    with connect_read(cfg) as con:
+        exposures = load_exposures(con, day13, day13)
+        src = load_sources(con, day13, day13)
+        clicks = con.execute("select user_id, item_id, ts from raw.events where event_type = 'click'").df()
+    _, vocabs = load_model(cold.path)
+    f = ranking_features(vocabs, src.catalogue, src.users, src.clicks, exposures, length)
+    shown = pd.to_datetime(exposures.shown_us, unit="us")
+    earlier = [(clicks.user_id == u) & (clicks.ts < t) for u, t in zip(exposures.user_id, shown)]
+    counts = np.array([m.sum() for m in earlier])
+    same_day = [((clicks.ts[m] >= pd.Timestamp(day13)).any()) for m in earlier]
+    # hand-picked: a clicked example after a same-day click; the longest history; an empty one
+    picks = [
+        next(i for i in range(len(exposures)) if exposures.label("click")[i] and same_day[i] and counts[i] < length),
+        int(np.argmax(counts)),
+        int(np.argmin(counts)),
+    ]
+    assert counts[picks[1]] > length and counts[picks[2]] == 0
+    for i in picks:
+        expected = clicks[earlier[i]].sort_values("ts", ascending=False).item_id.head(length).tolist()
+        rows = f.seq[i, :, 0]
+        assert vocabs["item"].ids[rows[rows > 0] - 1].tolist() == expected
+        assert (f.seq[i, len(expected):] == 0).all() and (f.seq[i, : len(expected)] > 0).all()
+
+
+def test_aged_training_warm_starts_one_epoch_on_the_new_day(ranking) -> None:
+    cfg, cold, _ = ranking
+    day13 = _day(cfg, 13)
+    warm = train(cfg, day13)
+    with connect_read(cfg) as con:
+        exposures = load_exposures(con, day13, day13)
+    assert warm.meta["warm_started_from"] == cold.name and warm.meta["epochs"] == 1
+    assert warm.meta["training_window"] == f"{day13}..{day13}" and warm.meta["examples"] == len(exposures)
+    assert artifacts.current(model_store(cfg)).name == cold.name  # published, not current
+    parent, parent_vocabs = load_model(cold.path)
+    child, vocabs = load_model(warm.path)
+    for kind, vocab in parent_vocabs.items():
+        assert np.array_equal(vocabs[kind].ids[: len(vocab.ids)], vocab.ids)
+    assert len(vocabs["user"]) > len(parent_vocabs["user"])
+    # known users absent from day 13 keep their rows exactly; those present moved
+    old = parent_vocabs["user"].ids
+    idle = parent_vocabs["user"].rows(old[~np.isin(old, exposures.user_id)])
+    active = parent_vocabs["user"].rows(old[np.isin(old, exposures.user_id)])
+    w_old, w_new = parent.emb["user"].weight.detach(), child.emb["user"].weight.detach()
+    assert len(idle) and len(active)
+    assert torch.equal(w_new[idle], w_old[idle])
+    assert not torch.isclose(w_new[active], w_old[active]).all(dim=1).any()
+
+
+def test_training_is_deterministic_and_weights_reload(ranking, tmp_path: Path) -> None:
+    cfg, cold, _ = ranking
+    day12, day13 = _day(cfg, 12), _day(cfg, 13)
+    small = cfg.ranking.full.model_copy(update={"first_window_days": 2, "first_epochs": 1})
+    small_cfg = cfg.model_copy(update={"ranking": cfg.ranking.model_copy(update={"full": small})})
+    a, b = (train(small_cfg, day12, store=tmp_path / name) for name in ("a", "b"))
+    assert a.meta["data_hash"] == b.meta["data_hash"] and a.meta["loss_per_epoch"] == b.meta["loss_per_epoch"]
+    wa, wb = (torch.load(v.path / "weights.pt", weights_only=True) for v in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    with connect_read(cfg) as con:
+        exposures = load_exposures(con, day13, day13)
+    pa, pb = predict(cfg, a, exposures), predict(cfg, b, exposures)
+    assert pa.shape == (len(exposures), len(RANKING_HEADS)) and pa.dtype == np.float32
+    assert np.array_equal(pa, pb) and ((pa >= 0) & (pa <= 1)).all()
+    # the cold version's files: state dict tensors only, vocabularies without pickles
+    state = torch.load(cold.path / "weights.pt", weights_only=True)
+    assert all(isinstance(t, torch.Tensor) for t in state.values())
+    assert np.load(cold.path / "vocab.npz", allow_pickle=False)["item"].dtype == np.int64
+    assert len(cold.meta["data_hash"]) == 64 and len(cold.meta["loss_per_epoch"]) == cfg.ranking.full.first_epochs
