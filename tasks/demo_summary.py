@@ -62,6 +62,16 @@ from model_gate order by day, model
 """
 
 
+RANKING_SQL = """
+select e.day, e.version as full_ranker, round(avg(e.auc) filter (where e.head = 'click'), 4) as auc_click,
+       round(avg(e.auc), 4) as auc_mean_heads, any_value(g.passed) as distillation_gate_passed
+from ranking_eval as e
+left join distillation_gate as g on g.day = e.day and g.version = e.version
+where e.segment = 'all'
+group by all order by e.day
+"""
+
+
 def print_summary(cfg: PlatformConfig) -> None:
     """Print per-day metrics, the last complete day's core metrics per segment, alerts and paths."""
     from tasks.warehouse import connect
@@ -76,6 +86,7 @@ def print_summary(cfg: PlatformConfig) -> None:
         pools = con.execute(POOLS_SQL).df() if "pool_versions" in tables else None
         social = {t: con.execute(q).df() for t, q in SOCIAL_SQL.items() if t in tables}
         gates = con.execute(GATE_SQL).df() if "model_gate" in tables else None
+        ranking = con.execute(RANKING_SQL).df() if {"ranking_eval", "distillation_gate"} <= tables else None
         totals = {
             t: con.execute(f"select count(*) from raw.{t}").fetchone()[0]
             for t in ("users", "items", "follows", "events", "quarantine")
@@ -99,10 +110,13 @@ def print_summary(cfg: PlatformConfig) -> None:
               "against the current version and popularity (model_gate; passed = published):")
         print(gates.to_string(index=False))
         _print_indexes(cfg)
+    if ranking is not None:
+        print("\nFull ranker, next-day AUC and the distillation gate on its predictions (ranking_eval, distillation_gate):")
+        print(ranking.to_string(index=False))
     alerts = read_alerts(cfg)
     print(f"Alerts raised: {len(alerts)} (log: {cfg.alerts_log})")
     print(f"Warehouse: {cfg.warehouse_path}")
-    print(f"Report (metrics, pools, KOLs, implicit follows, retrieval): {reports_metrics_dir(cfg) / 'index.html'}")
+    print(f"Report (metrics, pools, KOLs, implicit follows, retrieval, ranking): {reports_metrics_dir(cfg) / 'index.html'}")
 
 
 def _print_indexes(cfg: PlatformConfig) -> None:

@@ -1,6 +1,7 @@
 """The nightly report: one self-contained HTML page of charts over the dbt marts, the content
-pools (tasks/report_pools.py), the KOL / implicit-follow tables (tasks/report_social.py) and the
-retrieval evaluation and gate (tasks/report_retrieval.py).
+pools (tasks/report_pools.py), the KOL / implicit-follow tables (tasks/report_social.py), the
+retrieval evaluation and gate (tasks/report_retrieval.py) and the ranking evaluation, distillation
+gate and fault drill (tasks/report_ranking.py).
 
 `write_report(cfg)` reads metrics_daily, retention_daily and ab_readout from the warehouse
 (read-only) and writes `<reports>/metrics/metrics-<timestamp>.html`, then switches
@@ -61,11 +62,12 @@ def load_marts(cfg: PlatformConfig) -> dict[str, pd.DataFrame]:
 def write_report(cfg: PlatformConfig, now: dt.datetime | None = None) -> Path:
     """Render the report from the warehouse; return the path of `index.html` (the latest)."""
     from tasks.report_pools import pools_section
+    from tasks.report_ranking import ranking_section
     from tasks.report_retrieval import retrieval_section
     from tasks.report_social import social_section
 
     marts = load_marts(cfg)
-    sections = [pools_section(cfg), social_section(cfg), retrieval_section(cfg)]
+    sections = [pools_section(cfg), social_section(cfg), retrieval_section(cfg), ranking_section(cfg)]
     page = render_report(marts, generated=now or dt.datetime.now(dt.timezone.utc), sections=sections)
     out = reports_metrics_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,7 @@ def render_report(
     marts: dict[str, pd.DataFrame], generated: dt.datetime, sections: list[str] | tuple[str, ...] = ()
 ) -> str:
     """The HTML page (charts inlined as PNG) for the given marts, then the given HTML sections
-    (content pools, KOLs and implicit follows, retrieval)."""
+    (content pools, KOLs and implicit follows, retrieval, ranking)."""
     metrics, retention, ab = marts["metrics_daily"], marts["retention_daily"], marts["ab_readout"]
     if metrics.empty:
         body = "<p>No metrics yet: run the ingest and daily_metrics DAGs.</p>"
@@ -226,5 +228,5 @@ def render_report(
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>recpipe metrics</title><style>{_STYLE}</style>"
         f"</head><body><h1>recpipe — nightly report</h1><p class='muted'>generated {generated:%Y-%m-%d %H:%M} UTC"
-        f" from the warehouse's marts, pools, social and retrieval tables</p>{body}{''.join(sections)}</body></html>"
+        f" from the warehouse's marts, pools, social, retrieval and ranking tables</p>{body}{''.join(sections)}</body></html>"
     )

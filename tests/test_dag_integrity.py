@@ -132,6 +132,21 @@ def test_nightly_training_gates_every_configured_model_before_publishing(dagbag)
     assert dagbag.dags["content_pools"].get_task(WATCHER).trigger_rule == "one_failed"
 
 
+def test_nightly_training_gates_the_distillation_set_before_pre_ranking(dagbag) -> None:
+    cfg = get_config()
+    dag = dagbag.dags["nightly_training"]
+    task = {step: dag.get_task(f"ranking.{step}") for step in
+            ("prepare", "score", "evaluate_full", "gate", "train_preranking", "train_full")}
+    assert task["score"].upstream_task_ids >= {"ranking.prepare"} and "ranking.score" in task["gate"].upstream_task_ids
+    assert "ranking.gate" in task["train_preranking"].upstream_task_ids
+    assert task["train_preranking"].trigger_rule == "all_done"  # label-only after a failed gate
+    assert {"ranking.score", "ranking.evaluate_full", "ranking.train_preranking"} <= task["train_full"].upstream_task_ids
+    assert [a.name for a in task["train_preranking"].outlets] == ["recpipe_model_preranking"]
+    assert [a.name for a in task["train_full"].outlets] == ["recpipe_model_full_ranking"]
+    assert {t.pool for t in task.values()} == {cfg.airflow.warehouse_pool}
+    assert WATCHER in task["train_full"].downstream_task_ids
+
+
 def _callbacks(cb) -> list:
     if cb is None:
         return []
