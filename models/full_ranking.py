@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from models.ranking_features import CONTEXT_COLUMNS, CONTEXT_SIZES
-from models.two_tower import ITEM_COLUMNS, KINDS, USER_COLUMNS, VOCAB, WEIGHTS, Vocab
+from models.two_tower import ITEM_COLUMNS, KINDS, USER_COLUMNS, Vocab, check_extension, grown, load_checkpoint
+from models.two_tower import save_model as save_weights
 
 ARCHITECTURE = "architecture.json"
 INIT_STD = 0.05
@@ -103,29 +104,19 @@ def sizes(vocabs: Mapping[str, Vocab]) -> dict[str, int]:
 def extend_model(old: FullRanking, old_vocabs: Mapping[str, Vocab], vocabs: Mapping[str, Vocab]) -> FullRanking:
     """A model for the extended `vocabs`: old embedding rows and dense layers copied, new rows
     freshly initialised (from torch's global generator)."""
-    for kind in KINDS:
-        if not np.array_equal(vocabs[kind].ids[: len(old_vocabs[kind].ids)], old_vocabs[kind].ids):
-            raise ValueError(f"vocabulary {kind!r} is not an extension of the old one")
-    new = FullRanking(Architecture(**{**asdict(old.arch), "sizes": sizes(vocabs)}))
-    state = new.state_dict()
-    for key, value in old.state_dict().items():
-        state[key][: len(value)] = value
-    new.load_state_dict(state)
-    return new
+    check_extension(old_vocabs, vocabs)
+    return grown(FullRanking(Architecture(**{**asdict(old.arch), "sizes": sizes(vocabs)})), old)
 
 
 def save_model(folder: Path, model: FullRanking, vocabs: Mapping[str, Vocab]) -> None:
     """weights.pt (the state dict), vocab.npz (the ids of every vocabulary), architecture.json."""
-    torch.save(model.state_dict(), folder / WEIGHTS)
-    np.savez(folder / VOCAB, **{kind: vocabs[kind].ids for kind in KINDS})
+    save_weights(folder, model, vocabs)
     (folder / ARCHITECTURE).write_text(json.dumps(asdict(model.arch), indent=2))
 
 
 def load_model(folder: Path) -> tuple[FullRanking, dict[str, Vocab]]:
     """The model (in eval mode) and vocabularies of a saved version (weights_only: tensors only)."""
-    state = torch.load(folder / WEIGHTS, weights_only=True)
-    with np.load(folder / VOCAB, allow_pickle=False) as npz:
-        vocabs = {kind: Vocab(npz[kind]) for kind in KINDS}
+    state, vocabs = load_checkpoint(folder)
     model = FullRanking(Architecture(**json.loads((folder / ARCHITECTURE).read_text())))
     model.load_state_dict(state)
     return model.eval(), vocabs

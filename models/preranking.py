@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.two_tower import INIT_STD, ITEM_COLUMNS, KINDS, USER_COLUMNS, VOCAB, WEIGHTS, Vocab
+from models.two_tower import INIT_STD, ITEM_COLUMNS, KINDS, USER_COLUMNS, Vocab, check_extension, grown, load_checkpoint
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -107,28 +107,13 @@ def predict(model: PreRanker, users: np.ndarray, seq: np.ndarray, items: np.ndar
 def extend_model(old: PreRanker, old_vocabs: Mapping[str, Vocab], vocabs: Mapping[str, Vocab]) -> PreRanker:
     """A model for the extended `vocabs`: old embedding rows, dense layers and biases copied, new
     rows freshly initialised (draws from torch's global generator)."""
-    for kind in KINDS:
-        if not np.array_equal(vocabs[kind].ids[: len(old_vocabs[kind].ids)], old_vocabs[kind].ids):
-            raise ValueError(f"vocabulary {kind!r} is not an extension of the old one")
-    new = PreRanker({k: len(v) for k, v in vocabs.items()}, old.dim, old.n_targets)
-    state = new.state_dict()
-    for key, value in old.state_dict().items():
-        state[key][: len(value)] = value
-    new.load_state_dict(state)
-    return new
-
-
-def save_model(folder: Path, model: PreRanker, vocabs: Mapping[str, Vocab]) -> None:
-    """weights.pt (the state dict) and vocab.npz (the ids of every vocabulary)."""
-    torch.save(model.state_dict(), folder / WEIGHTS)
-    np.savez(folder / VOCAB, **{kind: vocabs[kind].ids for kind in KINDS})
+    check_extension(old_vocabs, vocabs)
+    return grown(PreRanker({k: len(v) for k, v in vocabs.items()}, old.dim, old.n_targets), old)
 
 
 def load_model(folder: Path) -> tuple[PreRanker, dict[str, Vocab]]:
     """The model and vocabularies of a saved version (weights_only: state dicts only)."""
-    state = torch.load(folder / WEIGHTS, weights_only=True)
-    with np.load(folder / VOCAB, allow_pickle=False) as npz:
-        vocabs = {kind: Vocab(npz[kind]) for kind in KINDS}
+    state, vocabs = load_checkpoint(folder)
     model = PreRanker({k: len(v) for k, v in vocabs.items()}, state["emb.user.weight"].shape[1], len(state["bias"]))
     model.load_state_dict(state)
     return model.eval(), vocabs

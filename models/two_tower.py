@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ USER_COLUMNS = ("user", "gender", "age_bucket", "city_tier")  # columns of a use
 ITEM_COLUMNS = ("item", "author", "category_l1", "category_l2", "content_cluster")  # of an item row
 KINDS = USER_COLUMNS + ITEM_COLUMNS
 WEIGHTS, VOCAB = "weights.pt", "vocab.npz"
+M = TypeVar("M", bound=nn.Module)
 INIT_STD = 0.1
 
 
@@ -138,15 +140,16 @@ def item_vectors(model: TwoTower, items: np.ndarray, block: int = 8192) -> np.nd
     return torch.cat(out).numpy() if out else np.zeros((0, model.item_mlp[-1].out_features), np.float32)
 
 
-def extend_model(old: TwoTower, old_vocabs: Mapping[str, Vocab], vocabs: Mapping[str, Vocab], dim: int) -> TwoTower:
-    """A model for the extended `vocabs`: old embedding rows and dense layers copied, new rows
-    freshly initialised (draws from torch's global generator)."""
-    if old.emb["user"].embedding_dim != dim:
-        raise ValueError(f"cannot warm-start dim {dim} from a dim {old.emb['user'].embedding_dim} model")
+def check_extension(old_vocabs: Mapping[str, Vocab], vocabs: Mapping[str, Vocab]) -> None:
+    """ValueError unless every vocabulary of `vocabs` starts with the old one's ids (warm start)."""
     for kind in KINDS:
         if not np.array_equal(vocabs[kind].ids[: len(old_vocabs[kind].ids)], old_vocabs[kind].ids):
             raise ValueError(f"vocabulary {kind!r} is not an extension of the old one")
-    new = TwoTower({k: len(v) for k, v in vocabs.items()}, dim)
+
+
+def grown(new: M, old: nn.Module) -> M:
+    """`new` (same architecture, larger embedding tables) with every parameter of `old` copied
+    into its leading rows; the new rows keep their fresh initialisation."""
     state = new.state_dict()
     for key, value in old.state_dict().items():
         state[key][: len(value)] = value
@@ -154,17 +157,32 @@ def extend_model(old: TwoTower, old_vocabs: Mapping[str, Vocab], vocabs: Mapping
     return new
 
 
-def save_model(folder: Path, model: TwoTower, vocabs: Mapping[str, Vocab]) -> None:
-    """weights.pt (the state dict) and vocab.npz (the ids of every vocabulary)."""
+def save_model(folder: Path, model: nn.Module, vocabs: Mapping[str, Vocab]) -> None:
+    """weights.pt (the state dict) and vocab.npz (the ids of every vocabulary); any of the
+    embedding models (two-tower, full ranker, pre-ranker)."""
     torch.save(model.state_dict(), folder / WEIGHTS)
     np.savez(folder / VOCAB, **{kind: vocabs[kind].ids for kind in KINDS})
 
 
-def load_model(folder: Path) -> tuple[TwoTower, dict[str, Vocab]]:
-    """The model and vocabularies of a saved version (weights_only: state dicts only)."""
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Vocab]]:
+    """The state dict (loaded with weights_only: tensors only) and vocabularies of a saved version."""
     state = torch.load(folder / WEIGHTS, weights_only=True)
     with np.load(folder / VOCAB, allow_pickle=False) as npz:
-        vocabs = {kind: Vocab(npz[kind]) for kind in KINDS}
+        return state, {kind: Vocab(npz[kind]) for kind in KINDS}
+
+
+def extend_model(old: TwoTower, old_vocabs: Mapping[str, Vocab], vocabs: Mapping[str, Vocab], dim: int) -> TwoTower:
+    """A model for the extended `vocabs`: old embedding rows and dense layers copied, new rows
+    freshly initialised (draws from torch's global generator)."""
+    if old.emb["user"].embedding_dim != dim:
+        raise ValueError(f"cannot warm-start dim {dim} from a dim {old.emb['user'].embedding_dim} model")
+    check_extension(old_vocabs, vocabs)
+    return grown(TwoTower({k: len(v) for k, v in vocabs.items()}, dim), old)
+
+
+def load_model(folder: Path) -> tuple[TwoTower, dict[str, Vocab]]:
+    """The model and vocabularies of a saved version (weights_only: state dicts only)."""
+    state, vocabs = load_checkpoint(folder)
     model = TwoTower({k: len(v) for k, v in vocabs.items()}, state["emb.user.weight"].shape[1])
     model.load_state_dict(state)
     return model.eval(), vocabs

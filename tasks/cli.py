@@ -202,6 +202,26 @@ def _cmd_fault_drill(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_special_groups(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Fit the residual model and the calibrator on the days before --day, on the scores of the
+    full ranker trained before those days (predictions it never trained on, as served), and print
+    calibration error, calibration ratio and AUC per head and segment on --day, before and after."""
+    from tasks import special_groups as sg
+    from tasks.distillation import scorer_for
+
+    s = cfg.ranking.special_groups
+    last = args.day - dt.timedelta(days=1)
+    full = scorer_for(cfg, args.day - dt.timedelta(days=s.days))
+    residual = sg.train_residual(cfg, last, full, make_current=True)
+    calibrator = sg.train_calibrator(cfg, last, full, make_current=True)
+    rows = sg.evaluate(cfg, args.day, full, residual, calibrator)
+    sg.write_eval(cfg, rows)
+    wide = rows.pivot_table(index=["segment", "head"], columns="model", values=["ece", "ratio", "auc"])
+    print(f"special groups on {args.day} (full ranker {full.name}; small models trained on the {s.days} days before):")
+    print(wide.round(4).to_string())
+    return 0
+
+
 def _cmd_models(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     from tasks import registry
 
@@ -316,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "stopped by the distillation gate, and the pre-ranker's AUC gated vs ungated")
     fd.add_argument("--day", type=dt.date.fromisoformat, required=True, help="a scored day with exposures the day after")
     fd.set_defaults(func=_cmd_fault_drill)
+
+    sg = sub.add_parser("special-groups", help="residual model (new / low-activity users) and GBDT calibrator "
+                        "(one segment): fit on the days before --day, calibration before/after on --day")
+    sg.add_argument("--day", type=dt.date.fromisoformat, required=True, help="the evaluation day")
+    sg.set_defaults(func=_cmd_special_groups)
 
     mo = sub.add_parser("models", help="the model registry: list versions (* = current) or roll back")
     mo.add_argument("action", choices=["list", "rollback"])

@@ -347,11 +347,33 @@ class PreRankingConfig(_Strict):
     seed: int = 7
 
 
+class SpecialGroupsConfig(_Strict):
+    """Small models next to the full ranker for special user groups (PLAYBOOK §5): a residual model
+    (logit space) for new and low-activity users, a GBDT calibrator for one segment."""
+
+    residual_segments: tuple[str, ...] = ("new_users", "low_activity")  # names in `segments`
+    calibrated_segment: str = "female_18_24"  # a name in `segments`
+    heads: tuple[Literal[RANKING_HEADS], ...] | None = None  # type: ignore[valid-type]  # None: every head
+    min_positives: Annotated[int, Field(ge=1)] = 30  # a head is trained only with this many positives
+    days: Annotated[int, Field(ge=1)] = 3  # training window: the days ending on the training day
+    ece_bins: Annotated[int, Field(ge=2)] = 10  # equal-frequency bins of the expected calibration error
+    residual_hidden: Annotated[int, Field(ge=0)] = 0  # 0: a linear layer; else one hidden ReLU layer
+    residual_l2: Annotated[float, Field(ge=0)] = 1e-3  # penalty on the weights, added to the mean BCE
+    residual_max_iter: Annotated[int, Field(ge=1)] = 200  # full-batch L-BFGS iterations
+    gbdt_max_iter: Annotated[int, Field(ge=1)] = 30  # boosting rounds per head (few thousand rows)
+    gbdt_learning_rate: Annotated[float, Field(gt=0)] = 0.05
+    gbdt_max_leaf_nodes: Annotated[int, Field(ge=2)] = 8
+    gbdt_min_samples_leaf: Annotated[int, Field(ge=1)] = 40
+    gbdt_l2_regularization: Annotated[float, Field(ge=0)] = 1.0
+    seed: int = 7
+
+
 class RankingConfig(_Strict):
     nightly: bool = True  # the nightly_training DAG trains the full ranker and the distilled pre-ranker
     full: FullRankingConfig = FullRankingConfig()
     gate: DistillationGateConfig = DistillationGateConfig()
     preranking: PreRankingConfig = PreRankingConfig()
+    special_groups: SpecialGroupsConfig = SpecialGroupsConfig()
 
 
 class AnnConfig(_Strict):
@@ -445,6 +467,11 @@ class PlatformConfig(_Strict):
                         f"pools.{i}.segments.{j}: pool {pool.name!r} targets unknown segment {seg!r} "
                         f"(known: {sorted(known)})"
                     )
+        groups = self.ranking.special_groups
+        for where, seg in [*((f"residual_segments.{i}", g) for i, g in enumerate(groups.residual_segments)),
+                           ("calibrated_segment", groups.calibrated_segment)]:
+            if seg not in known:
+                raise ValueError(f"ranking.special_groups.{where}: unknown segment {seg!r} (known: {sorted(known)})")
         return self
 
     def pool(self, name: str) -> PoolConfig:

@@ -22,6 +22,7 @@ from tasks import artifacts, registry
 from tasks.config import RANKING_HEADS, PlatformConfig
 from tasks.ranking_data import Exposures, load_exposures, user_segments
 from tasks.retrieval_data import connect_read
+from tasks.warehouse import replace_rows
 
 log = logging.getLogger(__name__)
 TABLE = "distillation_predictions"
@@ -71,21 +72,9 @@ def score_day(cfg: PlatformConfig, day: dt.date) -> dict[str, Any]:
         log.warning("distillation %s: planting fault %s in the full ranker's predictions", day, fault)
         predictions = faults.inject(predictions, exposures.labels, fault, np.random.default_rng(day.toordinal()))
     rows = frame(day, version.name, exposures, predictions, fault)
-    _store(cfg, rows)
+    replace_rows(cfg, TABLE, rows, ["day"])
     log.info("distillation %s: %d exposures scored by full_ranking %s", day, len(rows), version.name)
     return {"day": str(day), "version": version.name, "rows": len(rows), "fault": fault}
-
-
-def _store(cfg: PlatformConfig, rows: pd.DataFrame) -> None:
-    from tasks.warehouse import connect_writer
-
-    with connect_writer(cfg) as con:
-        con.register("scored_rows", rows)
-        con.execute(f"create table if not exists {TABLE} as select * from scored_rows limit 0")
-        con.execute("begin transaction")
-        con.execute(f"delete from {TABLE} where day in (select distinct day from scored_rows)")
-        con.execute(f"insert into {TABLE} by name select * from scored_rows")
-        con.execute("commit")
 
 
 def load_scored(cfg: PlatformConfig, day: dt.date) -> pd.DataFrame | None:

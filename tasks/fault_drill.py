@@ -31,6 +31,7 @@ from tasks.config import FAULTS, PlatformConfig
 from tasks.distillation import frame, last_accepted_day, load_scored, scorer_for
 from tasks.ranking_data import load_exposures, user_segments
 from tasks.retrieval_data import connect_read
+from tasks.warehouse import replace_rows
 
 log = logging.getLogger(__name__)
 TABLE = "fault_drill"
@@ -83,7 +84,7 @@ def drill(cfg: PlatformConfig, day: dt.date, faults: tuple[str, ...] = FAULTS) -
             log.info("fault drill %s %s: %s; pre-ranking AUC gated %.4f, ungated %.4f", day, fault,
                      "caught" if not outcome.success else "passed", rows[-1]["auc_gated"], rows[-1]["auc_ungated"])
     out = pd.DataFrame(rows)
-    _store(cfg, out)
+    replace_rows(cfg, TABLE, out, ["day"])
     return out
 
 
@@ -93,15 +94,3 @@ def _trained_before(cfg: PlatformConfig, day: dt.date) -> artifacts.Version | No
         if version.meta["training_window"].split("..")[1] < day.isoformat():
             return version
     return None
-
-
-def _store(cfg: PlatformConfig, rows: pd.DataFrame) -> None:
-    from tasks.warehouse import connect_writer
-
-    with connect_writer(cfg) as con:
-        con.register("drill_rows", rows)
-        con.execute(f"create table if not exists {TABLE} as select * from drill_rows limit 0")
-        con.execute("begin transaction")
-        con.execute(f"delete from {TABLE} where day in (select distinct day from drill_rows)")
-        con.execute(f"insert into {TABLE} by name select * from drill_rows")
-        con.execute("commit")

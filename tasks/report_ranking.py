@@ -2,14 +2,15 @@
 distillation gate, the distillation set, the fault drill and the pre-ranker's versions, as an HTML
 fragment.
 
-`ranking_section(cfg)` reads ranking_eval, distillation_gate, distillation_predictions and
-fault_drill from the warehouse (read-only) and the pre-ranking versions from the model registry:
+`ranking_section(cfg)` reads ranking_eval, distillation_gate, distillation_predictions,
+fault_drill and special_groups_eval from the warehouse (read-only) and the pre-ranking versions from the model registry:
 AUC per head over days (segment all); for the latest day AUC and calibration (mean prediction /
 observed rate) per head and segment; the calibration ratio per head over days against
 ranking.gate.calibration_band; the last gate checks (drills excluded; failed ones highlighted with
 their expectations and data docs); the latest distillation set's mean prediction vs observed rate
 per head; the latest fault drill (caught? pre-ranking AUC gated vs ungated); the last pre-ranking
-versions, distilled or label-only. Rows out of the band, failed checks, missed faults and
+versions, distilled or label-only; the special user groups' calibration before and after their
+small models (special_groups_eval). Rows out of the band, failed checks, missed faults and
 label-only versions are highlighted; a table not built yet says so.
 """
 
@@ -42,6 +43,7 @@ GATE_HINT = ("Distillation gate", TRAIN)
 PREDICTIONS_HINT = ("Distillation set", TRAIN)
 DRILL_HINT = ("Fault drill", "run `recpipe fault-drill --day D`")
 VERSIONS_HINT = ("Pre-ranking versions", TRAIN)
+GROUPS_HINT = ("Special user groups", "run `recpipe special-groups --day D`")
 
 
 def _table(frame: pd.DataFrame, warn: Iterable[bool], raw: tuple[str, ...] = ()) -> str:
@@ -185,6 +187,27 @@ def _drill_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> str:
     )
 
 
+def _special_groups_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> str:
+    rows = con.execute(
+        "select * from special_groups_eval where day = (select max(day) from special_groups_eval)"
+    ).df()
+    if rows.empty:
+        return _not_built(*GROUPS_HINT)
+    wide = rows.pivot_table(index=["segment", "head"], columns="model", values=["ece", "ratio", "auc"])
+    wide.columns = [f"{metric} {model}" for metric, model in wide.columns]
+    wide = wide.reset_index()
+    worse = pd.Series(False, index=wide.index)
+    for model in ("full+residual", "full+calibrator"):
+        if f"ece {model}" in wide:
+            worse |= wide[f"ece {model}"] > wide["ece full"]
+    return (
+        f"<h3>Special user groups on {rows.day.max():%Y-%m-%d} (PLAYBOOK §5): expected calibration error,"
+        " mean prediction / observed rate and AUC, the full ranker alone and with the residual model or the"
+        " calibrator (highlighted: calibration error worse after)</h3>"
+        + _table(wide, worse)
+    )
+
+
 def _versions_part(cfg: PlatformConfig) -> str:
     """The last pre-ranking versions of the registry, newest first (registry.describe has no supervision: read meta)."""
     store = registry.model_store(cfg, PRERANKING)
@@ -211,6 +234,7 @@ PARTS: tuple[tuple[str, Callable[[duckdb.DuckDBPyConnection, PlatformConfig], st
     ("distillation_gate", _gate_part, GATE_HINT),
     ("distillation_predictions", _predictions_part, PREDICTIONS_HINT),
     ("fault_drill", _drill_part, DRILL_HINT),
+    ("special_groups_eval", _special_groups_part, GROUPS_HINT),
 )
 
 

@@ -42,9 +42,8 @@ from models.preranking import (
     pairwise_loss,
     pointwise_loss,
     predict,
-    save_model,
 )
-from models.two_tower import Vocab
+from models.two_tower import Vocab, save_model
 from models.two_tower_data import (
     UserTable,
     build_vocabs,

@@ -8,7 +8,9 @@ in any other pool. Readers open it read-only.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
@@ -16,6 +18,9 @@ import pyarrow as pa
 from tasks.config import PlatformConfig
 from tasks.contract import TABLES
 from tasks.lake import QUARANTINE, schema_of
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RAW_SCHEMA = "raw"
 RAW_TABLES: tuple[str, ...] = (*TABLES, QUARANTINE)
@@ -89,3 +94,16 @@ def refresh_views(cfg: PlatformConfig) -> None:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}")
         for table in RAW_TABLES:
             con.execute(f"CREATE OR REPLACE VIEW {RAW_SCHEMA}.{table} AS {_view_sql(cfg.lake_dir, table)}")
+
+
+def replace_rows(cfg: PlatformConfig, table: str, rows: pd.DataFrame, keys: Sequence[str]) -> None:
+    """Write `rows` into `table` (created from their columns if missing), replacing the rows that
+    share their `keys` values, in one transaction: a re-run of a day gives the same table."""
+    key = ", ".join(keys)
+    with connect_writer(cfg) as con:
+        con.register("new_rows", rows)
+        con.execute(f"create table if not exists {table} as select * from new_rows limit 0")
+        con.execute("begin transaction")
+        con.execute(f"delete from {table} where ({key}) in (select distinct {key} from new_rows)")
+        con.execute(f"insert into {table} by name select * from new_rows")
+        con.execute("commit")

@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 # Before anything imports airflow: tests never touch a developer's Airflow home.
@@ -45,6 +46,31 @@ def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformConfig:
 
 
 RETRIEVAL_SIMULATOR = {"users": 2000, "items": 1500, "days": 15}
+
+
+def config_variant(source: Path, name: str, folder: Path | None = None, **sections: dict) -> Path:
+    """A copy of the config file `source` as `<folder>/<name>.yaml` (default: beside it), over the
+    same data but with its own artifact store (`<name>-artifacts`) and `sections` updated (one
+    level deep: `ranking={"nightly": False}` keeps the rest of `ranking`)."""
+    folder = folder or source.parent
+    raw = yaml.safe_load(source.read_text())
+    raw["paths"]["artifacts"] = str(folder / f"{name}-artifacts")
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Small models train fastest on one thread (and the machine is shared)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

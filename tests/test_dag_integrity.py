@@ -13,7 +13,7 @@ from tasks.dag_wiring import WATCHER
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED_DAGS = {"ingest", "daily_metrics", "content_pools", "content_pools_hourly", "kol_scoring", "implicit_follows", "ann_refresh", "nightly_training"}
+EXPECTED_DAGS = {"ingest", "daily_metrics", "content_pools", "content_pools_hourly", "kol_scoring", "implicit_follows", "ann_refresh", "nightly_training", "architecture_comparison"}
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,12 @@ training click-through rate); aged warm-start training; determinism; reloadable 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from models.full_ranking import load_model
 from models.ranking_features import behaviour_sequences, ranking_features
@@ -25,27 +23,16 @@ from tasks.ranking_eval import COLUMNS, evaluate, write_eval
 from tasks.retrieval_data import Events, connect_read
 from tasks.train_full_ranking import load_sources, model_store, predict, train
 from tasks.warehouse import connect
+from tests.conftest import config_variant
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small models train fastest on one thread (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
 def ranking(retrieval_sim: Path) -> tuple[PlatformConfig, artifacts.Version, pd.DataFrame]:
     """Config (own artifact store); the cold version trained through day 12 (current); its
     evaluation on day 13."""
-    raw = yaml.safe_load(retrieval_sim.read_text())
-    raw["paths"]["artifacts"] = str(retrieval_sim.parent / "full-ranking-artifacts")
-    path = retrieval_sim.parent / "full-ranking.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    path = config_variant(retrieval_sim, "full-ranking")
     cfg = load_config(path)
     day12, day13 = (cfg.simulator.start_date + dt.timedelta(days=n) for n in (11, 12))
     build_exposures(cfg, day12 - dt.timedelta(days=cfg.ranking.full.first_window_days - 1), day13)

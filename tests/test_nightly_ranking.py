@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from tasks import artifacts, nightly_ranking, registry
 from tasks.alerts import read_alerts
 from tasks.config import FAULTS, PlatformConfig, load_config
 from tasks.distillation import gate_passed, load_scored
 from tasks.warehouse import connect
+from tests.conftest import config_variant
 
 pytestmark = pytest.mark.slow
 FIRST_WINDOW = 4
@@ -29,11 +29,7 @@ NIGHTS = 10
 def nights(retrieval_sim: Path) -> Iterator[tuple[PlatformConfig, list[dt.date]]]:
     """The ranking part of 10 nights, evaluation days 5..14 of the 15-day simulation: 9 through
     the task functions, the 10th through the DAG."""
-    raw = yaml.safe_load(retrieval_sim.read_text())
-    raw["paths"]["artifacts"] = str(retrieval_sim.parent / "ranking-artifacts")
-    raw["ranking"] = {"full": {"first_window_days": FIRST_WINDOW}}
-    path = retrieval_sim.parent / "ranking.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    path = config_variant(retrieval_sim, "ranking", ranking={"full": {"first_window_days": FIRST_WINDOW}})
     cfg = load_config(path)
     start = cfg.simulator.start_date
     days = [start + dt.timedelta(days=FIRST_WINDOW + n) for n in range(NIGHTS)]

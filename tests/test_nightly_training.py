@@ -21,6 +21,7 @@ from tasks.retrieval_data import connect_read, load_catalogue
 from tasks.train_i2i import load_table
 from tasks.train_i2i import train as train_i2i
 from tasks.warehouse import connect
+from tests.conftest import config_variant
 
 pytestmark = pytest.mark.slow
 MODELS = ("two_tower", "itemcf", "swing")
@@ -29,11 +30,8 @@ MODELS = ("two_tower", "itemcf", "swing")
 @pytest.fixture(scope="module")
 def nights(retrieval_sim: Path) -> Iterator[tuple[PlatformConfig, Path, list[dt.date]]]:
     """Config (own artifact store), its path, and the evaluation days 13 and 14 run by the DAG."""
-    raw = yaml.safe_load(retrieval_sim.read_text())
-    raw["paths"]["artifacts"] = str(retrieval_sim.parent / "nightly-artifacts")
-    raw["ranking"] = {"nightly": False}  # the ranking group: tests/test_nightly_ranking.py
-    path = retrieval_sim.parent / "nightly.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # the ranking group: tests/test_nightly_ranking.py
+    path = config_variant(retrieval_sim, "nightly", ranking={"nightly": False})
     cfg = load_config(path)
     days = [cfg.simulator.start_date + dt.timedelta(days=n) for n in (12, 13)]
     with pytest.MonkeyPatch.context() as mp:  # the DAG is parsed with this config
@@ -109,7 +107,7 @@ def test_a_candidate_losing_recall_is_rejected_and_alerted(nights) -> None:
     from tasks.airflow_local import run_dag_for_days
 
     cfg, path, days = nights
-    raw = yaml.safe_load(path.read_text())
+    raw = yaml.safe_load(path.read_text())  # the same artifact store
     raw["retrieval"]["itemcf"]["top_k"] = 1
     raw["retrieval"]["nightly_models"] = ["itemcf"]
     raw["evaluation"]["max_recall_drop"] = 0.0
@@ -136,10 +134,7 @@ def test_a_candidate_losing_recall_is_rejected_and_alerted(nights) -> None:
 def test_a_stored_table_serves_a_later_catalogue(retrieval_sim: Path, tmp_path: Path) -> None:
     """Neighbours are stored as item ids: over a later catalogue, rows of items the version never
     saw are empty and every neighbour maps to the same item id as when it was trained."""
-    raw = yaml.safe_load(retrieval_sim.read_text())
-    raw["paths"]["artifacts"] = str(tmp_path / "artifacts")
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    cfg = load_config(tmp_path / "cfg.yaml")
+    cfg = load_config(config_variant(retrieval_sim, "later-catalogue", tmp_path))
     day = cfg.simulator.start_date + dt.timedelta(days=5)
     version = train_i2i(cfg, "itemcf", day, make_current=True)
     with connect_read(cfg) as con:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from models.preranking import distillation_target, load_model, pairwise_loss, pointwise_loss
 from tasks import artifacts
@@ -31,20 +29,14 @@ from tasks.train_preranking import (
     score,
     train,
 )
+from tests.conftest import config_variant
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: fastest on one thread
 
 # Small data (~10k exposures): smaller batches, more epochs and a higher rate than production's
 # defaults, which give a handful of Adam steps here.
 SMALL_DATA = {"batch_size": 256, "first_epochs": 4, "learning_rate": 0.01}
 PRIOR = 20.0  # teacher smoothing: examples' worth of the overall rate
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small models train fastest on one thread (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- hand computations ---------------------------------------------------------------------------
@@ -149,11 +141,7 @@ def good_teacher(history: Exposures, exposures: Exposures) -> np.ndarray:
 @pytest.fixture(scope="module")
 def sim(retrieval_sim: Path, tmp_path_factory: pytest.TempPathFactory) -> Sim:
     """The shared simulation with its own artifact store; ranking exposures of days 1-14."""
-    tmp = tmp_path_factory.mktemp("preranking")
-    raw = yaml.safe_load(retrieval_sim.read_text())
-    raw["paths"]["artifacts"] = str(tmp / "artifacts")
-    (tmp / "recpipe.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    cfg = load_config(tmp / "recpipe.yaml")
+    cfg = load_config(config_variant(retrieval_sim, "preranking", tmp_path_factory.mktemp("preranking")))
     day = {n: cfg.simulator.start_date + dt.timedelta(days=n - 1) for n in range(1, 15)}
     build_exposures(cfg, day[1], day[14])
     with connect_read(cfg) as con:

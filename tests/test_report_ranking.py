@@ -69,9 +69,21 @@ def _drill_rows() -> pd.DataFrame:
     )
 
 
+def _group_rows() -> pd.DataFrame:
+    """The calibrator halves the click calibration error of its segment; the residual worsens like."""
+    return pd.DataFrame(
+        [(DAYS[1], "click", "female_18_24", "full", 0.086, 0.85, 0.665, 550, 60),
+         (DAYS[1], "click", "female_18_24", "full+calibrator", 0.043, 0.95, 0.674, 550, 60),
+         (DAYS[1], "like", "new_users", "full", 0.030, 0.52, 0.628, 348, 40),
+         (DAYS[1], "like", "new_users", "full+residual", 0.042, 0.67, 0.647, 348, 40)],
+        columns=["day", "head", "segment", "model", "ece", "ratio", "auc", "n", "positives"],
+    )
+
+
 def _write_tables(cfg: PlatformConfig) -> None:
     frames = {"ranking_eval": _eval_rows(), "distillation_gate": _gate_rows(),
-              "distillation_predictions": _prediction_rows(), "fault_drill": _drill_rows()}
+              "distillation_predictions": _prediction_rows(), "fault_drill": _drill_rows(),
+              "special_groups_eval": _group_rows()}
     with connect_writer(cfg) as con:
         for table, rows in frames.items():
             con.register("rows", rows)
@@ -122,6 +134,11 @@ def test_ranking_section(platform: PlatformConfig) -> None:
     assert 'class="warn"' in _row(drill, "nan_5pct", "False") and 'class="warn"' not in _row(drill, "none", "False")
     assert "distillation_slices: calibration" in _row(drill, "scaled_x3", "True")
 
+    groups = _part(section, "Special user groups")
+    calibrated = _row(groups, "female_18_24", "click")  # auc, auc, ece full 0.086 -> calibrator 0.043
+    assert "<td>0.086</td>" in calibrated and "<td>0.043</td>" in calibrated and 'class="warn"' not in calibrated
+    assert 'class="warn"' in _row(groups, "new_users", "like")  # 0.030 -> 0.042: worse after
+
     versions = _part(section, "Pre-ranking versions")
     assert versions.index("label_only") < versions.index("distilled")  # newest first
     warn = re.findall(r'<tr class="warn">.*?</tr>', versions)
@@ -137,7 +154,7 @@ def test_ranking_section_not_built(platform: PlatformConfig) -> None:
         con.execute("create table unrelated (x integer)")
     section = ranking_section(platform)
     for what in ("Full-ranking evaluation", "Distillation gate", "Distillation set", "Fault drill",
-                 "Pre-ranking versions"):
+                 "Special user groups", "Pre-ranking versions"):
         assert f"{what}: not built yet" in section
     assert "recpipe train --day D" in section and "recpipe fault-drill --day D" in section and "<img" not in section
     assert "Full-ranking evaluation: not built yet" in write_report(platform).read_text()

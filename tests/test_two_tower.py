@@ -5,7 +5,6 @@ retriever, and logQ vs no logQ on a simulation (train through day 14, evaluate o
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,18 +24,11 @@ from tasks.train_two_tower import batch_loss, load_users, model_store, train
 from tasks.warehouse import refresh_views
 from tests.conftest import write_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: fastest on one thread
+
 START = dt.date(2026, 1, 1)
 DAY14, DAY15 = START + dt.timedelta(days=13), START + dt.timedelta(days=14)
 K = 50
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small models train fastest on one thread (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
