@@ -29,7 +29,9 @@ NIGHTS = 10
 def nights(retrieval_sim: Path) -> Iterator[tuple[PlatformConfig, list[dt.date]]]:
     """The ranking part of 10 nights, evaluation days 5..14 of the 15-day simulation: 9 through
     the task functions, the 10th through the DAG."""
-    path = config_variant(retrieval_sim, "ranking", ranking={"full": {"first_window_days": FIRST_WINDOW}})
+    # the ranking group only (the retrieval models' nights: tests/test_nightly_training.py)
+    path = config_variant(retrieval_sim, "ranking", ranking={"full": {"first_window_days": FIRST_WINDOW}},
+                          retrieval={"nightly_models": []})
     cfg = load_config(path)
     start = cfg.simulator.start_date
     days = [start + dt.timedelta(days=FIRST_WINDOW + n) for n in range(NIGHTS)]
