@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.two_tower import INIT_STD, ITEM_COLUMNS, KINDS, USER_COLUMNS, Vocab, check_extension, grown, load_checkpoint
+from models.two_tower import (
+    INIT_STD, ITEM_COLUMNS, KINDS, USER_COLUMNS, Vocab, check_extension, grown, load_checkpoint, user_inputs,
+)
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -50,13 +52,7 @@ class PreRanker(nn.Module):
     def encode_users(self, users: Tensor, seq: Tensor) -> Tensor:
         """(B, T, d) user vectors from feature rows (B, 4) and the item rows of the recent clicks
         (B, L), 0 = padding (mean over the non-padding entries; zeros when there are none)."""
-        parts = [self.emb[kind](users[:, i]) for i, kind in enumerate(USER_COLUMNS)]
-        table = self.emb["item"].weight
-        if seq.shape[1]:
-            parts.append(F.embedding_bag(seq, table, mode="mean", padding_idx=0))
-        else:
-            parts.append(table.new_zeros(len(users), table.shape[1]))
-        return self.user_mlp(torch.cat(parts, dim=1)).view(len(users), self.n_targets, self.dim)
+        return self.user_mlp(user_inputs(self.emb, users, seq)).view(len(users), self.n_targets, self.dim)
 
     def encode_items(self, items: Tensor) -> Tensor:
         """(..., d) item vectors from item feature rows (..., 5)."""

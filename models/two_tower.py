@@ -61,6 +61,18 @@ def _mlp(n_in: int, dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
 
 
+def user_inputs(emb: nn.ModuleDict, users: Tensor, seq: Tensor) -> Tensor:
+    """A user tower's input (B, (len(USER_COLUMNS) + 1) * d): the embeddings of the user feature
+    rows (B, 4) and the mean embedding of the recent items (B, L), 0 = padding (zeros when none)."""
+    parts = [emb[kind](users[:, i]) for i, kind in enumerate(USER_COLUMNS)]
+    table = emb["item"].weight
+    if seq.shape[1]:
+        parts.append(F.embedding_bag(seq, table, mode="mean", padding_idx=0))
+    else:
+        parts.append(table.new_zeros(len(users), table.shape[1]))
+    return torch.cat(parts, dim=1)
+
+
 class TwoTower(nn.Module):
     """The two towers; `sizes` gives the embedding rows per id kind (see KINDS)."""
 
@@ -77,13 +89,7 @@ class TwoTower(nn.Module):
     def encode_users(self, users: Tensor, seq: Tensor) -> Tensor:
         """(B, d) unit vectors from user feature rows (B, 4) and item rows of the recent positives
         (B, L), 0 = padding (mean over the non-padding entries; zeros when there are none)."""
-        parts = [self.emb[kind](users[:, i]) for i, kind in enumerate(USER_COLUMNS)]
-        table = self.emb["item"].weight
-        if seq.shape[1]:
-            parts.append(F.embedding_bag(seq, table, mode="mean", padding_idx=0))
-        else:
-            parts.append(table.new_zeros(len(users), table.shape[1]))
-        return F.normalize(self.user_mlp(torch.cat(parts, dim=1)), dim=-1)
+        return F.normalize(self.user_mlp(user_inputs(self.emb, users, seq)), dim=-1)
 
     def encode_items(self, items: Tensor) -> Tensor:
         """(..., d) unit vectors from item feature rows (..., 5)."""
