@@ -49,7 +49,7 @@ from models.full_ranking import Architecture, FullRanking, load_model, predict_p
 from models.ranking_features import RankingFeatures, ranking_features
 from models.two_tower import KINDS, Vocab
 from models.two_tower_data import build_vocabs
-from tasks import artifacts
+from tasks import artifacts, registry
 from tasks.config import RANKING_HEADS, FullRankingConfig, PlatformConfig
 from tasks.eval_metrics import auc
 from tasks.ranking_data import TABLE as EXPOSURES_TABLE
@@ -180,7 +180,7 @@ def _aged(cfg: PlatformConfig, day: dt.date, required: bool) -> artifacts.Versio
         if required:
             raise artifacts.ArtifactError(f"{model_store(cfg)}: no current full_ranking version (the aged model)")
         return None
-    last = dt.date.fromisoformat(version.meta["training_window"].split("..")[1])
+    last = registry.trained_through(version)
     if last >= day:
         if required:
             raise ValueError(f"architecture_comparison: the aged model {version.name} was trained through {last}; "

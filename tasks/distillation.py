@@ -48,12 +48,10 @@ def scorer_for(cfg: PlatformConfig, day: dt.date) -> artifacts.Version:
     """The full ranker that scores `day`: the current version if its training ended before the
     day, else (a re-run after the night's aged training) the newest version that did."""
     store = registry.model_store(cfg, FULL_RANKING)
-    current = artifacts.require_current(store)
-    candidates = [current] + artifacts.list_versions(store)[::-1]
-    for version in candidates:
-        if version.meta["training_window"].split("..")[1] < day.isoformat():
-            return version
-    raise artifacts.ArtifactError(f"{store}: no version trained before {day}")
+    version = registry.trained_before(store, day)
+    if version is None:
+        raise artifacts.ArtifactError(f"{store}: no version trained before {day}")
+    return version
 
 
 def score_day(cfg: PlatformConfig, day: dt.date) -> dict[str, Any]:

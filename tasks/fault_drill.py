@@ -50,7 +50,7 @@ def drill(cfg: PlatformConfig, day: dt.date, faults: tuple[str, ...] = FAULTS) -
         segments = user_segments(con, day, day)[["user_id", "segment"]]
     if not len(tomorrow):
         raise ValueError(f"fault drill: no exposures on {day + dt.timedelta(days=1)} to evaluate the pre-ranker on")
-    parent = _trained_before(cfg, day)
+    parent = registry.trained_before(registry.model_store(cfg, "preranking"), day)  # the night's warm start
     previous_day = last_accepted_day(cfg, day)
     previous = load_scored(cfg, previous_day) if previous_day else None
     clean = predict(cfg, scorer, today)
@@ -88,9 +88,4 @@ def drill(cfg: PlatformConfig, day: dt.date, faults: tuple[str, ...] = FAULTS) -
     return out
 
 
-def _trained_before(cfg: PlatformConfig, day: dt.date) -> artifacts.Version | None:
-    """The newest pre-ranker trained before `day` (the one the night of `day` warm-starts from)."""
-    for version in artifacts.list_versions(registry.model_store(cfg, "preranking"))[::-1]:
-        if version.meta["training_window"].split("..")[1] < day.isoformat():
-            return version
-    return None
+

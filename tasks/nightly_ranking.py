@@ -77,7 +77,7 @@ def train_preranking(cfg: PlatformConfig, ds: dt.date) -> dict[str, Any]:
     from tasks.train_preranking import train
 
     current = artifacts.current(registry.model_store(cfg, PRERANKING))
-    if current and current.meta["training_window"].split("..")[1] >= ds.isoformat():
+    if current and registry.trained_through(current) >= ds:
         log.info("preranking %s is trained through %s already", current.name, ds)
         return {"day": str(ds), "version": current.name, "teacher": current.meta.get("supervision")}
     with connect_read(cfg) as con:
@@ -98,7 +98,7 @@ def train_full(cfg: PlatformConfig, ds: dt.date) -> dict[str, Any]:
 
     store = registry.model_store(cfg, FULL_RANKING)
     current = artifacts.require_current(store)
-    if current.meta["training_window"].split("..")[1] >= ds.isoformat():
+    if registry.trained_through(current) >= ds:
         log.info("full_ranking %s is trained through %s already", current.name, ds)
         return {"version": current.name}
     version = train(cfg, ds, make_current=True)

@@ -45,16 +45,12 @@ def training_day(ds: dt.date) -> dt.date:
     return ds - dt.timedelta(days=1)
 
 
-def _last_trained(version: artifacts.Version | None) -> dt.date | None:
-    return dt.date.fromisoformat(version.meta["training_window"].split("..")[1]) if version else None
-
-
 def train_candidate(cfg: PlatformConfig, model: str, ds: dt.date) -> str:
     """Train `model` through ds - 1 and publish it as a (not current) version; return its name."""
     day = training_day(ds)
     current = artifacts.current(registry.model_store(cfg, model))
-    last = _last_trained(current)
-    if current and last and last >= day:
+    last = registry.trained_through(current) if current else None
+    if last and last >= day:
         log.info("%s: current version %s is trained through %s already: it is the candidate", model, current.name, last)
         return current.name
     if model == "two_tower":

@@ -5,6 +5,7 @@ its evaluation gate, or by an explicit rollback."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from tasks import artifacts
@@ -45,3 +46,18 @@ def describe(cfg: PlatformConfig, model: str | None = None) -> list[dict]:
 def rollback(cfg: PlatformConfig, model: str, version: str) -> None:
     """Make an earlier (or any existing) version of `model` current again."""
     artifacts.switch(model_store(cfg, model), version)
+
+
+def trained_through(version: artifacts.Version) -> dt.date:
+    """The last day of a version's training window (meta `training_window`, 'first..last')."""
+    return dt.date.fromisoformat(version.meta["training_window"].split("..")[1])
+
+
+def trained_before(store: Path, day: dt.date) -> artifacts.Version | None:
+    """The version whose training ended before `day`: the current one if it did, else (a re-run
+    after the night's training) the newest that did; None if none did."""
+    current = artifacts.current(store)
+    for version in [*([current] if current else []), *artifacts.list_versions(store)[::-1]]:
+        if trained_through(version) < day:
+            return version
+    return None

@@ -46,6 +46,11 @@ VERSIONS_HINT = ("Pre-ranking versions", TRAIN)
 GROUPS_HINT = ("Special user groups", "run `recpipe special-groups --day D`")
 
 
+def _latest_day(con: duckdb.DuckDBPyConnection, table: str) -> pd.DataFrame:
+    """The rows of `table`'s latest day."""
+    return con.execute(f"select * from {table} where day = (select max(day) from {table})").df()
+
+
 def _table(frame: pd.DataFrame, warn: Iterable[bool], raw: tuple[str, ...] = ()) -> str:
     """`frame` as an HTML table (cells escaped, but the columns in `raw`, which are HTML already);
     the rows where `warn` is true highlighted."""
@@ -133,9 +138,7 @@ def _gate_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> str:
 
 
 def _predictions_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> str:
-    rows = con.execute(
-        "select * from distillation_predictions where day = (select max(day) from distillation_predictions)"
-    ).df()
+    rows = _latest_day(con, "distillation_predictions")
     if rows.empty:
         return _not_built(*PREDICTIONS_HINT)
     heads = [h for h in RANKING_HEADS if f"p_{h}" in rows]
@@ -172,7 +175,7 @@ def _drill_chart(drill: pd.DataFrame) -> str:
 
 
 def _drill_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> str:
-    drill = con.execute("select * from fault_drill where day = (select max(day) from fault_drill)").df()
+    drill = _latest_day(con, "fault_drill")
     if drill.empty:
         return _not_built(*DRILL_HINT)
     drill = drill.sort_values("fault", key=lambda f: f.map(lambda x: FAULTS.index(x) if x in FAULTS else len(FAULTS)))
@@ -188,9 +191,7 @@ def _drill_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> str:
 
 
 def _special_groups_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> str:
-    rows = con.execute(
-        "select * from special_groups_eval where day = (select max(day) from special_groups_eval)"
-    ).df()
+    rows = _latest_day(con, "special_groups_eval")
     if rows.empty:
         return _not_built(*GROUPS_HINT)
     wide = rows.pivot_table(index=["segment", "head"], columns="model", values=["ece", "ratio", "auc"])

@@ -114,7 +114,7 @@ def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False, store: 
     fr, store = cfg.ranking.full, store or model_store(cfg)
     window_first = day - dt.timedelta(days=fr.first_window_days - 1)
     parent = artifacts.current(store) if fr.warm_start else None
-    parent_last = dt.date.fromisoformat(parent.meta["training_window"].split("..")[1]) if parent else None
+    parent_last = registry.trained_through(parent) if parent else None
     if parent_last and parent_last >= day:
         raise ValueError(f"full_ranking: current version {parent.name} has training window "
                          f"{parent.meta['training_window']}; aged training needs a later day than {day}")

@@ -269,7 +269,7 @@ def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.n
         raise ValueError(f"preranking: exposures of {exposures.day.max()} are after the training day {day}")
     parent = artifacts.current(store) if pr.warm_start else None
     if parent:
-        parent_last = dt.date.fromisoformat(parent.meta["training_window"].split("..")[1])
+        parent_last = registry.trained_through(parent)
         if parent_last >= day:
             raise ValueError(f"preranking: current version {parent.name} has training window "
                              f"{parent.meta['training_window']}; aged training needs a later day than {day}")

@@ -137,7 +137,7 @@ def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False, store: 
     tt, store = cfg.retrieval.two_tower, store or model_store(cfg)
     window_first = day - dt.timedelta(days=cfg.retrieval.train_window_days - 1)
     parent = artifacts.current(store) if tt.warm_start else None
-    parent_last = dt.date.fromisoformat(parent.meta["training_window"].split("..")[1]) if parent else None
+    parent_last = registry.trained_through(parent) if parent else None
     if parent_last and parent_last >= day:
         raise ValueError(f"two_tower: current version {parent.name} has training window "
                          f"{parent.meta['training_window']}; aged training needs a later day than {day}")
