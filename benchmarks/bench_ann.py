@@ -1,4 +1,4 @@
-"""ANN benchmark: HNSW and IVF (models/ann.py) against exact inner-product search, same run, same data.
+"""ANN benchmark: HNSW and IVF (models/retrieval/ann.py) against exact inner-product search, same run, same data.
 
     python benchmarks/bench_ann.py --n 1000000 --dim 64 --queries 1000
 
@@ -21,8 +21,8 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from models import ann
-from tasks.config import AnnConfig, load_config
+from models.retrieval import ann
+from tasks.core.config import AnnConfig, load_config
 
 TARGET_RECALL = 0.95
 TARGET_SPEEDUP = 10.0

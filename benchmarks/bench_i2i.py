@@ -1,4 +1,4 @@
-"""Benchmark the I2I similarities (models/i2i.py) on synthetic positives.
+"""Benchmark the I2I similarities (models/retrieval/i2i.py) on synthetic positives.
 
     python benchmarks/bench_i2i.py                      # full scale: 1M users x 100k items x 20M
     python benchmarks/bench_i2i.py --users 100000 --items 20000 --interactions 2000000
@@ -6,7 +6,7 @@
 (a) ItemCF and Swing (config/recpipe.yaml's settings) on a synthetic users x items matrix: wall
     seconds of each and the process's peak RSS after each (targets: both together <= 600 s, peak
     <= 8 GiB).
-(b) Swing next to the straightforward reference (models/i2i_reference.py) on a small matrix from
+(b) Swing next to the straightforward reference (models/retrieval/i2i_reference.py) on a small matrix from
     the same generator (cap not binding), with and without damping: the speed ratio (reference
     seconds / the fast one's best of 3; target >= 20) and the largest absolute difference of the
     similarity matrices (target ~0).
@@ -27,10 +27,10 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from models.cf_common import binary, cap_users_per_item
-from models.i2i import DEFAULT_BUDGET, itemcf, swing, swing_blocks
-from models.i2i_reference import swing_reference
-from tasks.config import DEFAULT_CONFIG, load_config
+from models.retrieval.cf_common import binary, cap_users_per_item
+from models.retrieval.i2i import DEFAULT_BUDGET, itemcf, swing, swing_blocks
+from models.retrieval.i2i_reference import swing_reference
+from tasks.core.config import DEFAULT_CONFIG, load_config
 
 GIB = 1 << 30
 

@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     shutil.rmtree(args.data_dir, ignore_errors=True)
     os.environ["RECPIPE_DATA_DIR"] = str(args.data_dir.resolve())
-    from tasks.config import load_config
-    from tasks.load import load_dir
+    from tasks.core.config import load_config
+    from tasks.ingest.load import load_dir
 
     cfg = load_config()
     started, cpu_started = time.perf_counter(), _cpu_seconds()

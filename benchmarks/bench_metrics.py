@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 if TYPE_CHECKING:
-    from tasks.config import PlatformConfig
+    from tasks.core.config import PlatformConfig
 
 HAND_WRITTEN = """
 with user_days as (select distinct user_id, dt as day from raw.events),
@@ -48,10 +48,10 @@ def _peak_rss_mib(who: int) -> float:
 
 def _prepare(data_dir: Path, users: int, days: int) -> None:
     """Simulate `days` days of `users` users and load them into the lake (child process)."""
-    from tasks.config import load_config
-    from tasks.load import load_dir
+    from tasks.core.config import load_config
+    from tasks.core.warehouse import refresh_views
+    from tasks.ingest.load import load_dir
     from tasks.simulator import simulate
-    from tasks.warehouse import refresh_views
 
     cfg = load_config()
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def _build(cfg: PlatformConfig, ds: str | None = None) -> tuple[float, float, An
     """One `dbt build` (dbt/selectors.yml's default: the metric marts, what they are built from,
     and those nodes' data and unit tests; full without ds), timed end to end: (seconds, of which
     importing dbt, dbt's result)."""
-    from tasks.dbt_project import run_dbt
+    from tasks.core.dbt_runner import run_dbt
 
     t0 = time.perf_counter()
     import dbt.cli.main  # noqa: F401  (imported by run_dbt anyway; timed apart, the first build pays it)
@@ -126,7 +126,7 @@ def main() -> int:
         subprocess.run([sys.executable, __file__, "--prepare", *sys.argv[1:]], check=True)
     events = json.loads(meta.read_text())["events"]
 
-    from tasks.config import load_config
+    from tasks.core.config import load_config
 
     cfg = load_config()
     hand = _hand_written(cfg.warehouse_path)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.config import SimulatorConfig, load_config
-from tasks.contract import LOAD_ORDER
+from tasks.core.config import SimulatorConfig, load_config
+from tasks.core.contract import LOAD_ORDER
 from tasks.simulator import landing_path, simulate, truth_path
 from tasks.simulator.output import TRUTH_TABLES, parquet_options
 from tasks.simulator.tables import write_schema

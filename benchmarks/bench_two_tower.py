@@ -4,7 +4,7 @@
 
 Builds a synthetic click log (Zipf-popular items, 3 favourite categories per user) through the
 real data path (vocabularies, sequences, TrainingSet), then times, on the same batches from the
-same model initialisation: `tasks.train_two_tower.fit` (batching, negatives, loss logging) and a
+same model initialisation: `tasks.retrieval.two_tower.fit` (batching, negatives, loss logging) and a
 bare loop (batches materialised beforehand; forward, backward, Adam step, nothing else); both
 models must end the epoch with identical weights. Runs are
 alternated `--repeats` times (the machine may be shared) and the best of each is kept. Prints
@@ -20,12 +20,13 @@ import time
 import numpy as np
 import torch
 
-from models.two_tower import TwoTower
-from models.two_tower_data import UserTable, batches, build_vocabs, training_set
-from tasks.config import TwoTowerConfig
-from tasks.contract import AGE_BUCKETS, GENDERS
-from tasks.retrieval_data import Catalogue, Events
-from tasks.train_two_tower import batch_loss, fit
+from models.common.features import build_vocabs
+from models.common.tables import Catalogue, Events, UserTable
+from models.retrieval.two_tower import TwoTower
+from models.retrieval.two_tower_data import batches, training_set
+from tasks.core.config import TwoTowerConfig
+from tasks.core.contract import AGE_BUCKETS, GENDERS
+from tasks.retrieval.two_tower import batch_loss, fit
 
 US_PER_DAY = 86_400_000_000
 

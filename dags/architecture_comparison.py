@@ -1,4 +1,4 @@
-"""architecture_comparison: the aged ("old soup") model protocols of PLAYBOOK §3 for the full
+"""architecture_comparison: the aged ("old soup") model protocols of docs/METHODS.md "Aged-model protocols" for the full
 ranker, run by hand (no schedule).
 
 Params: `day` (the evaluation day, YYYY-MM-DD; required), `days` (n: training on the n days before
@@ -17,7 +17,7 @@ Tasks: `prepare` checks the params and builds the missing ranking_exposures of t
 `architecture_comparison` table (a re-run of a (day, protocol) replaces its rows) and returns the
 summary (the winner by mean AUC). Trained arms go to a throwaway store under
 <artifacts>/experiments/, never the registry; the registry's current full ranker (the aged model)
-is only read. Logic: tasks/architecture_comparison.py.
+is only read. Logic: tasks/ranking/aged_protocols.py.
 
 `airflow dags trigger architecture_comparison --conf '{"day": "2026-01-12", "days": 3,
 "protocol": "compare", "embeddings": "reuse", "candidate": {"experts": 2}}'`
@@ -25,11 +25,13 @@ is only read. Logic: tasks/architecture_comparison.py.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from airflow.sdk import Param, dag, task
 
-from tasks import architecture_comparison as ac
-from tasks.config import get_config
-from tasks.dag_wiring import dag_kwargs, writer_task_kwargs
+from tasks.core.config import get_config
+from tasks.orchestration.wiring import dag_kwargs, writer_task_kwargs
+from tasks.ranking import aged_protocols as ac
 
 cfg = get_config()
 
@@ -41,7 +43,8 @@ cfg = get_config()
     doc_md=__doc__,
     params={
         "day": Param(None, type=["null", "string"], format="date", description="evaluation day (required)"),
-        "days": Param(ac.DAYS, type="integer", minimum=1, description="training days before `day` (n)"),
+        "days": Param(cfg.ranking.architecture_comparison.days, type="integer", minimum=1,
+                      description="training days before `day` (n)"),
         "embeddings": Param(ac.EMBEDDINGS_DEFAULT, type="string", enum=list(ac.EMBEDDINGS),
                             description="compare: reuse the aged model's embeddings, or random"),
         "candidate": Param({}, type="object", description=f"overrides of {', '.join(ac.ARCHITECTURE_KEYS)}"),
@@ -52,9 +55,7 @@ cfg = get_config()
 def architecture_comparison_dag() -> None:
     @task(**writer_task_kwargs(cfg))  # dbt writes ranking_exposures
     def prepare(params=None) -> dict:
-        import datetime as dt
-
-        settings = ac.resolve_params(params)
+        settings = ac.resolve_params(cfg, params)
         built = ac.ensure_exposures(cfg, dt.date.fromisoformat(settings["day"]), settings["days"])
         return {**settings, "exposures_built": built}
 

@@ -1,9 +1,10 @@
 """content_pools: refresh the content pools declared in the platform config (`pools:`).
 
-Each run renders the candidates of its pools in dbt (dbt/models/pools, one generic model), then
-each pool's new version is checked by its GX suite and published by switching the pool's pointer;
-a pool's Asset (recpipe_pool_<name>) is emitted only when its version is published, so index
-refreshes follow. A rejected version raises a data-quality alert and fails its task; the previous
+Each run renders the candidates of its pools in dbt (dbt/models/pools, one generic model; the
+Cosmos task group `dbt`, one task per model and its tests), then each pool's new version is
+checked by its GX suite and published by switching the pool's pointer; a pool's Asset
+(recpipe_pool_<name>) is emitted only when its version is published, so index refreshes follow.
+A rejected version raises a data-quality alert and fails its task; the previous
 version stays current. The run ends by rewriting the nightly report (pools section).
 
 - `content_pools`: the pools with `refresh: daily`, after daily_metrics (the recpipe_metrics
@@ -14,37 +15,41 @@ version stays current. The run ends by rewriting the nightly report (pools secti
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from typing import Any
 
-from tasks import metrics_run, pools
-from tasks.config import get_config
-from tasks.dag_wiring import METRICS, dag_kwargs, day_range_params, pool_asset, report_whatever_happens, writer_task_kwargs
+from airflow.sdk import Param, XComArg, dag, task
+
+from tasks.core import days
+from tasks.core.config import get_config
+from tasks.orchestration.wiring import (
+    METRICS,
+    dag_kwargs,
+    day_range_params,
+    dbt_task_group,
+    pool_asset,
+    report_whatever_happens,
+    writer_task_kwargs,
+)
+from tasks.pools import refresh as pools
 
 cfg = get_config()
 
 
-def _pool_tasks(names: list[str], times) -> None:
-    """dbt renders every pool of the run; then one publish task per pool, with its Asset; then
-    the report is rewritten (whatever the pools' outcome)."""
-
-    @task(**writer_task_kwargs(cfg))
-    def render_candidates(times: list[str]) -> list[str]:
-        import datetime as dt
-
-        pools.build_candidates(cfg, [dt.datetime.strptime(t, pools.AS_OF_FORMAT) for t in times], names)
-        return times
-
-    rendered = render_candidates(times)
+def _pool_tasks(names: list[str], window: XComArg) -> None:
+    """dbt renders every pool of the run (task group `dbt`, vars from `window`:
+    pools.candidates_window); then one publish task per pool, with its Asset; then the report is
+    rewritten (whatever the pools' outcome)."""
+    rendered = dbt_task_group(cfg, "dbt", selector="pools", window=window)
     published = []
     for name in names:
 
         @task(task_id=f"publish_{name}", outlets=[pool_asset(name)], **writer_task_kwargs(cfg))
-        def publish(times: list[str], pool: str = name, outlet_events=None) -> dict[str, str]:
-            version = pools.publish_all(cfg, pool, times)
+        def publish(window: dict[str, Any], pool: str = name, outlet_events=None) -> dict[str, str]:
+            version = pools.publish_all(cfg, pool, window["as_of"])
             outlet_events[pool_asset(pool)].extra = version
             return version
 
-        published.append(publish(rendered))
+        published.append(rendered >> publish(window))
 
     report_whatever_happens(cfg, published)  # the report also after a rejected version; the run fails then
 
@@ -64,10 +69,11 @@ if daily:
     )
     def content_pools_dag() -> None:
         @task
-        def refresh_times(params=None, triggering_asset_events=None, logical_date=None) -> list[str]:
-            return pools.daily_refresh_times(metrics_run.resolve_days(params, triggering_asset_events, logical_date))
+        def refresh_window(params=None, triggering_asset_events=None, logical_date=None) -> dict[str, Any]:
+            times = pools.daily_refresh_times(days.resolve_days(params, triggering_asset_events, logical_date))
+            return pools.candidates_window(times, daily)
 
-        _pool_tasks(daily, refresh_times())
+        _pool_tasks(daily, refresh_window())
 
     content_pools_dag()
 
@@ -83,9 +89,10 @@ if hourly:
     )
     def content_pools_hourly_dag() -> None:
         @task
-        def refresh_times(params=None, data_interval_end=None) -> list[str]:
-            return pools.hourly_refresh_time((params or {}).get("at"), data_interval_end)
+        def refresh_window(params=None, data_interval_end=None) -> dict[str, Any]:
+            times = pools.hourly_refresh_time((params or {}).get("at"), data_interval_end)
+            return pools.candidates_window(times, hourly)
 
-        _pool_tasks(hourly, refresh_times())
+        _pool_tasks(hourly, refresh_window())
 
     content_pools_hourly_dag()

@@ -7,9 +7,9 @@ import datetime as dt
 
 from airflow.sdk import dag, task
 
-from tasks import ingest
-from tasks.config import get_config
-from tasks.dag_wiring import RAW_EVENTS, dag_kwargs, writer_task_kwargs
+from tasks.core.config import get_config
+from tasks.ingest import daily
+from tasks.orchestration.wiring import RAW_EVENTS, dag_kwargs, writer_task_kwargs
 
 cfg = get_config()
 
@@ -26,22 +26,22 @@ def ingest_dag() -> None:
 
         @task
         def land_batch(ds: str | None = None) -> str:
-            return ingest.land_simulated_day(cfg, dt.date.fromisoformat(ds))
+            return daily.land_simulated_day(cfg, dt.date.fromisoformat(ds))
 
     else:
 
         @task.sensor(poke_interval=300, timeout=12 * 3600, mode="reschedule")
         def land_batch(ds: str | None = None) -> bool:
-            return ingest.batch_landed(cfg, dt.date.fromisoformat(ds))
+            return daily.batch_landed(cfg, dt.date.fromisoformat(ds))
 
     @task
     def load_batch(ds: str | None = None) -> dict:
-        return ingest.load_landed_batch(cfg, dt.date.fromisoformat(ds))
+        return daily.load_landed_batch(cfg, dt.date.fromisoformat(ds))
 
     @task(outlets=[RAW_EVENTS], **writer_task_kwargs(cfg))
     def publish_warehouse(ds: str | None = None, outlet_events=None) -> dict:
         outlet_events[RAW_EVENTS].extra = {"day": ds}  # the day daily_metrics rebuilds
-        return ingest.publish_warehouse(cfg)
+        return daily.publish_warehouse(cfg)
 
     land_batch() >> load_batch() >> publish_warehouse()
 

@@ -1,4 +1,4 @@
-"""nightly_training: train, evaluate, gate and publish the retrieval models (PLAYBOOK §2, §3).
+"""nightly_training: train, evaluate, gate and publish the retrieval models (docs/METHODS.md "Nightly retrieval gate and publish").
 
 After daily_metrics announces days (the recpipe_metrics Asset) whose last is ds, or by hand with
 param `day` (= ds), each model of `retrieval.nightly_models` runs in its own task group:
@@ -14,7 +14,9 @@ param `day` (= ds), each model of `retrieval.nightly_models` runs in its own tas
 - `publish`: switch the model's CURRENT pointer (atomic) and emit recpipe_model_<model>, which
   schedules ann_refresh.
 
-The `ranking` group (PLAYBOOK §3, §7; tasks/nightly_ranking.py): exposures of ds built by dbt ->
+The `ranking` group (docs/METHODS.md "Ranking"; tasks/ranking/nightly.py): exposures of ds built by dbt
+(the task group `ranking.dbt`; before the first full ranker also its cold-start window, on which
+`prepare` trains it) ->
 the current full ranker scores them into the distillation set and is evaluated on them (AUC per
 head and segment) -> the GX gate on the predictions (a failure alerts, fails the task and keeps
 the predictions for inspection) -> the pre-ranker trains on ds, distilled from the gated
@@ -22,36 +24,40 @@ predictions or on labels only after a failure -> the aged full ranker trains 1 e
 emit recpipe_model_<name> when published.
 
 The run ends by rewriting the report; a failed gate fails the run (watcher task). Logic:
-tasks/nightly_training.py, tasks/nightly_ranking.py.
+tasks/retrieval/nightly.py, tasks/ranking/nightly.py.
 `recpipe train --day D` runs it from the command line.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
 from airflow.sdk import TaskGroup, dag, task
 
-from tasks import nightly_ranking, nightly_training
-from tasks.config import get_config
-from tasks.dag_wiring import (
+from tasks.core.config import get_config
+from tasks.orchestration.wiring import (
     METRICS,
     dag_kwargs,
     day_range_params,
+    dbt_task_group,
     model_asset,
     report_whatever_happens,
     resolve_days_task,
     writer_task_kwargs,
 )
+from tasks.ranking import nightly as nightly_ranking
+from tasks.retrieval import nightly as nightly_training
 
 cfg = get_config()
 
 
+def ds(days: dict[str, str]) -> dt.date:
+    """The run's last day (resolve_days)."""
+    return dt.date.fromisoformat(days["ds"])
+
+
 def _model_tasks(model: str, days) -> object:
     """train >> evaluate >> gate >> publish of one model; returns the publish task."""
-    import datetime as dt
-
-    def ds(days: dict[str, str]) -> dt.date:
-        return dt.date.fromisoformat(days["ds"])
-
     with TaskGroup(group_id=model):
 
         @task(**writer_task_kwargs(cfg))
@@ -81,18 +87,18 @@ def _model_tasks(model: str, days) -> object:
 
 
 def _ranking_tasks(days) -> list:
-    """prepare >> score >> gate, evaluate_full; train_preranking after the gate whatever it did;
-    train_full after scoring and evaluation (they use the version it replaces)."""
-    import datetime as dt
-
-    def ds(days: dict[str, str]) -> dt.date:
-        return dt.date.fromisoformat(days["ds"])
-
+    """exposure_days >> dbt (task group: ranking_exposures and its tests) >> prepare >> score >>
+    gate, evaluate_full; train_preranking after the gate whatever it did; train_full after scoring
+    and evaluation (they use the version it replaces)."""
     with TaskGroup(group_id="ranking"):
 
+        @task
+        def exposure_days(days: dict[str, str]) -> dict[str, str]:
+            return nightly_ranking.exposure_days(cfg, ds(days))
+
         @task(**writer_task_kwargs(cfg))
-        def prepare(days: dict[str, str]) -> dict:
-            return nightly_ranking.prepare(cfg, ds(days))
+        def prepare(window: dict[str, str], days: dict[str, str]) -> dict:
+            return {"exposures_from": window["ds_from"], **nightly_ranking.ensure_full_ranker(cfg, ds(days))}
 
         @task(**writer_task_kwargs(cfg))
         def score(_: dict, days: dict[str, str]) -> dict:
@@ -118,7 +124,8 @@ def _ranking_tasks(days) -> list:
             outlet_events[model_asset("full_ranking")].extra = trained
             return trained
 
-        prepared = prepare(days)
+        window = exposure_days(days)
+        prepared = dbt_task_group(cfg, "dbt", selector="ranking", window=window) >> prepare(window, days)
         scored = score(prepared, days)
         evaluated = evaluate_full(prepared, days)
         gated = gate(scored, days)

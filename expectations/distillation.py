@@ -1,28 +1,33 @@
-"""The GX suites of the distillation gate (PLAYBOOK §3, §7): the full ranker's predictions of a day
-before they become pre-ranking distillation targets. tasks/distillation_gate.py derives the frames
+"""The GX suites of the distillation gate (docs/METHODS.md "Distillation set and gate"): the full ranker's predictions of a day
+before they become pre-ranking distillation targets. tasks/ranking/gate.py derives the frames
 and runs the two suites through a file-based context and checkpoint (data docs kept per run).
 
 The frames (one suite each):
 
-- rows: the scored exposures, one row per (user, item) shown: user_id, item_id, and for every head
-  of tasks.config.RANKING_HEADS p_<head> (the prediction) and y_<head> (the 0/1 label). Suite:
-  columns present; ids, predictions (NaN = null) and labels present; p in [0, 1]; y in {0, 1};
-  coverage as the row count (at least min_coverage x the day's exposures, at most all of them);
-  and, when a previous accepted day exists, drift per head: KL(today's p || a partition of the
-  previous day's p) at most max_kl_divergence.
-- slices: the judged slices, one row each. check = "calibration": slice "<head> / <segment>"
-  (segment 'all' = every row), n, positives, mean_prediction, observed_rate, ratio =
-  mean_prediction / observed_rate, for slices with at least calibration_min_positives positives.
-  check = "auc": slice "<head>", n, positives, auc (ROC AUC of p against y), for heads with at
-  least auc_min_positives positives. Suite: per head, the ratios of its slices within
-  calibration_band (row condition head == "<head>"); the AUCs within auc_band; ratios and AUCs not
-  null.
+- rows: the scored exposures, one row per (user, item) shown: user_id, item_id, `exposed` (the
+  key is one of the day's exposures), and for every head of tasks.core.config.RANKING_HEADS
+  p_<head> (the prediction) and y_<head> (the 0/1 label). Suite: columns present; key integrity
+  against the day's exposures (every (user_id, item_id) unique and exposed; with the row count
+  equal to the exposures: exactly one prediction per exposure); ids, predictions (NaN = null) and
+  labels present; p in [0, 1]; y in {0, 1}; coverage as the row count (at least min_coverage x
+  the day's exposures, at most all of them); and, when a previous accepted day exists, drift per
+  head: KL(today's p || a partition of the previous day's p) at most max_kl_divergence.
+- slices: one row per slice. check = "calibration", per head and segment ('all' = every row):
+  n, positives, mean_prediction, observed_rate, ratio = mean_prediction / observed_rate, and
+  [ratio_low, ratio_high], the confidence interval of the ratio given the slice's positives
+  (exact Poisson interval of the count; a small slice gets a wide one). check = "auc", per head
+  with at least auc_min_positives positives: auc (ROC AUC of p against y), auc_se (DeLong) and,
+  against the previous accepted day, auc_previous and auc_floor = auc_previous - max_auc_drop -
+  z * sqrt(auc_se² + previous auc_se²). Suite: per head, every slice's interval reaches into
+  calibration_band (ratio_low <= band high, ratio_high >= band low: the slice is flagged only
+  when its sample shows it outside the band); the AUCs within auc_band and, with a previous day,
+  at least auc_floor; interval bounds and AUCs not null.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import great_expectations.expectations as gxe
@@ -30,6 +35,7 @@ import numpy as np
 from great_expectations.expectations.row_conditions import Column
 
 CALIBRATION, AUC = "calibration", "auc"  # the `check` of a slices row
+KEY = ("user_id", "item_id")  # an exposure of the day
 DRIFT_BINS = 20  # quantile bins of the previous day's predictions
 TAIL_WEIGHT = 1e-6  # each tail (below 0, above 1): out-of-range values give a large, finite KL
 SMOOTHING = 0.5  # pseudo-count per bin, so a bin empty yesterday does not make KL infinite
@@ -48,18 +54,23 @@ def slice_name(head: str, segment: str | None = None) -> str:
 
 
 def rows_expectations(heads: Sequence[str], exposures: int, min_coverage: float) -> list[Any]:
-    """Columns and ids present; per head every prediction present (NaN counts as null) and in
-    [0, 1], every label present and 0 or 1; coverage: between ceil(min_coverage x exposures) (at
-    least 1) and exposures rows (more rows than exposures is a bug too)."""
+    """Columns and ids present; key integrity: (user_id, item_id) unique, every key one of the
+    day's exposures; per head every prediction present (NaN counts as null) and in [0, 1], every
+    label present and 0 or 1; coverage: between ceil(min_coverage x exposures) (at least 1) and
+    exposures rows (more rows than exposures is a bug too). Unique + exposed + as many rows as
+    exposures = exactly one prediction per exposure (duplicated rows, or rows attached to another
+    user or item, fail even when the row count is right)."""
     suite: list[Any] = [
         gxe.ExpectTableColumnsToMatchSet(
-            column_set=["user_id", "item_id", *(c for h in heads for c in (pred(h), label(h)))], exact_match=False
+            column_set=[*KEY, "exposed", *(c for h in heads for c in (pred(h), label(h)))], exact_match=False
         ),
         # a day without exposures fails too: nothing to distil means something upstream broke
         gxe.ExpectTableRowCountToBeBetween(min_value=max(1, math.ceil(min_coverage * exposures - 1e-9)),
                                            max_value=exposures),
         gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
         gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(KEY)),
+        gxe.ExpectColumnValuesToBeInSet(column="exposed", value_set=[True]),
     ]
     for head in heads:
         suite += [
@@ -71,26 +82,36 @@ def rows_expectations(heads: Sequence[str], exposures: int, min_coverage: float)
     return suite
 
 
-def slices_expectations(calibration_heads: Iterable[str], calibration_band: tuple[float, float],
-                        auc_band: tuple[float, float]) -> list[Any]:
-    """Per head with a judged calibration slice: every one of its slices' mean prediction /
-    observed rate within the band; every judged head's AUC against the labels within the band
-    (below: the predictions do not rank - shuffled, constant, inverted; above: the labels leaked
-    into them). A NaN ratio or AUC (a slice without a single prediction) fails the not-null checks.
-    One expectation per head, not per slice: GX costs ~20 ms per expectation and run; the failure
-    report names the slices (tasks/distillation_gate.py)."""
+def slices_expectations(heads: Sequence[str], calibration_band: tuple[float, float],
+                        auc_band: tuple[float, float], against_previous: bool) -> list[Any]:
+    """Per head: the calibration intervals of its slices reach into the band (a slice fails only
+    when even the bound nearest the band is outside it: its ratio is off beyond what its sample
+    size allows); every judged head's AUC within the band (below: the predictions do not rank -
+    shuffled, constant, inverted; above: the labels leaked into them) and, `against_previous`, at
+    least its floor (a drop from the last accepted day beyond noise and max_auc_drop). A NaN
+    interval bound or AUC (a slice without a single prediction) fails the not-null checks.
+    One expectation per head and bound, not per slice: GX costs ~20 ms per expectation and run;
+    the failure report names the slices (tasks/ranking/gate.py)."""
+    low, high = calibration_band
     is_calibration, is_auc = Column("check") == CALIBRATION, Column("check") == AUC
-    return [
-        gxe.ExpectColumnValuesToNotBeNull(column="ratio", row_condition=is_calibration),
-        *(
-            gxe.ExpectColumnValuesToBeBetween(column="ratio", min_value=calibration_band[0],
-                                              max_value=calibration_band[1], row_condition=Column("head") == h)
-            for h in calibration_heads
-        ),
+    suite: list[Any] = [gxe.ExpectColumnValuesToNotBeNull(column="ratio_low", row_condition=is_calibration)]
+    for head in heads:
+        of_head = Column("head") == head
+        suite += [
+            gxe.ExpectColumnValuesToBeBetween(column="ratio_low", max_value=high, row_condition=of_head),
+            gxe.ExpectColumnValuesToBeBetween(column="ratio_high", min_value=low, row_condition=of_head),
+        ]
+    suite += [
         gxe.ExpectColumnValuesToNotBeNull(column="auc", row_condition=is_auc),
         gxe.ExpectColumnValuesToBeBetween(column="auc", min_value=auc_band[0], max_value=auc_band[1],
                                           row_condition=is_auc),
     ]
+    if against_previous:  # heads without a judged previous AUC have no floor: not compared
+        suite.append(gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="auc", column_B="auc_floor", or_equal=True, ignore_row_if="either_value_is_missing",
+            row_condition=is_auc,
+        ))
+    return suite
 
 
 def drift_partition(previous: np.ndarray, bins: int = DRIFT_BINS) -> dict[str, list[float]] | None:

@@ -1,4 +1,4 @@
-"""The GX suite a content pool's new version must pass before it is published (PLAYBOOK §7).
+"""The GX suite a content pool's new version must pass before it is published (docs/METHODS.md "Pool refresh and publish").
 
 The frame checked is the version's members, one row per (segment, item), with the item's own
 publish_ts and expire_ts read from the items (not from the pool model's flags), and the size of
@@ -12,16 +12,15 @@ from typing import Any
 
 import great_expectations.expectations as gxe
 
-from tasks.config import PoolConfig
+from tasks.core.config import ALL, PoolConfig
 
-EVERYONE = "all"
 
 
 def pool_expectations(pool: PoolConfig, as_of: dt.datetime) -> list[Any]:
     """Sizes within the configured bounds per segment, every target segment present (when the
     pool must not be empty), no duplicate or expired item, items inside the window, scores in
     [0, 1], ranks from 1 to max_size."""
-    segments = list(pool.segments) or [EVERYONE]
+    segments = list(pool.segments) or [ALL]
     window_start = as_of - dt.timedelta(hours=pool.window_hours)
     suite: list[Any] = [
         gxe.ExpectTableRowCountToBeBetween(

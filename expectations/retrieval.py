@@ -1,4 +1,4 @@
-"""The GX suite of the nightly model gate (PLAYBOOK §2, §7): a candidate version's evaluation row
+"""The GX suite of the nightly model gate (docs/METHODS.md "Nightly retrieval gate and publish"): a candidate version's evaluation row
 before it may become current.
 
 The frame has one row per gated candidate: model, candidate_recall (Recall@K of the candidate on

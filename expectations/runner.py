@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import great_expectations as gx
 import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from tasks.alerts import Alert, raise_alert
-from tasks.config import PlatformConfig
+from tasks.core.config import PlatformConfig
+from tasks.ops.alerts import Alert, raise_alert
 
 log = logging.getLogger(__name__)
 _RUN_IDS = itertools.count()
@@ -35,9 +37,6 @@ class ValidationOutcome:
 
 @lru_cache(maxsize=1)
 def _context() -> Any:
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     ctx.data_sources.add_pandas("frames")
@@ -58,8 +57,6 @@ def _failure(result: Any) -> dict[str, Any]:
 
 def validate_frame(df: pd.DataFrame, suite_name: str, expectations: list[Any]) -> ValidationOutcome:
     """Validate `df` against the expectations (GX Core objects) as suite `suite_name`."""
-    import great_expectations as gx
-
     ctx = _context()
     name = f"{suite_name}-{next(_RUN_IDS)}"  # definitions live in the shared context only for this run
     source = ctx.data_sources.get("frames")

@@ -1,8 +1,8 @@
-"""The GX suites of the social tables (PLAYBOOK §2 U2A2I, §6 KOLs, §7 gates), one day at a time.
+"""The GX suites of the social tables (docs/METHODS.md "Implicit follows", "KOL scoring", "Data-quality gates"), one day at a time.
 
 kol_scores: the day's scores before they are written. implicit_follows: the day's rows as dbt
 built them, with `explicitly_followed` (the pair's follow state at the end of the day, computed
-apart from the dbt model by tasks/implicit_follows.py) and `is_self` (user_id = author_id).
+apart from the dbt model by tasks/social/implicit_follows.py) and `is_self` (user_id = author_id).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import great_expectations.expectations as gxe
 
-from tasks.config import ImplicitFollowsConfig
+from tasks.core.config import ImplicitFollowsConfig
 
 KOL_SCORE_COLUMNS = ("day", "user_id", "shares", "visits", "kol_score", "percentile", "is_kol")
 

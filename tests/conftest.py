@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import os
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.p
 import pytest
 import yaml
 
-from tasks.config import DEFAULT_CONFIG, PlatformConfig, load_config
+from tasks.core.config import DEFAULT_CONFIG, PlatformConfig, load_config
 
 SMALL_SIMULATOR = {"users": 400, "items": 300, "days": 3}
 
@@ -77,13 +78,11 @@ def one_torch_thread() -> Iterator[None]:
 def retrieval_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The config file of 2,000 users x 15 simulated days, loaded, with dbt's staging views, user
     segments and the implicit follows of days 13 and 14 (what the retrieval channels read)."""
-    import datetime as dt
-
-    from tasks import implicit_follows
-    from tasks.dbt_project import run_dbt
-    from tasks.load import load_dir
+    from tasks.core.dbt_runner import run_dbt
+    from tasks.core.warehouse import refresh_views
+    from tasks.ingest.load import load_dir
     from tasks.simulator import simulate
-    from tasks.warehouse import refresh_views
+    from tasks.social import implicit_follows
 
     tmp = tmp_path_factory.mktemp("retrieval")
     path = write_config(tmp / "recpipe.yaml", tmp / "data", simulator=RETRIEVAL_SIMULATOR)
@@ -100,6 +99,52 @@ def retrieval_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def dbt_manifest() -> Path:
     """The dbt manifest the daily_metrics DAG is rendered from (built by `recpipe airflow-setup`)."""
-    from tasks.dbt_project import build_manifest
+    from tasks.core.dbt_runner import build_manifest
 
     return build_manifest(load_config(DEFAULT_CONFIG))
+
+
+@pytest.fixture(scope="session")
+def served_world(retrieval_sim: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PlatformConfig, dt.date]]:
+    """A copy of the 15-day simulation with the artifacts of the night after day 14 (the feeds are
+    for day 15): pools refreshed, retrieval and ranking models current, ANN indexes published."""
+    import torch
+
+    from tasks.core.warehouse import refresh_views
+    from tasks.pools.refresh import end_of_day, refresh_pools
+    from tasks.ranking import full, pre
+    from tasks.ranking.data import build_exposures, load_exposures
+    from tasks.retrieval import ann_refresh, i2i, two_tower
+    from tasks.retrieval.data import connect_read
+
+    tmp = tmp_path_factory.mktemp("serving")
+    source = load_config(retrieval_sim)
+    shutil.copytree(source.data_root, tmp / "data")
+    raw = yaml.safe_load(retrieval_sim.read_text())
+    raw["paths"]["data_root"] = str(tmp / "data")
+    raw["ranking"]["full"]["first_window_days"] = 4
+    path = tmp / "recpipe.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(path)
+    day = cfg.simulator.start_date + dt.timedelta(days=cfg.simulator.days - 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECPIPE_CONFIG", str(path))
+        mp.delenv("RECPIPE_DATA_DIR", raising=False)
+        refresh_views(cfg)
+        refresh_pools(cfg, [end_of_day(day)], [p.name for p in cfg.pools if p.refresh == "daily"])
+        two_tower.train(cfg, day, make_current=True)
+        for model in ("itemcf", "swing"):
+            i2i.train(cfg, model, day, make_current=True)
+        first = day - dt.timedelta(days=3)
+        build_exposures(cfg, first, day)
+        full.train(cfg, day, make_current=True)
+        with connect_read(cfg) as con:
+            exposures = load_exposures(con, first, day)
+        pre.train(cfg, day, exposures, None, make_current=True)
+        for pool in cfg.pools:
+            if pool.refresh == "daily":
+                ann_refresh.refresh(cfg, "two_tower", pool.name)
+        yield cfg, day
+    torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Alert landing pages: alerts raised through tasks.alerts, rendered as static HTML and read back
+"""Alert landing pages: alerts raised through tasks.ops.alerts, rendered as static HTML and read back
 with the standard library's HTML parser."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from pathlib import Path
 
-from tasks.alert_pages import alert_page_path, render_alert_pages
-from tasks.alerts import Alert, raise_alert
-from tasks.config import PlatformConfig
+from tasks.core.config import PlatformConfig
+from tasks.ops.alert_pages import alert_page_path, render_alert_pages
+from tasks.ops.alerts import Alert, raise_alert
 
 
 class _Page(HTMLParser):

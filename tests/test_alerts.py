@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.alerts import Alert, raise_alert, read_alerts
-from tasks.config import load_config
+from tasks.core.config import load_config
+from tasks.ops.alerts import Alert, raise_alert, read_alerts
 from tests.conftest import write_config
 
 
@@ -106,7 +106,7 @@ def test_unreachable_webhook_never_hides_the_alert(platform, monkeypatch: pytest
 
 
 def test_notifier_turns_task_failure_into_alert(platform, webhook, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.notifier import RecpipeNotifier
+    from tasks.ops.notifier import RecpipeNotifier
 
     url, received = webhook
     monkeypatch.setenv("RECPIPE_SLACK_WEBHOOK_URL", url)

@@ -1,4 +1,4 @@
-"""ANN indexes (models/ann.py) and their refresh per (model, pool) (tasks/ann_refresh.py)."""
+"""ANN indexes (models/retrieval/ann.py) and their refresh per (model, pool) (tasks/retrieval/ann_refresh.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import faiss
 import numpy as np
 import pytest
 
-from models import ann
-from tasks import ann_refresh, artifacts, registry
-from tasks.alerts import read_alerts
-from tasks.config import AnnConfig, PlatformConfig, load_config
+from models.retrieval import ann
+from tasks.core import artifacts, registry
+from tasks.core.config import AnnConfig, PlatformConfig, load_config
+from tasks.ops.alerts import read_alerts
+from tasks.retrieval import ann_refresh
 from tests.conftest import write_config
 
 DIM = 16
@@ -208,7 +209,7 @@ def test_a_publish_interrupted_while_writing_keeps_the_previous_index(setup, mon
 def test_dag_runs_one_pooled_task_per_model_and_pool_on_any_new_version() -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    from tasks.config import get_config
+    from tasks.core.config import get_config
 
     cfg = get_config()
     bag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags" / "ann_refresh.py"))

@@ -1,4 +1,4 @@
-"""The aged-model protocols of PLAYBOOK §3 for the full ranker (tasks/architecture_comparison.py) on
+"""The aged-model protocols of docs/METHODS.md "Aged-model protocols" for the full ranker (tasks/ranking/aged_protocols.py) on
 the 15-day simulation: an aged model (cold through day 8 on days 5-8, then 1 epoch on each of
 days 9, 10, 11), then `compare` (candidate vs current architecture from the same start on days
 9-11, evaluated on day 12, embeddings reused and random) and `catch_up` (the candidate distilled
@@ -15,16 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from airflow.dag_processing.dagbag import DagBag
 
-from models.full_ranking import load_model
-from models.two_tower_data import build_vocabs
-from tasks import architecture_comparison as ac
-from tasks import artifacts
-from tasks.config import RANKING_HEADS, PlatformConfig, load_config
-from tasks.ranking_data import build_exposures, load_exposures
-from tasks.retrieval_data import connect_read
-from tasks.train_full_ranking import load_sources, model_store, predict, train
-from tasks.warehouse import connect
+from models.common.features import build_vocabs
+from models.ranking.full import load_model
+from tasks.core import artifacts, registry
+from tasks.core.config import RANKING_HEADS, PlatformConfig, get_config, load_config
+from tasks.core.warehouse import connect
+from tasks.ops.notifier import RecpipeNotifier
+from tasks.ranking import aged_protocols as ac
+from tasks.ranking.data import build_exposures, load_exposures
+from tasks.ranking.full import MODEL, load_sources, predict, train
+from tasks.retrieval.data import connect_read
 from tests.conftest import config_variant
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -103,7 +105,7 @@ def test_compare_reuse_and_random(aged, runs, record_property) -> None:
     assert not runs["random"]["arms"]["current"]["embeddings_reused"]
     assert runs["reuse"]["arms"]["current"]["auc"] != runs["random"]["arms"]["current"]["auc"]
     # trained arms are throwaway versions: the registry's current is still the aged model
-    assert artifacts.require_current(model_store(cfg)).name == version.name
+    assert artifacts.require_current(registry.model_store(cfg, MODEL)).name == version.name
     assert artifacts.current(ac.experiment_store(cfg) / "compare" / "current") is None
 
 
@@ -113,7 +115,7 @@ def test_reused_embeddings_start_equal_to_the_aged_model(aged, runs) -> None:
     first, last = _day(cfg, 9), _day(cfg, 11)
     with connect_read(cfg) as con:
         exposures = load_exposures(con, first, last)
-        src = load_sources(con, first, last)
+        src = load_sources(con, first, last, cfg.ranking.full.history_days)
     vocabs = build_vocabs(src.catalogue, src.users, np.unique(exposures.user_id), old_vocabs)
     arch = ac.architecture(cfg.ranking.full, vocabs)
     start, reused = ac.start_model(arch, 7, old, old_vocabs, vocabs)
@@ -191,30 +193,27 @@ def test_results_table(aged, runs) -> None:
 
 
 def test_params_are_checked() -> None:
-    ok = ac.resolve_params({"day": "2026-01-12", "candidate": '{"experts": 2}', "protocol": "catch_up"})
-    assert ok == {"day": "2026-01-12", "days": ac.DAYS, "embeddings": "reuse", "candidate": {"experts": 2},
-                  "protocol": "catch_up"}
+    cfg = get_config()
+    ok = ac.resolve_params(cfg, {"day": "2026-01-12", "candidate": '{"experts": 2}', "protocol": "catch_up"})
+    assert ok == {"day": "2026-01-12", "days": cfg.ranking.architecture_comparison.days, "embeddings": "reuse",
+                  "candidate": {"experts": 2}, "protocol": "catch_up"}
     for bad in ({}, {"day": "2026-01-12", "candidate": {"dropout": 0.1}},
                 {"day": "2026-01-12", "candidate": {"experts": 0}}, {"day": "2026-01-12", "protocol": "race"},
                 {"day": "2026-01-12", "embeddings": "zero"}, {"day": "2026-01-12", "days": -1}):
         with pytest.raises(ValueError):
-            ac.resolve_params(bad)
+            ac.resolve_params(cfg, bad)
 
 
 def test_dag_imports_cleanly_with_its_params() -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tasks.config import get_config
-    from tasks.notifier import RecpipeNotifier
-
     cfg = get_config()
-    bag = DagBag(dag_folder=str(Path(ac.__file__).resolve().parent.parent / "dags" / "architecture_comparison.py"),
+    bag = DagBag(dag_folder=str(Path(ac.__file__).resolve().parents[2] / "dags" / "architecture_comparison.py"),
                  known_pools={"default_pool", cfg.airflow.warehouse_pool})
     assert bag.import_errors == {}
     dag = bag.dags["architecture_comparison"]
     assert dag.schedule is None and "recpipe" in dag.tags
     assert set(dag.params.keys()) == {"day", "days", "embeddings", "candidate", "protocol"}
-    assert dag.params["days"] == ac.DAYS and dag.params["embeddings"] == "reuse" and dag.params["protocol"] == "compare"
+    assert dag.params["days"] == cfg.ranking.architecture_comparison.days
+    assert dag.params["embeddings"] == "reuse" and dag.params["protocol"] == "compare"
     assert isinstance(dag.on_failure_callback, RecpipeNotifier) or any(
         isinstance(cb, RecpipeNotifier) for cb in dag.on_failure_callback)
     assert {t.task_id for t in dag.tasks} == {"prepare", "run"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import artifacts
+from tasks.core import artifacts
 
 
 def _weights(value: float):
@@ -62,7 +62,7 @@ def test_candidate_rollback_and_prune(tmp_path: Path) -> None:
 
 def test_models_cli_lists_and_rolls_back(platform, capsys: pytest.CaptureFixture) -> None:
     from tasks.cli import main
-    from tasks.registry import model_store
+    from tasks.core.registry import model_store
 
     store = model_store(platform, "two_tower")
     v1 = artifacts.publish(store, _weights(1.0), {"training_window": "2026-01-01..2026-01-30"})

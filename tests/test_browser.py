@@ -22,8 +22,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from tasks.alert_pages import render_alert_pages
-from tasks.config import load_config
+from tasks.core.config import load_config
+from tasks.ops.alert_pages import render_alert_pages
 from tests.conftest import write_config
 from tests.live import free_port, request_json, require_system_tool, stop_process_group, wait_for
 

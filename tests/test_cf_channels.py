@@ -1,4 +1,4 @@
-"""U2U2I, U2A2I and U2A2A2I (models/cf_channels.py) on tiny hand-made datasets whose rankings are
+"""U2U2I, U2A2I and U2A2A2I (models/retrieval/cf_channels.py) on tiny hand-made datasets whose rankings are
 worked out in the comments."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import cf_channels
-from models.cf_channels import U2A2A2I, U2A2I, U2U2I
-from tasks.config import AuthorChannelsConfig, RetrievalConfig, UserCFConfig
+from models.retrieval import cf_channels
+from models.retrieval.cf_channels import U2A2A2I, U2A2I, U2U2I
+from tasks.core.config import AuthorChannelsConfig, RetrievalConfig, UserCFConfig
 from tests.test_i2i import catalogue_of, events_of
 
 NO_FOLLOWS = (np.zeros(0, np.int64), np.zeros(0, np.int64))

@@ -129,7 +129,7 @@ def test_dockerfile_matches_constraints() -> None:
     assert installs and all("-c constraints.txt" in cmd for cmd in installs), installs
     # The image installs the `deploy` extra: what the compose settings need besides the project.
     assert any('".[deploy]"' in cmd for cmd in installs)
-    # Editable: tasks.dbt_project and tasks.airflow_local resolve dbt/ and dags/ beside tasks/.
+    # Editable: tasks.core.dbt_runner and tasks.orchestration.local_airflow resolve dbt/ and dags/ beside tasks/.
     assert all(' -e ".' in cmd for cmd in installs if '".[' in cmd), installs
     deploy = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["deploy"]
     needed = {"psycopg2-binary", "asyncpg", "apache-airflow-providers-fab", "apache-airflow-providers-celery"}
@@ -176,7 +176,7 @@ def test_init_service_migrates_and_creates_pool_and_admin() -> None:
     copies = [args for word, args in dockerfile_instructions() if word == "COPY"]
     assert any(a.endswith("scripts/airflow-init.sh scripts/airflow-init.sh") for a in copies)
     body = (REPO / "scripts" / "airflow-init.sh").read_text()
-    assert "recpipe airflow-setup" in body  # migrations + the warehouse pool (tasks/airflow_local.py)
+    assert "recpipe airflow-setup" in body  # migrations + the warehouse pool (tasks/orchestration/local_airflow.py)
     create = re.search(r"^airflow (users create.*?)\n(?!\s)", body, re.MULTILINE | re.DOTALL)
     assert create, "scripts/airflow-init.sh does not create the admin user"
     args = [

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import DEFAULT_CONFIG, ConfigError, load_config
+from tasks.cli import main
+from tasks.core.config import DEFAULT_CONFIG, ConfigError, RankingConfig, load_config
 
 
 def _write(tmp_path: Path, raw: dict) -> Path:
@@ -55,6 +56,15 @@ def test_data_dir_env_moves_every_relative_path(tmp_path: Path, monkeypatch: pyt
         (lambda r: r["pools"].append(dict(r["pools"][0])), "pools", "duplicate pool names"),
         (lambda r: r["kol"].update(kol_percentile=1.5), "kol.kol_percentile", "less than"),
         (lambda r: r["implicit_follows"].update(top_n=0), "implicit_follows.top_n", "greater than or equal"),
+        (lambda r: r["ranking"]["full"].update(history_days=-1), "ranking.full.history_days", "greater than or equal"),
+        (lambda r: r["ranking"]["preranking"].update(pairs_per_group=0), "ranking.preranking.pairs_per_group",
+         "greater than or equal"),
+        (lambda r: r["ranking"]["architecture_comparison"].update(days=0), "ranking.architecture_comparison.days",
+         "greater than or equal"),
+        (lambda r: r["ranking"]["architecture_comparison"].update(min_positives="many"),
+         "ranking.architecture_comparison.min_positives", "valid integer"),
+        (lambda r: r["ranking"]["architecture_comparison"].update(keep_version=3),
+         "ranking.architecture_comparison.keep_version", "Extra inputs are not permitted"),
     ],
 )
 def test_invalid_config_names_file_and_key(tmp_path: Path, mutate, key: str, message: str) -> None:
@@ -69,6 +79,16 @@ def test_invalid_config_names_file_and_key(tmp_path: Path, mutate, key: str, mes
     assert message in text
 
 
+def test_settings_moved_out_of_code_keep_their_old_values() -> None:
+    """Former module constants: HISTORY_DAYS (tasks/ranking/full.py), PAIRS_PER_GROUP
+    (tasks/ranking/pre.py), DAYS, MIN_POSITIVES, KEEP_VERSIONS (tasks/ranking/aged_protocols.py);
+    the shipped file says the same."""
+    for ranking in (RankingConfig(), load_config(DEFAULT_CONFIG).ranking):
+        assert ranking.full.history_days == 30
+        assert ranking.preranking.pairs_per_group == 16
+        assert ranking.architecture_comparison.model_dump() == {"days": 3, "min_positives": 30, "keep_versions": 3}
+
+
 def test_unparseable_and_missing_files(tmp_path: Path) -> None:
     bad = tmp_path / "broken.yaml"
     bad.write_text("simulator: [unclosed")
@@ -81,8 +101,6 @@ def test_unparseable_and_missing_files(tmp_path: Path) -> None:
 def test_cli_reports_config_error(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks.cli import main
-
     raw = _shipped()
     raw["schedules"]["ingestt"] = "@daily"
     path = _write(tmp_path, raw)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from tasks.config import REPO_ROOT
-from tasks.contract import EVENT_TYPES, QUARANTINE_REASONS, TABLES
+from tasks.core.config import REPO_ROOT
+from tasks.core.contract import EVENT_TYPES, QUARANTINE_REASONS, TABLES
 
 DOC = (REPO_ROOT / "docs" / "CONTRACT.md").read_text()
 

@@ -1,33 +1,47 @@
 """DAG integrity: every DAG file imports cleanly and quickly, has no cycles, and follows the
-platform's rules (owner, retries, tags, the failure notifier, warehouse writers in the one pool)."""
+platform's rules (owner, retries, tags, the failure notifier, warehouse writers in the one pool,
+dbt models as tasks of a Cosmos task group)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
+from airflow.dag_processing.dagbag import DagBag
 
-from tasks.config import get_config
-from tasks.dag_wiring import WATCHER
+from tasks.core.config import get_config
+from tasks.ops.notifier import RecpipeNotifier
+from tasks.orchestration.wiring import WATCHER
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
 EXPECTED_DAGS = {"ingest", "daily_metrics", "content_pools", "content_pools_hourly", "kol_scoring", "implicit_follows", "ann_refresh", "nightly_training", "architecture_comparison"}
+METRIC_MODELS = {
+    "stg_events", "stg_users", "stg_items", "stg_follows", "int_user_day_activity", "int_user_day_segments",
+    "int_user_day_retention", "int_ab_moments", "metrics_daily", "retention_daily", "ab_readout",
+}
+POOL_MODELS = {"int_item_hour_segment_stats", "pool_candidates"}
+# dag id -> (its dbt task group, the models it renders)
+DBT_GROUPS = {
+    "daily_metrics": ("dbt", METRIC_MODELS),
+    "content_pools": ("dbt", POOL_MODELS),
+    "content_pools_hourly": ("dbt", POOL_MODELS),
+    "kol_scoring": ("dbt", {"kol_features"}),
+    "implicit_follows": ("dbt", {"implicit_follows"}),
+    "nightly_training": ("ranking.dbt", {"ranking_exposures"}),
+}
 
 
 @pytest.fixture(scope="module")
 def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
     cfg = get_config()
     return DagBag(dag_folder=str(DAGS_DIR), known_pools={"default_pool", cfg.airflow.warehouse_pool})
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_dag_file_imports_fast_and_clean(path: Path) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
     start = time.perf_counter()
     bag = DagBag(dag_folder=str(path))
     elapsed = time.perf_counter() - start
@@ -47,8 +61,6 @@ def test_expected_dags_present(dagbag) -> None:
 
 
 def test_every_dag_follows_the_platform_rules(dagbag) -> None:
-    from tasks.notifier import RecpipeNotifier
-
     cfg = get_config()
     for dag_id, dag in dagbag.dags.items():
         dag.check_cycle()
@@ -70,11 +82,32 @@ def test_warehouse_writers_share_the_one_slot_pool(dagbag) -> None:
     publish = dagbag.dags["ingest"].get_task("publish_warehouse")
     assert publish.pool == cfg.airflow.warehouse_pool and publish.pool_slots == 1
     assert [a.name for a in publish.outlets] == ["recpipe_raw_events"]
-    metrics = dagbag.dags["daily_metrics"]
-    dbt_tasks = [t for t in metrics.tasks if t.task_id.startswith("dbt.")]
-    assert {t.task_id for t in dbt_tasks} >= {"dbt.metrics_daily_model_build", "dbt.retention_daily_model_build", "dbt.ab_readout_model_build"}
-    for t in [*dbt_tasks, metrics.get_task("write_report")]:
-        assert t.pool == cfg.airflow.warehouse_pool and t.pool_slots == 1, t.task_id
+    report = dagbag.dags["daily_metrics"].get_task("write_report")
+    assert report.pool == cfg.airflow.warehouse_pool and report.pool_slots == 1
+
+
+@pytest.mark.parametrize("dag_id", sorted(DBT_GROUPS))
+def test_dbt_models_and_their_tests_are_tasks_of_a_task_group(dagbag, dbt_manifest, dag_id) -> None:
+    """One task per model, in the DAG's Cosmos task group, running `dbt build` of that model: the
+    model, then its dbt tests (every model here has some). The group's vars come from the task
+    `<group>_vars`, upstream of it. No other dbt model runs in the DAG."""
+    cfg = get_config()
+    group, models = DBT_GROUPS[dag_id]
+    dag = dagbag.dags[dag_id]
+    manifest = json.loads(dbt_manifest.read_text())
+    nodes = {n["name"]: (uid, n) for uid, n in manifest["nodes"].items() if n["resource_type"] == "model"}
+    tested = {n["attached_node"] for n in manifest["nodes"].values() if n["resource_type"] == "test"}
+    dbt_tasks = {t.task_id: t for t in dag.tasks if t.task_id.split(".")[-1].endswith("_model_build")}
+    assert set(dbt_tasks) == {f"{group}.{m}_model_build" for m in models}
+    for model in models:
+        uid, node = nodes[model]
+        task = dbt_tasks[f"{group}.{model}_model_build"]
+        assert task.task_group.group_id == group and task.base_cmd == ["build"], task.task_id
+        assert task.select == "fqn:" + ".".join(node["fqn"]) and uid in tested, task.task_id
+        assert task.pool == cfg.airflow.warehouse_pool and task.pool_slots == 1, task.task_id
+        assert task.vars == f"{{{{ ti.xcom_pull(task_ids='{group}_vars') | tojson }}}}", task.task_id
+        if not task.upstream_task_ids & set(dbt_tasks):
+            assert task.upstream_task_ids == {f"{group}_vars"}, task.task_id
 
 
 def test_daily_metrics_is_scheduled_by_the_ingest_asset(dagbag) -> None:
@@ -83,21 +116,23 @@ def test_daily_metrics_is_scheduled_by_the_ingest_asset(dagbag) -> None:
 
 
 @pytest.mark.parametrize(
-    ("dag_id", "writers", "asset"),
+    ("dag_id", "check", "model", "asset", "tag"),
     [
-        ("kol_scoring", ["build_features", "score"], "recpipe_kol_scores"),
-        ("implicit_follows", ["build", "validate"], "recpipe_implicit_follows"),
+        ("kol_scoring", "score", "kol_features", "recpipe_kol_scores", "kol"),
+        ("implicit_follows", "validate", "implicit_follows", "recpipe_implicit_follows", "u2a2i"),
     ],
 )
-def test_social_dags_follow_metrics_and_write_in_the_pool(dagbag, dag_id, writers, asset) -> None:
+def test_social_dags_follow_metrics_and_write_in_the_pool(dagbag, dag_id, check, model, asset, tag) -> None:
     cfg = get_config()
     social = dagbag.dags[dag_id]
     assert [a.name for a in social.timetable.asset_condition.objects] == ["recpipe_metrics"]
-    for task_id in writers:
-        t = social.get_task(task_id)
-        assert t.pool == cfg.airflow.warehouse_pool and t.pool_slots == 1, task_id
-    assert [a.name for a in social.get_task(writers[-1]).outlets] == [asset]
+    t = social.get_task(check)
+    assert t.pool == cfg.airflow.warehouse_pool and t.pool_slots == 1
+    assert t.upstream_task_ids == {"resolve_days", f"dbt.{model}_model_build"}
+    assert [a.name for a in t.outlets] == [asset]
+    assert social.get_task("write_report").upstream_task_ids == {check}
     assert set(social.params.keys()) == {"day", "through"}
+    assert set(social.tags) == {"recpipe", "social", tag, "dbt", "gx"}
 
 
 def test_content_pools_have_a_task_and_an_asset_per_configured_pool(dagbag) -> None:
@@ -110,8 +145,8 @@ def test_content_pools_have_a_task_and_an_asset_per_configured_pool(dagbag) -> N
         publish = dag.get_task(f"publish_{pool.name}")
         assert [a.name for a in publish.outlets] == [f"recpipe_pool_{pool.name}"]
         assert publish.pool == cfg.airflow.warehouse_pool and publish.pool_slots == 1
+        assert publish.upstream_task_ids == {"refresh_window", "dbt.pool_candidates_model_build"}
     for dag in (daily, hourly):
-        assert dag.get_task("render_candidates").pool == cfg.airflow.warehouse_pool
         assert dag.get_task("write_report").trigger_rule == "all_done"
 
 
@@ -137,6 +172,8 @@ def test_nightly_training_gates_the_distillation_set_before_pre_ranking(dagbag) 
     dag = dagbag.dags["nightly_training"]
     task = {step: dag.get_task(f"ranking.{step}") for step in
             ("prepare", "score", "evaluate_full", "gate", "train_preranking", "train_full")}
+    exposures = {"ranking.exposure_days", "ranking.dbt.ranking_exposures_model_build"}
+    assert task["prepare"].upstream_task_ids >= exposures
     assert task["score"].upstream_task_ids >= {"ranking.prepare"} and "ranking.score" in task["gate"].upstream_task_ids
     assert "ranking.gate" in task["train_preranking"].upstream_task_ids
     assert task["train_preranking"].trigger_rule == "all_done"  # label-only after a failed gate

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from tasks.metrics_run import resolve_days
+from tasks.core.days import resolve_days
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow

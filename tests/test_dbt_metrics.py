@@ -1,5 +1,5 @@
 """The dbt metric marts on a small simulation, checked against an independent pandas computation
-from the lake's Parquet files (PLAYBOOK §1), plus incremental runs: a day rebuilt again changes
+from the lake's Parquet files (docs/METHODS.md "Metrics"), plus incremental runs: a day rebuilt again changes
 nothing, and days built out of order (single days and ranges) give the tables of a full build."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
-from tasks.config import PlatformConfig, load_config
-from tasks.dbt_project import DbtError, dbt_vars, run_dbt
-from tasks.load import load_dir
+from tasks.core.config import PlatformConfig, load_config
+from tasks.core.dbt_runner import DbtError, dbt_vars, run_dbt
+from tasks.core.warehouse import refresh_views
+from tasks.ingest.load import load_dir
 from tasks.simulator import simulate
-from tasks.warehouse import refresh_views
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.eval_metrics import auc, coverage_at_k, hit_rate_at_k, ndcg_at_k, recall_at_k, tail_items, tail_recall_at_k
+from tasks.core.eval_metrics import (
+    auc,
+    coverage_at_k,
+    hit_rate_at_k,
+    ndcg_at_k,
+    recall_at_k,
+    tail_items,
+    tail_recall_at_k,
+)
 
 RETRIEVED = np.array([[3, 1, 4, -1], [2, 0, 5, 6]])
 TRUTH = [np.array([1, 9]), np.array([6])]

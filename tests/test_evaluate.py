@@ -1,4 +1,4 @@
-"""Offline retrieval evaluation (PLAYBOOK §2) on a simulation: every channel fitted on days <= 14
+"""Offline retrieval evaluation (docs/METHODS.md "Offline retrieval evaluation") on a simulation: every channel fitted on days <= 14
 beats the popularity baseline on Recall@50 of day 15's clicks; the popularity numbers match an
 independent pandas computation from the lake's Parquet files; the table and the CLI."""
 
@@ -12,9 +12,9 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
-from tasks import evaluate
-from tasks.config import PlatformConfig, load_config
-from tasks.warehouse import connect
+from tasks.core.config import PlatformConfig, load_config
+from tasks.core.warehouse import connect
+from tasks.retrieval import evaluate
 
 pytestmark = pytest.mark.slow
 K = 50

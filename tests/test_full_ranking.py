@@ -1,4 +1,4 @@
-"""The multi-objective full ranker (PLAYBOOK §3): behaviour sequences against a hand computation
+"""The multi-objective full ranker (docs/METHODS.md "Full ranker (MMoE + DIN)"): behaviour sequences against a hand computation
 and against pandas on the simulation; cold training through day 12 of the 15-day simulation,
 evaluated on day 13 per head and segment (every head above chance, click above the items'
 training click-through rate); aged warm-start training; determinism; reloadable weights."""
@@ -13,16 +13,17 @@ import pandas as pd
 import pytest
 import torch
 
-from models.full_ranking import load_model
-from models.ranking_features import behaviour_sequences, ranking_features
-from tasks import artifacts
-from tasks.config import RANKING_HEADS, PlatformConfig, load_config
-from tasks.eval_metrics import auc
-from tasks.ranking_data import build_exposures, load_exposures
-from tasks.ranking_eval import COLUMNS, evaluate, write_eval
-from tasks.retrieval_data import Events, connect_read
-from tasks.train_full_ranking import load_sources, model_store, predict, train
-from tasks.warehouse import connect
+from models.common.tables import Events
+from models.ranking.features import behaviour_sequences, ranking_features
+from models.ranking.full import load_model
+from tasks.core import artifacts, registry
+from tasks.core.config import RANKING_HEADS, PlatformConfig, load_config
+from tasks.core.eval_metrics import auc
+from tasks.core.warehouse import connect
+from tasks.ranking.data import build_exposures, load_exposures
+from tasks.ranking.evaluate import COLUMNS, evaluate, write_eval
+from tasks.ranking.full import MODEL, load_sources, predict, train
+from tasks.retrieval.data import connect_read
 from tests.conftest import config_variant
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -103,7 +104,7 @@ def test_sequence_feature_matches_pandas(ranking) -> None:
     day13, length = _day(cfg, 13), cfg.ranking.full.sequence_length
     with connect_read(cfg) as con:
         exposures = load_exposures(con, day13, day13)
-        src = load_sources(con, day13, day13)
+        src = load_sources(con, day13, day13, cfg.ranking.full.history_days)
         clicks = con.execute("select user_id, item_id, ts from raw.events where event_type = 'click'").df()
     _, vocabs = load_model(cold.path)
     f = ranking_features(vocabs, src.catalogue, src.users, src.clicks, exposures, length)
@@ -133,7 +134,7 @@ def test_aged_training_warm_starts_one_epoch_on_the_new_day(ranking) -> None:
         exposures = load_exposures(con, day13, day13)
     assert warm.meta["warm_started_from"] == cold.name and warm.meta["epochs"] == 1
     assert warm.meta["training_window"] == f"{day13}..{day13}" and warm.meta["examples"] == len(exposures)
-    assert artifacts.current(model_store(cfg)).name == cold.name  # published, not current
+    assert artifacts.current(registry.model_store(cfg, MODEL)).name == cold.name  # published, not current
     parent, parent_vocabs = load_model(cold.path)
     child, vocabs = load_model(warm.path)
     for kind, vocab in parent_vocabs.items():

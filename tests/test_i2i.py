@@ -1,5 +1,5 @@
-"""I2I similarities (models/i2i.py) against independent computations: ItemCF against dense numpy,
-Swing against the loop reference (models/i2i_reference.py), the top-k tables, the user cap, and
+"""I2I similarities (models/retrieval/i2i.py) against independent computations: ItemCF against dense numpy,
+Swing against the loop reference (models/retrieval/i2i_reference.py), the top-k tables, the user cap, and
 the U2I2I retriever on hand-made events."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models import i2i
-from models.cf_common import cap_users_per_item, top_k_per_row
-from models.i2i_reference import swing_reference
-from tasks.config import ItemCFConfig, RetrievalConfig, SwingConfig
-from tasks.retrieval_data import Catalogue, Events
+from models.common.tables import Catalogue, Events
+from models.retrieval import i2i
+from models.retrieval.cf_common import cap_users_per_item, top_k_per_row
+from models.retrieval.i2i_reference import swing_reference
+from tasks.core.config import ItemCFConfig, RetrievalConfig, SwingConfig
 
 TOL = 1e-9
 

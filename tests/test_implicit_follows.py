@@ -1,4 +1,4 @@
-"""Implicit follows (PLAYBOOK §2 U2A2I) on a simulation: the dbt model checked against an
+"""Implicit follows (docs/METHODS.md "Implicit follows" U2A2I) on a simulation: the dbt model checked against an
 independent pandas computation from the lake's Parquet files, implicit follows outnumbering
 explicit ones, their next-day click lift over random authors (measured), the GX gate, and the
 implicit_follows DAG run with dag.test()."""
@@ -14,13 +14,15 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
-from tasks import implicit_follows
-from tasks.alerts import read_alerts
-from tasks.config import PlatformConfig, load_config
-from tasks.dbt_project import DbtError, run_dbt
-from tasks.load import load_dir
+from tasks.core.config import PlatformConfig, load_config
+from tasks.core.dbt_runner import DbtError, run_dbt
+from tasks.core.warehouse import refresh_views
+from tasks.ingest.load import load_dir
+from tasks.ops.alerts import read_alerts
+from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
+from tasks.reports.social import social_section
 from tasks.simulator import simulate
-from tasks.warehouse import refresh_views
+from tasks.social import implicit_follows
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -182,8 +184,6 @@ def test_without_ds_the_model_fails_clearly(built) -> None:
 
 
 def test_the_dag_rebuilds_a_day_and_changes_nothing(built) -> None:
-    from tasks.airflow_local import run_dag_for_days, setup_metadata
-
     cfg, _, last = built
     before = _pairs(cfg)
     setup_metadata(cfg)
@@ -192,8 +192,6 @@ def test_the_dag_rebuilds_a_day_and_changes_nothing(built) -> None:
 
 
 def test_the_report_section_shows_implicit_vs_explicit(built, lake) -> None:
-    from tasks.report_social import social_section
-
     cfg, _, last = built
     page = social_section(cfg)
     pairs = _pairs(cfg).query("day == @last")

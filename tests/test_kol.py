@@ -1,4 +1,4 @@
-"""KOL scoring (PLAYBOOK §6) on a simulation with planted KOLs: dbt kol_features checked against an
+"""KOL scoring (docs/METHODS.md "KOL scoring") on a simulation with planted KOLs: dbt kol_features checked against an
 independent pandas computation from the lake's Parquet files, the planted KOLs recovered by the
 empirical-Bayes score (ground truth read here only), re-runs idempotent, the GX gate, and the
 kol_scoring DAG run with dag.test()."""
@@ -14,13 +14,15 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
-from tasks import kol
-from tasks.alerts import read_alerts
-from tasks.config import PlatformConfig, load_config
-from tasks.dbt_project import DbtError, run_dbt
-from tasks.load import load_dir
+from tasks.core.config import PlatformConfig, load_config
+from tasks.core.dbt_runner import DbtError, run_dbt
+from tasks.core.warehouse import connect_writer, refresh_views
+from tasks.ingest.load import load_dir
+from tasks.ops.alerts import read_alerts
+from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
+from tasks.reports.social import social_section
 from tasks.simulator import read_ground_truth, simulate
-from tasks.warehouse import connect_writer, refresh_views
+from tasks.social import kol
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -165,8 +167,6 @@ def test_without_ds_the_model_fails_clearly(built) -> None:
 
 
 def test_the_dag_rebuilds_and_scores_a_day(built) -> None:
-    from tasks.airflow_local import run_dag_for_days, setup_metadata
-
     before = _scores(built, RANGE[0])
     setup_metadata(built)
     run_dag_for_days("kol_scoring", [RANGE[0]])
@@ -174,8 +174,6 @@ def test_the_dag_rebuilds_and_scores_a_day(built) -> None:
 
 
 def test_the_report_section_shows_the_kols(built, tmp_path) -> None:
-    from tasks.report_social import social_section
-
     page = social_section(built)
     scores = _scores(built, LAST)
     best = scores.nlargest(1, "kol_score").user_id.item()

@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from airflow.sdk.execution_time.context import set_current_context
 
-from tasks.alerts import read_alerts
-from tasks.batch import BatchError
-from tasks.config import PlatformConfig, load_config
-from tasks.contract import LOAD_ORDER, QUARANTINE_REASONS, TABLES
-from tasks.lake import QUARANTINE_SCHEMA
-from tasks.load import load_batch, load_dir
-from tasks.warehouse import WarehouseWriterError, connect, connect_writer, refresh_views
+from tasks.core.config import PlatformConfig, load_config
+from tasks.core.contract import LOAD_ORDER, QUARANTINE_REASONS, TABLES
+from tasks.core.lake import QUARANTINE_SCHEMA
+from tasks.core.warehouse import WarehouseWriterError, connect, connect_writer, refresh_views
+from tasks.ingest.batch import BatchError
+from tasks.ingest.load import load_batch, load_dir
+from tasks.ops.alerts import read_alerts
 
 NOW = dt.datetime(2026, 6, 1)
 DAY = dt.date(2026, 1, 3)

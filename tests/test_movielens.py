@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import PlatformConfig, load_config
-from tasks.load import load_dir
-from tasks.movielens import GENRES, PSEUDO_AUTHOR_BASE, age_bucket, convert_movielens
-from tasks.warehouse import connect, refresh_views
+from tasks.core.config import PlatformConfig, load_config
+from tasks.core.warehouse import connect, refresh_views
+from tasks.ingest.load import load_dir
+from tasks.ingest.movielens import GENRES, PSEUDO_AUTHOR_BASE, age_bucket, convert_movielens
 
 ML = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k"
 pytestmark = pytest.mark.skipif(not (ML / "u.data").exists(), reason=f"MovieLens 100K not found at {ML}")

@@ -1,4 +1,4 @@
-"""Nightly ranking (PLAYBOOK §3, §7) on a simulation: 10 consecutive clean nights (the last one
+"""Nightly ranking (docs/METHODS.md "Distillation set and gate") on a simulation: 10 consecutive clean nights (the last one
 through the nightly_training DAG) raise no alert and distil every day; a re-run changes nothing;
 the planted-bug drill: every listed fault is stopped by the GX gate, with an alert naming the
 failed expectations and the data docs, and the gated pre-ranker stays at the clean level."""
@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import artifacts, nightly_ranking, registry
-from tasks.alerts import read_alerts
-from tasks.config import FAULTS, PlatformConfig, load_config
-from tasks.distillation import gate_passed, load_scored
-from tasks.warehouse import connect
+from tasks.core import artifacts, registry
+from tasks.core.config import FAULTS, PlatformConfig, load_config
+from tasks.core.warehouse import connect
+from tasks.ops.alerts import read_alerts
+from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
+from tasks.ranking import nightly
+from tasks.ranking.distillation import gate_passed, load_scored
+from tasks.ranking.fault_drill import drill
 from tests.conftest import config_variant
 
 pytestmark = pytest.mark.slow
@@ -42,8 +45,6 @@ def nights(retrieval_sim: Path) -> Iterator[tuple[PlatformConfig, list[dt.date]]
         mp.delenv("RECPIPE_DATA_DIR", raising=False)
         for ds in days[:-1]:
             _night(cfg, ds)
-        from tasks.airflow_local import run_dag_for_days, setup_metadata
-
         setup_metadata(cfg)
         run_dag_for_days("nightly_training", [days[-1]])
         yield cfg, days
@@ -51,12 +52,12 @@ def nights(retrieval_sim: Path) -> Iterator[tuple[PlatformConfig, list[dt.date]]
 
 
 def _night(cfg: PlatformConfig, ds: dt.date) -> None:
-    nightly_ranking.prepare(cfg, ds)
-    nightly_ranking.score(cfg, ds)
-    nightly_ranking.evaluate_full(cfg, ds)
-    nightly_ranking.gate(cfg, ds)
-    nightly_ranking.train_preranking(cfg, ds)
-    nightly_ranking.train_full(cfg, ds)
+    nightly.prepare(cfg, ds)
+    nightly.score(cfg, ds)
+    nightly.evaluate_full(cfg, ds)
+    nightly.gate(cfg, ds)
+    nightly.train_preranking(cfg, ds)
+    nightly.train_full(cfg, ds)
 
 
 def _gate_alerts(cfg: PlatformConfig) -> list[dict]:
@@ -94,8 +95,6 @@ def test_a_rerun_of_a_night_changes_nothing(nights) -> None:
 
 
 def test_every_planted_bug_is_stopped_and_pre_ranking_stays_clean(nights, record_property) -> None:
-    from tasks.fault_drill import drill
-
     cfg, days = nights
     rows = drill(cfg, days[-2]).set_index("fault")
     record_property("drill", rows[["caught", "failed_expectations", "auc_gated", "auc_ungated"]].round(4).to_dict("index"))

@@ -1,4 +1,4 @@
-"""nightly_training (PLAYBOOK §2, §3) run with dag.test() on a simulation: candidates trained
+"""nightly_training (docs/METHODS.md "Nightly retrieval gate and publish") run with dag.test() on a simulation: candidates trained
 through the day before, evaluated against the current version and popularity, gated by GX and
 published by switching the registry pointer; a re-run changes nothing; a candidate that loses
 recall is rejected with a data-quality alert and the previous version stays current. Also: a
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks import artifacts, registry
-from tasks.alerts import read_alerts
-from tasks.config import PlatformConfig, load_config
-from tasks.retrieval_data import connect_read, load_catalogue
-from tasks.train_i2i import load_table
-from tasks.train_i2i import train as train_i2i
-from tasks.warehouse import connect
+from tasks.core import artifacts, registry
+from tasks.core.config import PlatformConfig, load_config
+from tasks.core.warehouse import connect
+from tasks.ops.alerts import read_alerts
+from tasks.retrieval.data import connect_read, load_catalogue
+from tasks.retrieval.i2i import load_table
+from tasks.retrieval.i2i import train as train_i2i
 from tests.conftest import config_variant
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def nights(retrieval_sim: Path) -> Iterator[tuple[PlatformConfig, Path, list[dt.
     with pytest.MonkeyPatch.context() as mp:  # the DAG is parsed with this config
         mp.setenv("RECPIPE_CONFIG", str(path))
         mp.delenv("RECPIPE_DATA_DIR", raising=False)
-        from tasks.airflow_local import run_dag_for_days, setup_metadata
+        from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
 
         setup_metadata(cfg)
         for day in days:
@@ -90,7 +90,7 @@ def test_evaluation_rows_hold_candidate_current_and_popularity(nights) -> None:
 
 
 def test_a_rerun_of_a_night_changes_nothing(nights) -> None:
-    from tasks.airflow_local import run_dag_for_days
+    from tasks.orchestration.local_airflow import run_dag_for_days
 
     cfg, _, days = nights
     before = {m: [v.name for v in artifacts.list_versions(registry.model_store(cfg, m))] for m in MODELS}
@@ -104,7 +104,7 @@ def test_a_candidate_losing_recall_is_rejected_and_alerted(nights) -> None:
     """A night whose ItemCF keeps 1 neighbour per item (a misconfiguration) with no recall drop
     allowed: the gate fails, an alert names the failed expectation, the previous version stays
     current and the rejected one is kept for inspection."""
-    from tasks.airflow_local import run_dag_for_days
+    from tasks.orchestration.local_airflow import run_dag_for_days
 
     cfg, path, days = nights
     raw = yaml.safe_load(path.read_text())  # the same artifact store
@@ -152,7 +152,7 @@ def test_a_stored_table_serves_a_later_catalogue(retrieval_sim: Path, tmp_path: 
 def test_items_published_after_training_get_item_tower_vectors_for_the_ann(nights) -> None:
     """A fresh pool holds items the current two-tower never saw: the index refresh encodes them
     from their author, categories and cluster instead of leaving them out."""
-    from tasks.ann_refresh import load_vectors, with_new_items
+    from tasks.retrieval.ann_refresh import load_vectors, with_new_items
 
     cfg, _, days = nights
     version = artifacts.require_current(registry.model_store(cfg, "two_tower"))

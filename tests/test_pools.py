@@ -1,4 +1,4 @@
-"""Content pools (PLAYBOOK §2, §5, §6) on a small simulation: members recomputed independently in
+"""Content pools (docs/METHODS.md "Content pools") on a small simulation: members recomputed independently in
 pandas from the lake's Parquet files (pool_1d, a segment pool, follow_promoting), refresh history
 (adds, removes with reasons, added_at carried), idempotent re-runs, a rejected version leaving the
 previous one current with a data-quality alert, and a pool added by YAML alone, refreshed by the
@@ -19,13 +19,20 @@ import pyarrow.dataset as pads
 import pytest
 import yaml
 
-from tasks.alerts import read_alerts
-from tasks.config import PlatformConfig, PoolConfig, load_config
-from tasks.dbt_project import run_dbt
-from tasks.load import load_dir
-from tasks.pools import end_of_day, refresh_pools, version_name
+from tasks.core.config import PlatformConfig, PoolConfig, load_config
+from tasks.core.dbt_runner import run_dbt
+from tasks.core.warehouse import refresh_views
+from tasks.ingest.load import load_dir
+from tasks.ops.alerts import read_alerts
+from tasks.pools.refresh import (
+    candidates_window,
+    daily_refresh_times,
+    end_of_day,
+    hourly_refresh_time,
+    refresh_pools,
+    version_name,
+)
 from tasks.simulator import simulate
-from tasks.warehouse import refresh_views
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -238,15 +245,15 @@ def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_pat
 
 
 def test_refresh_times_of_daily_and_hourly_runs() -> None:
-    from tasks.pools import daily_refresh_times, hourly_refresh_time
-
-    assert daily_refresh_times({"ds_from": "2026-01-30", "ds": "2026-02-01"}) == [
-        "2026-01-31 00:00:00", "2026-02-01 00:00:00", "2026-02-02 00:00:00"
-    ]
+    times = daily_refresh_times({"ds_from": "2026-01-30", "ds": "2026-02-01"})
+    assert times == [dt.datetime(2026, 1, 31), dt.datetime(2026, 2, 1), dt.datetime(2026, 2, 2)]
+    # what the DAG's dbt group gets: the days whose last hour the refreshes read
+    assert candidates_window(times, ["pool_1d"]) == {
+        "ds_from": "2026-01-30", "ds": "2026-02-01", "pools": ["pool_1d"],
+        "as_of": ["2026-01-31 00:00:00", "2026-02-01 00:00:00", "2026-02-02 00:00:00"],
+    }
     end = dt.datetime(2026, 1, 5, 14, 0, 3, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    assert hourly_refresh_time(None, end) == ["2026-01-05 12:00:00"]
-    assert hourly_refresh_time("2026-01-05 07:45:00", end) == ["2026-01-05 07:00:00"]
+    assert hourly_refresh_time(None, end) == [dt.datetime(2026, 1, 5, 12)]
+    assert hourly_refresh_time("2026-01-05 07:45:00", end) == [dt.datetime(2026, 1, 5, 7)]
     with pytest.raises(ValueError, match="not on the hour"):
-        from tasks.pools import build_candidates
-
-        build_candidates(load_config(), [dt.datetime(2026, 1, 5, 7, 30)], ["pool_6h"])
+        candidates_window([dt.datetime(2026, 1, 5, 7, 30)], ["pool_6h"])

@@ -1,4 +1,4 @@
-"""Pre-ranking (PLAYBOOK §3): the distillation target and pairwise loss against hand computations,
+"""Pre-ranking (docs/METHODS.md "Pre-ranker"): the distillation target and pairwise loss against hand computations,
 vectorised pair sampling and group batches; on a simulation (train on days 11-13, evaluate AUC
 per target on day 14): label-only beats chance, a good teacher does not hurt, a poisoned (shuffled)
 teacher is worse than the clean one; aged training; determinism; meta."""
@@ -14,21 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.preranking import distillation_target, load_model, pairwise_loss, pointwise_loss
-from tasks import artifacts
-from tasks.config import RANKING_HEADS, PlatformConfig, load_config
-from tasks.eval_metrics import auc
-from tasks.ranking_data import Exposures, build_exposures, load_exposures
-from tasks.retrieval_data import connect_read
-from tasks.train_preranking import (
-    evaluate,
-    group_batches,
-    group_keys,
-    model_store,
-    sample_pairs,
-    score,
-    train,
-)
+from models.common.tables import Exposures
+from models.ranking.pre import distillation_target, load_model, pairwise_loss, pointwise_loss
+from tasks.core import artifacts, registry
+from tasks.core.config import RANKING_HEADS, PlatformConfig, load_config
+from tasks.core.eval_metrics import auc
+from tasks.ranking.data import build_exposures, load_exposures
+from tasks.ranking.pre import MODEL, check_teacher, evaluate, group_batches, group_keys, sample_pairs, score, train
+from tasks.retrieval.data import connect_read
 from tests.conftest import config_variant
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: fastest on one thread
@@ -192,7 +185,7 @@ def test_distillation_auc_label_only_clean_and_poisoned_teacher(sim: Sim, record
 @pytest.mark.slow
 def test_cold_then_aged_training(sim: Sim) -> None:
     cfg = _variant(sim, "artifacts-aged")
-    store = model_store(cfg)
+    store = registry.model_store(cfg, MODEL)
     cold_rows = sim.train.day <= np.datetime64(sim.day[12], "D")
     cold = train(cfg, sim.day[12], sim.train.select(cold_rows), sim.teacher[cold_rows], make_current=True)
     assert artifacts.current(store).name == cold.name
@@ -245,8 +238,6 @@ def test_training_is_deterministic_for_a_seed(sim: Sim) -> None:
 
 def test_a_broken_teacher_is_refused() -> None:
     """NaN or out-of-range predictions (what the distillation gate stops) never reach training."""
-    from tasks.train_preranking import check_teacher
-
     n = 3
     day = np.array(["2026-01-01"] * n, dtype="datetime64[D]")
     labels = np.zeros((n, len(RANKING_HEADS)), np.float32)

@@ -10,11 +10,11 @@ import re
 
 import pandas as pd
 
-from tasks import artifacts, registry
-from tasks.config import RANKING_HEADS, PlatformConfig
-from tasks.report import write_report
-from tasks.report_ranking import ranking_section
-from tasks.warehouse import connect_writer
+from tasks.core import artifacts, registry
+from tasks.core.config import RANKING_HEADS, PlatformConfig
+from tasks.core.warehouse import connect_writer
+from tasks.reports.page import write_report
+from tasks.reports.ranking import ranking_section
 
 DAYS = (dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 FAILED = 'distillation_slices: ratio of "like" between 0.5 and 2.0: 3 <b>'

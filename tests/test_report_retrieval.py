@@ -8,10 +8,10 @@ import re
 
 import pandas as pd
 
-from tasks.config import PlatformConfig
-from tasks.report import write_report
-from tasks.report_retrieval import retrieval_section
-from tasks.warehouse import connect_writer
+from tasks.core.config import PlatformConfig
+from tasks.core.warehouse import connect_writer
+from tasks.reports.page import write_report
+from tasks.reports.retrieval import retrieval_section
 
 DAYS = (dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 VERSION = "20240302T010000-two-tower"  # shown as its first 15 characters

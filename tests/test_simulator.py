@@ -16,15 +16,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import SimulatorConfig
-from tasks.contract import AGE_BUCKETS, EVENT_TYPES, GENDERS, ITEM_EVENT_TYPES, TABLES
-from tasks.simulator import (
-    ExposureContext,
-    read_ground_truth,
-    register_policy,
-    simulate,
-    simulate_day,
-)
+from tasks.core.config import SimulatorConfig
+from tasks.core.contract import AGE_BUCKETS, EVENT_TYPES, GENDERS, ITEM_EVENT_TYPES, TABLES
+from tasks.simulator import ExposureContext, read_ground_truth, register_policy, simulate, simulate_day
 
 START = dt.date(2026, 1, 1)
 SMALL = SimulatorConfig(users=1_500, items=300, days=4, seed=11, start_date=START)

@@ -1,4 +1,4 @@
-"""Models for special user groups next to the full ranker (PLAYBOOK §5) on the 2,000-user x
+"""Models for special user groups next to the full ranker (docs/METHODS.md "Special user groups") on the 2,000-user x
 15-day simulation: the residual model for new and low-activity users (final logit = full-ranker
 logit + residual output, checked by hand), the GBDT calibrator of female_18_24 (applied to that
 segment only, checked by hand), and the per-segment calibration report on the day after the
@@ -27,22 +27,44 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from sklearn.preprocessing import FunctionTransformer
 
-from models.ranking_features import MAX_AGE_BUCKET, POSITION_EDGES
-from models.special_groups import (
-    CHEAP_COLUMNS, ResidualArchitecture, ResidualModel, load_gbdt, load_residual, residual_inputs, save_gbdt,
+from models.ranking.features import MAX_AGE_BUCKET, POSITION_EDGES
+from models.ranking.special_groups import (
+    CHEAP_COLUMNS,
+    CheapFeatures,
+    ResidualArchitecture,
+    ResidualModel,
+    load_gbdt,
+    load_residual,
+    residual_inputs,
+    save_gbdt,
 )
-from tasks import artifacts, registry
-from tasks.config import RANKING_HEADS, PlatformConfig, load_config
-from tasks.contract import AGE_BUCKETS, GENDERS
-from tasks.ranking_data import build_exposures, load_exposures
-from tasks.retrieval_data import connect_read
-from tasks.special_groups import (
-    CALIBRATED, COLUMNS, EVAL_TABLE, FULL, RESIDUAL, RESIDUAL_MODEL, apply_calibrator, apply_residual, evaluate,
-    expected_calibration_error, score_full, settings_of, sigmoid, train_calibrator, train_residual, write_eval,
+from tasks.core import artifacts, registry
+from tasks.core.config import RANKING_HEADS, PlatformConfig, load_config
+from tasks.core.contract import AGE_BUCKETS, GENDERS
+from tasks.core.warehouse import connect
+from tasks.ranking.data import build_exposures, load_exposures
+from tasks.ranking.full import predict, train
+from tasks.ranking.special_groups import (
+    CALIBRATED,
+    COLUMNS,
+    EVAL_TABLE,
+    FULL,
+    RESIDUAL,
+    RESIDUAL_MODEL,
+    apply_calibrator,
+    apply_residual,
+    evaluate,
+    expected_calibration_error,
+    score_full,
+    settings_of,
+    sigmoid,
+    train_calibrator,
+    train_residual,
+    write_eval,
 )
-from tasks.train_full_ranking import predict, train
-from tasks.warehouse import connect
+from tasks.retrieval.data import connect_read
 
 pytestmark = pytest.mark.slow
 ECE_TOLERANCE = 0.02  # the calibrator's ECE on its segment may exceed the full ranker's by at most this
@@ -267,8 +289,6 @@ def test_expected_calibration_error_uses_equal_frequency_bins() -> None:
 
 
 def test_an_untrained_residual_model_is_the_full_ranker() -> None:
-    from models.special_groups import CheapFeatures
-
     arch = ResidualArchitecture(("a", "b"), len(RANKING_HEADS), (0, 2), hidden=4)
     cheap = CheapFeatures(np.array([[1, 2, 3, 1, 5, 2], [0, 0, 0, 0, 0, 0]]))
     full = np.random.default_rng(0).normal(size=(2, len(RANKING_HEADS))).astype(np.float32)
@@ -279,8 +299,6 @@ def test_an_untrained_residual_model_is_the_full_ranker() -> None:
 
 
 def test_a_calibrator_file_with_other_types_is_refused(tmp_path: Path) -> None:
-    from sklearn.preprocessing import FunctionTransformer
-
     save_gbdt(tmp_path / "bad.skops", FunctionTransformer(os.getcwd))
     with pytest.raises(ValueError, match="untrusted types"):
         load_gbdt(tmp_path / "bad.skops")

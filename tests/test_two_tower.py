@@ -1,4 +1,4 @@
-"""Two-tower retrieval (PLAYBOOK §2, §3): the logQ-corrected sampled softmax against a hand
+"""Two-tower retrieval (docs/METHODS.md "Two-tower"): the logQ-corrected sampled softmax against a hand
 computation, vocabulary extension, cold then aged (warm) training published as versions, the
 retriever, and logQ vs no logQ on a simulation (train through day 14, evaluate on day 15)."""
 
@@ -10,18 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from models.retriever import Popularity
-from models.two_tower import TwoTower, Vocab, extend_model, load_model, sampled_softmax_loss
-from models.two_tower_data import UserTable, batches, build_vocabs, training_set
-from models.two_tower_retriever import TwoTowerRetriever
-from tasks import artifacts
-from tasks import eval_metrics as m
-from tasks.config import PlatformConfig, load_config
-from tasks.load import load_dir
-from tasks.retrieval_data import Catalogue, Events, connect_read, load_catalogue, load_events
+from models.common.features import build_vocabs
+from models.common.tables import Catalogue, Events, UserTable
+from models.common.vocab import Vocab
+from models.retrieval.retriever import Popularity
+from models.retrieval.two_tower import TwoTower, extend_model, load_model, sampled_softmax_loss
+from models.retrieval.two_tower_data import batches, training_set
+from models.retrieval.two_tower_retriever import TwoTowerRetriever
+from tasks.core import artifacts, registry
+from tasks.core import eval_metrics as m
+from tasks.core.config import PlatformConfig, load_config
+from tasks.core.warehouse import refresh_views
+from tasks.ingest.load import load_dir
+from tasks.retrieval.data import connect_read, load_catalogue, load_events
+from tasks.retrieval.two_tower import MODEL, batch_loss, load_users, train
 from tasks.simulator import simulate
-from tasks.train_two_tower import batch_loss, load_users, model_store, train
-from tasks.warehouse import refresh_views
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: fastest on one thread
@@ -160,7 +163,7 @@ def test_vocabulary_extension_keeps_old_rows() -> None:
 @pytest.mark.slow
 def test_cold_then_warm_start(sim: PlatformConfig) -> None:
     cfg = _variant(sim, "artifacts-warm")
-    store = model_store(cfg)
+    store = registry.model_store(cfg, MODEL)
     cold = train(cfg, DAY14)
     assert artifacts.current(store) is None  # published, not current: the DAG switches after evaluation
     catalogue, window = _window(cfg, DAY14)

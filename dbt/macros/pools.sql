@@ -1,5 +1,5 @@
-{#- Content pools (PLAYBOOK §2, §5, §6) come from the platform config (var pools, validated by
-    tasks/config.py) and are checked again here: names as identifiers, actions from a fixed set,
+{#- Content pools (docs/METHODS.md "Pool refresh and publish") come from the platform config (var pools, validated by
+    tasks/core/config.py) and are checked again here: names as identifiers, actions from a fixed set,
     numbers as numbers. Nothing from the config reaches SQL as raw text. -#}
 
 {% macro pool_action(name) -%}

@@ -1,4 +1,4 @@
-{#- Segments come from the platform config (var segments, validated by tasks/config.py). Values
+{#- Segments come from the platform config (var segments, validated by tasks/core/config.py). Values
     reach SQL only as checked identifiers, integers or escaped string literals. -#}
 
 {% macro sql_identifier(name) -%}

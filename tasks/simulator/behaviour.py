@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.config import SimulatorConfig
+from tasks.core.config import SimulatorConfig
 from tasks.simulator.world import Items, Users, World, sigmoid
 
 INTEREST_FLOOR = 0.05

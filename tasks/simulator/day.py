@@ -13,20 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from tasks.config import SimulatorConfig
+from tasks.core.config import SimulatorConfig
 from tasks.simulator import behaviour as bh
 from tasks.simulator import tables
 from tasks.simulator.events import SessionLayout, VisitLayout, layout_events
 from tasks.simulator.exposure import ExposureContext, ExposurePolicy
-from tasks.simulator.world import (
-    US_PER_DAY,
-    Taxonomy,
-    World,
-    day_number,
-    day_start_us,
-    new_items,
-    new_users,
-)
+from tasks.simulator.world import US_PER_DAY, Taxonomy, World, day_number, day_start_us, new_items, new_users
 
 _STREAMS = (
     "activity", "users", "sessions", "policy", "clicks", "actions",

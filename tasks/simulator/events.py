@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.contract import EVENT_TYPES
+from tasks.core.contract import EVENT_TYPES
 
 CODE = {name: np.int8(i) for i, name in enumerate(EVENT_TYPES)}
 ACTION_CODES = np.array([CODE[a] for a in ("like", "favorite", "share", "comment", "follow")], dtype=np.int8)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.config import SimulatorConfig
+from tasks.core.config import SimulatorConfig
 from tasks.simulator.world import US_PER_DAY, day_start_us, weighted_choice
 
 

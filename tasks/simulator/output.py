@@ -25,8 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.atomic import atomic_write
-from tasks.contract import LOAD_ORDER
+from tasks.core.atomic import atomic_write
+from tasks.core.contract import LOAD_ORDER
 from tasks.simulator.day import DayOutput
 
 TruthTable = Literal["users", "items", "user_days"]

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.config import SimulatorConfig
+from tasks.core.config import SimulatorConfig
 from tasks.simulator.day import DayOutput, step
 from tasks.simulator.exposure import get_policy
 from tasks.simulator.output import write_day

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.config import SimulatorConfig
-from tasks.atomic import atomic_write
+from tasks.core.atomic import atomic_write
+from tasks.core.config import SimulatorConfig
 from tasks.simulator.world import Items, Users, World
 
 _NOT_SIMULATION = {"days", "state_snapshots_kept"}  # fields that do not change any day's output

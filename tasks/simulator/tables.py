@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tasks.contract import AGE_BUCKETS, EVENT_TYPES, FOLLOW_ACTIONS, GENDERS, TABLES
+from tasks.core.contract import AGE_BUCKETS, EVENT_TYPES, FOLLOW_ACTIONS, GENDERS, TABLES
 from tasks.simulator.events import EventColumns
 from tasks.simulator.world import COUNTRIES, Items, Taxonomy, Users, experiment_bucket_index, sigmoid
 

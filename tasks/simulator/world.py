@@ -12,8 +12,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from tasks.config import SimulatorConfig
-from tasks.contract import AGE_BUCKETS, GENDERS
+from tasks.core.config import SimulatorConfig
+from tasks.core.contract import AGE_BUCKETS, GENDERS
 
 US_PER_DAY = 86_400_000_000
 EPOCH = dt.date(1970, 1, 1)

@@ -15,7 +15,7 @@
         count(*) filter (where publishes > 0) as publishers
 {%- endset %}
 
--- PLAYBOOK §1 daily metrics per slice: everyone and each bucket (grouping sets over the active
+-- docs/METHODS.md "DAU and daily engagement" daily metrics per slice: everyone and each bucket (grouping sets over the active
 -- user-days), each segment (its memberships). A run for ds_from..ds replaces those days.
 with activity as (
     select a.*, a.day = u.signup_day as is_new

@@ -9,7 +9,7 @@
 -- Every configured pool of the run (var pools) at every refresh time of the run (var as_of),
 -- scored per target segment: each candidate (published within the window before the refresh)
 -- with its counts, the smoothed rate, the filters it passes, its rank, and whether it is a
--- member. The publish step (tasks/pools.py) validates the members with GX and versions them.
+-- member. The publish step (tasks/pools/refresh.py) validates the members with GX and versions them.
 -- Incremental by (as_of, pool), so runs of the daily and hourly DAGs never erase each other's
 -- candidates before they are published; the last 14 days are kept to answer "why not item X?".
 with refreshes as (

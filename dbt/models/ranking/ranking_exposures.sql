@@ -10,7 +10,7 @@
   {{ exceptions.raise_compiler_error("var ranking.long_view_seconds must be a positive number, got " ~ long_view_s) }}
 {%- endif %}
 
--- PLAYBOOK §3 ranking examples: per day in [ds_from, ds], one row per (user, item) shown that day
+-- docs/METHODS.md "Ranking examples" ranking examples: per day in [ds_from, ds], one row per (user, item) shown that day
 -- (its first impression: time and feed position) with the labels of what the user did with the
 -- item that day at or after that impression: click, like, favorite, share, comment, follow (the
 -- author, from the item), long_view (a click whose dwell is at least long_view_seconds).

@@ -16,7 +16,7 @@
   {%- endfor -%}
 {%- endif %}
 
--- PLAYBOOK §2 U2A2I implicit follows: per day d in [ds_from, ds], the authors each user engages
+-- docs/METHODS.md "Implicit follows" U2A2I implicit follows: per day d in [ds_from, ds], the authors each user engages
 -- with over the trailing window [d - window_days + 1, d] (clicks, their watch time, likes on the
 -- author's items) without following them. Own items and authors the user follows at the end of d
 -- (the latest follow/unfollow action per pair decides) are left out; pairs with at least

@@ -10,10 +10,10 @@
   {{ exceptions.raise_compiler_error("var kol.window_days must be a positive integer, got " ~ window_days) }}
 {%- endif %}
 
--- PLAYBOOK §6 KOL features: per day d in [ds_from, ds] and user, over the trailing window
+-- docs/METHODS.md "KOL scoring" KOL features: per day d in [ds_from, ds] and user, over the trailing window
 -- [d - window_days + 1, d]: the user's shares, and the offsite visits their shared links brought
 -- (offsite_visit events whose referrer_user_id is the user). Users with neither are left out.
--- A run replaces its days (delete+insert on day); tasks/kol.py scores them.
+-- A run replaces its days (delete+insert on day); tasks/social/kol.py scores them.
 with days as (
     {{ days_of_run(ds_from, ds) }}
 ),

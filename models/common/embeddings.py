@@ -1,0 +1,38 @@
+"""Embedding tables every embedding model (two-tower, full ranker, pre-ranker) builds the same way,
+and the user tower's input shared by the two-tower and the pre-ranker: user feature embeddings and
+the mean embedding of the recent items."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.common.vocab import USER_COLUMNS
+
+
+def embedding_tables(sizes: Mapping[str, int], kinds: Sequence[str], dim: int, std: float,
+                     padding: bool = False) -> nn.ModuleDict:
+    """One (sizes[kind], dim) table per kind, in `kinds` order, drawn from N(0, std²) (torch's
+    global generator) with row 0 (unknown ids) zero; with `padding`, row 0 is also the padding row
+    (never trained)."""
+    emb = nn.ModuleDict({kind: nn.Embedding(sizes[kind], dim, padding_idx=0 if padding else None) for kind in kinds})
+    with torch.no_grad():
+        for table in emb.values():
+            nn.init.normal_(table.weight, std=std)
+            table.weight[0] = 0.0  # unknown ids: a neutral row
+    return emb
+
+
+def user_inputs(emb: nn.ModuleDict, users: Tensor, seq: Tensor) -> Tensor:
+    """A user tower's input (B, (len(USER_COLUMNS) + 1) * d): the embeddings of the user feature
+    rows (B, 4) and the mean embedding of the recent items (B, L), 0 = padding (zeros when none)."""
+    parts = [emb[kind](users[:, i]) for i, kind in enumerate(USER_COLUMNS)]
+    table = emb["item"].weight
+    if seq.shape[1]:
+        parts.append(F.embedding_bag(seq, table, mode="mean", padding_idx=0))
+    else:
+        parts.append(table.new_zeros(len(users), table.shape[1]))
+    return torch.cat(parts, dim=1)

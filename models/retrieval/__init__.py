@@ -1,0 +1,1 @@
+"""Retrieval models: two-tower, ItemCF/Swing, the CF channels, popularity, ANN indexes."""

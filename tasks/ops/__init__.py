@@ -1,0 +1,1 @@
+"""Alerts: the alert log, the task-failure notifier, alert pages."""

@@ -1,0 +1,1 @@
+"""Airflow wiring shared by the DAG files, and running DAGs locally."""

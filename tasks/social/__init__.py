@@ -1,0 +1,1 @@
+"""Social signals: KOL scores and implicit follows."""
