@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 system-deps:  ## PostgreSQL and Chromium for the deployment and UI tests (apt-get; installs only what is missing)
 	bash scripts/install-system-deps.sh
 
-demo: $(STAMP)  ## simulate 30 days, ingest them through the ingest DAG, print a summary
+demo: $(STAMP)  ## simulate 30 days and run the nightly pipeline over them (every DAG, DuckDB), print a summary
 	$(BIN)/recpipe demo
 
 test: $(STAMP) system-deps  ## the whole test suite

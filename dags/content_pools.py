@@ -7,8 +7,10 @@ checked by its GX suite and published by switching the pool's pointer; a pool's 
 A rejected version raises a data-quality alert and fails its task; the previous
 version stays current. The run ends by rewriting the nightly report (pools section).
 
-- `content_pools`: the pools with `refresh: daily`, after daily_metrics (the recpipe_metrics
-  Asset), one refresh at the end of each day it announces; or by hand with params day/through.
+- `content_pools`: every pool, after daily_metrics (the recpipe_metrics Asset), one refresh at the
+  end of each day it announces (hourly pools too: each declared pool has a version after every
+  day); or by hand with params day/through. It then checks that every declared pool has a current
+  version (a data-quality alert names those without).
 - `content_pools_hourly`: the pools with `refresh: hourly`, on `schedules.pools_hourly`, refreshed
   at the end of the run's data interval (or param `at`).
 """
@@ -51,10 +53,17 @@ def _pool_tasks(names: list[str], window: XComArg) -> None:
 
         published.append(rendered >> publish(window))
 
+    @task(trigger_rule="all_done", **writer_task_kwargs(cfg))
+    def check_every_pool_current() -> list[str]:
+        return pools.check_every_pool_current(cfg)
+
+    published >> check_every_pool_current()
     report_whatever_happens(cfg, published)  # the report also after a rejected version; the run fails then
 
 
-daily = [p.name for p in cfg.pools if p.refresh == "daily"]
+# The daily run refreshes every pool at the end of each day (hourly ones too, so that each has a
+# version after every day); the hourly DAG refreshes the hourly ones in between.
+daily = [p.name for p in cfg.pools]
 hourly = [p.name for p in cfg.pools if p.refresh == "hourly"]
 
 if daily:

@@ -140,12 +140,13 @@ def test_content_pools_have_a_task_and_an_asset_per_configured_pool(dagbag) -> N
     daily, hourly = dagbag.dags["content_pools"], dagbag.dags["content_pools_hourly"]
     assert [a.name for a in daily.timetable.asset_condition.objects] == ["recpipe_metrics"]
     assert hourly.schedule == cfg.schedules.pools_hourly
-    for pool in cfg.pools:
-        dag = daily if pool.refresh == "daily" else hourly
-        publish = dag.get_task(f"publish_{pool.name}")
-        assert [a.name for a in publish.outlets] == [f"recpipe_pool_{pool.name}"]
-        assert publish.pool == cfg.airflow.warehouse_pool and publish.pool_slots == 1
-        assert publish.upstream_task_ids == {"refresh_window", "dbt.pool_candidates_model_build"}
+    for pool in cfg.pools:  # the daily run refreshes every pool; the hourly one the hourly pools
+        for dag in [daily] + ([hourly] if pool.refresh == "hourly" else []):
+            publish = dag.get_task(f"publish_{pool.name}")
+            assert [a.name for a in publish.outlets] == [f"recpipe_pool_{pool.name}"]
+            assert publish.pool == cfg.airflow.warehouse_pool and publish.pool_slots == 1
+            assert publish.upstream_task_ids == {"refresh_window", "dbt.pool_candidates_model_build"}
+    assert {f"publish_{p.name}" for p in cfg.pools} <= daily.get_task("check_every_pool_current").upstream_task_ids
     for dag in (daily, hourly):
         assert dag.get_task("write_report").trigger_rule == "all_done"
 

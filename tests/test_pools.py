@@ -21,14 +21,16 @@ import yaml
 
 from tasks.core.config import PlatformConfig, PoolConfig, load_config
 from tasks.core.dbt_runner import run_dbt
-from tasks.core.warehouse import refresh_views
+from tasks.core.warehouse import connect_writer, refresh_views
 from tasks.ingest.load import load_dir
 from tasks.ops.alerts import read_alerts
 from tasks.pools.refresh import (
     candidates_window,
+    check_every_pool_current,
     daily_refresh_times,
     end_of_day,
     hourly_refresh_time,
+    pools_without_version,
     refresh_pools,
     version_name,
 )
@@ -218,9 +220,30 @@ def test_a_failing_version_is_rejected_and_the_previous_stays_current(built: Pla
     assert any("expect_table_row_count_to_be_between" in f for f in alert["details"]["failed_expectations"])
 
 
-def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_path: Path) -> None:
-    """A new pool, declared only in the YAML, refreshed by the real content_pools DAG (`recpipe pools`)."""
+def test_a_declared_pool_without_a_version_raises_one_alert(built: PlatformConfig) -> None:
     cfg = built
+    with connect_writer(cfg) as con:
+        saved = con.execute("select * from pool_current where pool = 'pool_6h'").df()
+        con.execute("delete from pool_current where pool = 'pool_6h'")
+    try:
+        before = len(read_alerts(cfg))
+        assert pools_without_version(cfg) == ["pool_6h"]
+        assert check_every_pool_current(cfg) == ["pool_6h"]
+        (alert,) = read_alerts(cfg)[before:]
+        assert alert["kind"] == "data_quality" and "pool_6h" in alert["title"]
+    finally:
+        with connect_writer(cfg) as con:
+            con.register("saved", saved)
+            con.execute("insert into pool_current select * from saved")
+
+
+def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_path: Path) -> None:
+    """A new pool, declared only in the YAML, refreshed by the real content_pools DAG (`recpipe pools`);
+    the daily run also refreshes the hourly pool (pool_6h here has lost its version), so that every
+    declared pool is current after it."""
+    cfg = built
+    with connect_writer(cfg) as con:
+        con.execute("delete from pool_current where pool = 'pool_6h'")
     raw = cfg.model_dump(mode="json")
     raw["pools"].append(
         {"name": "tier2_comments_7d", "window": "7d", "segments": ["male_18_24_tier2"], "max_size": 40,
@@ -242,6 +265,7 @@ def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_pat
     expected = _expected_members(load_config(path), load_config(path).pool("tier2_comments_7d"), end_of_day(REFRESH_DAYS[-1]))
     assert len(got) > 0
     assert got.item_id.tolist() == expected.item_id.tolist()
+    assert pools_without_version(load_config(path)) == []
 
 
 def test_refresh_times_of_daily_and_hourly_runs() -> None:

@@ -13,11 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from expectations.runner import validate_frame
+from expectations.serving import feed_expectations
 from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import connect
 from tasks.ops.alerts import read_alerts
 from tasks.retrieval import ann_refresh
+from tasks.serving import batch
 from tasks.serving.context import load_context
 from tasks.serving.funnel import recommend
 
@@ -156,3 +159,57 @@ def test_recommend_explains_a_feed_on_the_command_line(served_world) -> None:
                           "--explain"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"feed of user {user}" in out.stdout and "funnel" in out.stdout and "bonus_follow" in out.stdout
+
+
+def test_nightly_feeds_are_gated_published_and_rerun_the_same(served_world) -> None:
+    cfg, day = served_world
+    first = batch.run(cfg, day)
+    store = batch.feed_store(cfg)
+    current = artifacts.current(store)
+    assert current.name == first["version"] and current.meta["gate_passed"]
+    stored = pd.read_parquet(current.path / batch.FILE)
+    with connect(cfg) as con:
+        table = con.execute("select * from feeds where day = ? order by user_id, position",
+                            [day + dt.timedelta(days=1)]).df()
+    assert len(table) == len(stored) == first["rows"] > 0
+    assert table.item_id.tolist() == stored.sort_values(["user_id", "position"]).item_id.tolist()
+    first_days = np.datetime64(day - dt.timedelta(days=cfg.serving.returning_days - 1))
+    with connect(cfg) as con:
+        expected_users = {r[0] for r in con.execute(
+            "select distinct user_id from raw.events where event_type in ('impression', 'click') and dt between ? and ?",
+            [first_days.astype(object), day]).fetchall()}
+    assert set(table.user_id) == expected_users  # every user expected back has a feed
+    again = batch.run(cfg, day)
+    with connect(cfg) as con:
+        rerun = con.execute("select * from feeds where day = ? order by user_id, position",
+                            [day + dt.timedelta(days=1)]).df()
+    assert again["version"] != first["version"]
+    assert rerun.drop(columns=["version"]).equals(table.drop(columns=["version"]))
+
+
+@pytest.mark.parametrize("fault", ["duplicate", "seen", "spacing", "exploration", "strategy"])
+def test_the_feed_suite_rejects_broken_feeds(served_world, fault: str) -> None:
+    cfg, day = served_world
+    ctx = load_context(cfg, day)
+    users = np.unique(ctx.clicks.user_id)[:40]
+    rows = recommend(ctx, users).rows.copy()
+    s = cfg.serving.strategy("default")
+    if fault == "duplicate":
+        rows.loc[1, "item_id"] = rows.loc[0, "item_id"]
+    elif fault == "seen":
+        u = int(rows.user_id.iloc[0])
+        rows.loc[0, "item_id"] = int(ctx.catalogue.item_id[ctx.clicks.item[ctx.clicks.user_id == u][0]])
+    elif fault == "spacing":
+        same = ctx.catalogue.item_id[ctx.catalogue.content_cluster == ctx.catalogue.content_cluster[0]]
+        feed = rows.index[(rows.user_id == rows.user_id.iloc[0]) & (rows.decision == "ranked")][:2]
+        rows.loc[feed, "item_id"] = same[:2]
+    elif fault == "exploration":
+        rows.loc[rows.decision == "exploration", "decision"] = "ranked"
+    checks = batch.feed_checks(ctx, rows)
+    strategies = ["default", "mmr"] if fault == "strategy" else ["default"]
+    outcome = validate_frame(checks, "feeds", feed_expectations(
+        s.feed_length, strategies, {"default": s.exploration.share}, cfg.serving.max_exploration_deviation))
+    assert not outcome.success
+    clean = validate_frame(batch.feed_checks(ctx, recommend(ctx, users).rows), "feeds", feed_expectations(
+        s.feed_length, ["default"], {"default": s.exploration.share}, cfg.serving.max_exploration_deviation))
+    assert clean.success, clean.failed

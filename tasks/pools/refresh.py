@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from tasks.core.config import PlatformConfig, PoolConfig
 from tasks.core.days import day_range
 from tasks.core.dbt_runner import run_dbt
-from tasks.core.warehouse import connect_writer
+from tasks.core.warehouse import connect, connect_writer, table_names
+from tasks.ops.alerts import Alert, raise_alert
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -262,3 +263,24 @@ def publish_all(cfg: PlatformConfig, pool: str, times: Sequence[str]) -> dict[st
         )
     last = outcomes[-1]
     return {"pool": pool, "version": last.version, "as_of": last.as_of.strftime(AS_OF_FORMAT)}
+
+
+def pools_without_version(cfg: PlatformConfig) -> list[str]:
+    """The declared pools that have no current version (a consumer reading them gets nothing)."""
+    with connect(cfg, read_only=True) as con:
+        current = ({r[0] for r in con.execute("select pool from pool_current").fetchall()}
+                   if "pool_current" in table_names(con) else set())
+    return [p.name for p in cfg.pools if p.name not in current]
+
+
+def check_every_pool_current(cfg: PlatformConfig) -> list[str]:
+    """One data-quality alert naming every declared pool without a current version; their names."""
+    missing = pools_without_version(cfg)
+    if missing:
+        raise_alert(Alert(
+            kind="data_quality", severity="warning", source="content_pools.check_every_pool_current",
+            title=f"declared pools without a current version: {', '.join(missing)}",
+            details={"pools": missing, "what to do": "refresh them (recpipe pools) or fix their filters; "
+                     "consumers of pool_current_members get no items from them"},
+        ), cfg)
+    return missing

@@ -3,12 +3,15 @@ metrics of the last complete day and where the report is."""
 
 from __future__ import annotations
 
+import pandas as pd
+
 from tasks.core import artifacts
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import connect, table_names
 from tasks.ops.alerts import read_alerts
 from tasks.reports.page import reports_metrics_dir
 from tasks.retrieval.ann_refresh import index_store
+from tasks.serving.batch import feed_store
 
 DAILY_SQL = """
 with q as (
@@ -114,6 +117,7 @@ def print_summary(cfg: PlatformConfig) -> None:
     if ranking is not None:
         print("\nFull ranker, next-day AUC and the distillation gate on its predictions (ranking_eval, distillation_gate):")
         print(ranking.to_string(index=False))
+    _print_feeds(cfg)
     alerts = read_alerts(cfg)
     print(f"Alerts raised: {len(alerts)} (log: {cfg.alerts_log})")
     print(f"Warehouse: {cfg.warehouse_path}")
@@ -130,3 +134,17 @@ def _print_indexes(cfg: PlatformConfig) -> None:
                 rows.append(f"  {model} x {pool.name}: {v.meta['kind']} over {v.meta['n_items']} items, "
                             f"recall@{v.meta['recall_k']} {v.meta['recall']:.3f} (model {v.meta['model_version']})")
     print("ANN indexes (current):\n" + ("\n".join(rows) if rows else "  none yet"))
+
+
+def _print_feeds(cfg: PlatformConfig) -> None:
+    """The current feeds version: who got a feed, how fast, and the funnel's mean counts."""
+    version = artifacts.current(feed_store(cfg))
+    if version is None:
+        return
+    m = version.meta
+    funnel = pd.read_parquet(version.path / "funnel.parquet")
+    stages = ["retrieved", "merged", "filtered", "preranked", "feed", "exploration"]
+    means = ", ".join(f"{s} {funnel[s].mean():.0f}" for s in stages)
+    print(f"\nFeeds for {m['day']} (feeds table, version {version.name}): {m['users']:,} users x "
+          f"{len(m['strategies'])} strategies, {m['feeds_per_s']:.0f} feeds/s, GX passed: {m['gate_passed']}; "
+          f"mean candidates per user: {means}" + (f"; served without {sorted(m['broken'])}" if m["broken"] else ""))

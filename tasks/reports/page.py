@@ -18,6 +18,7 @@ import html
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from tasks.core.atomic import atomic_write
@@ -78,10 +79,21 @@ def _by_segment(df: pd.DataFrame) -> pd.DataFrame:
     return df[df.experiment_bucket == ALL].sort_values("day")
 
 
-def _line(ax: plt.Axes, days: pd.Series, values: pd.Series, complete: pd.Series | None, label: str) -> None:
-    (line,) = ax.plot(days, values, label=label)
-    if complete is not None and (~complete).any():
-        ax.scatter(days[~complete], values[~complete], facecolors="none", edgecolors=line.get_color(), zorder=3)
+def line_with_open_window(ax: plt.Axes, days: pd.Series, values: pd.Series, complete: pd.Series | None, label: str) -> None:
+    """The final values as a line; values whose window has not fully landed (complete false) as
+    hollow markers apart from it, over a shaded "not final" band, so a partial window never reads
+    as a drop."""
+    final = complete.to_numpy(bool) if complete is not None else np.ones(len(days), bool)
+    (line,) = ax.plot(days[final], values[final], label=label)
+    if (~final).any():
+        ax.scatter(days[~final], values[~final], facecolors="none", edgecolors=line.get_color(), zorder=3)
+        first = days[~final].min()
+        ax.axvspan(first - pd.Timedelta(hours=12), days[~final].max() + pd.Timedelta(hours=12), color="0.9",
+                   zorder=0, label="not final (window still open)" if not _has_band(ax) else None)
+
+
+def _has_band(ax: plt.Axes) -> bool:
+    return any(t == "not final (window still open)" for t in ax.get_legend_handles_labels()[1])
 
 
 def _over_time(metrics: pd.DataFrame, retention: pd.DataFrame) -> str:
@@ -93,7 +105,7 @@ def _over_time(metrics: pd.DataFrame, retention: pd.DataFrame) -> str:
         (axes[0, 2], m, "ctr", None, "CTR (clicks / impressions)"),
     ] + [(ax, r, col, flag, title) for ax, (col, flag, title) in zip(axes[1], RETENTION_METRICS)]
     for ax, frame, col, flag, title in panels:
-        _line(ax, frame.day, frame[col], frame[flag] if flag else None, "all users")
+        line_with_open_window(ax, frame.day, frame[col], frame[flag] if flag else None, "all users")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     fig.autofmt_xdate()
@@ -108,8 +120,8 @@ def _per_segment(metrics: pd.DataFrame, retention: pd.DataFrame) -> str:
         ms, rs = m[m.segment == seg], r[r.segment == seg]
         axes[0].plot(ms.day, ms.dau, label=seg)
         axes[1].plot(ms.day, ms.penetration_rate, label=seg)
-        _line(axes[2], rs.day, rs.lt7, rs.lt7_complete, seg)
-        _line(axes[3], rs.day, rs.next_day_retention, rs.next_day_complete, seg)
+        line_with_open_window(axes[2], rs.day, rs.lt7, rs.lt7_complete, seg)
+        line_with_open_window(axes[3], rs.day, rs.next_day_retention, rs.next_day_complete, seg)
     for ax, title in zip(axes, ("DAU", "Penetration", "LT7", "Next-day retention")):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
