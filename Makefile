@@ -51,8 +51,9 @@ bench: $(STAMP)  ## benchmarks (not tests): simulator, loader, metric marts, Ite
 	$(BIN)/python benchmarks/bench_i2i.py
 	$(BIN)/python benchmarks/bench_two_tower.py --examples 250000 --threads 1
 	$(BIN)/python benchmarks/bench_ann.py --n 1000000 --dim 64 --queries 1000
+	$(BIN)/python benchmarks/bench_serving.py
 
-eval-movielens: $(STAMP)  ## MovieLens 100K through the input contract, then the offline retrieval evaluation (temporal split)
+eval-movielens: $(STAMP)  ## MovieLens 100K through the input contract, then the offline retrieval and funnel evaluations (temporal split)
 	bash scripts/evaluate-movielens.sh $(ML_SRC) $(ML_DIR) $(ML_SPLIT)
 
 clean:

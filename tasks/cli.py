@@ -1,5 +1,5 @@
 """The `recpipe` command line: simulate, load, demo, the DAGs by hand (metrics, pools, kol, implicit-follows,
-train), evaluate, models, report, alerts, airflow-setup, config."""
+train), evaluate, recommend, serve, models, report, alerts, airflow-setup, config."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     day_list = [start + dt.timedelta(days=i) for i in range(days)]
     print(
         f"recpipe demo: {days} simulated days from {start} through the ingest DAG, then daily_metrics "
-        f"over them, then content_pools, kol_scoring, implicit_follows, nightly_training and ann_refresh "
+        f"over them, then content_pools, kol_scoring, implicit_follows, nightly_training, ann_refresh and feeds "
         f"(data in {cfg.data_root})"
     )
     setup_metadata(cfg)
@@ -102,6 +102,7 @@ def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         *((d, [recent], {"through": day_list[-1].isoformat()}) for d in ("content_pools", "kol_scoring", "implicit_follows")),
         ("nightly_training", day_list[-DEMO_TRAINING_NIGHTS:], None),
         ("ann_refresh", [day_list[-1]], None),
+        ("feeds", [day_list[-1]], None),
     ):
         try:
             run_dag_for_days(dag_id, days, conf=conf)
@@ -158,6 +159,8 @@ def _cmd_evaluate(cfg: PlatformConfig, args: argparse.Namespace) -> int:
 
     if args.train_window_days:
         cfg = cfg.model_copy(update={"retrieval": cfg.retrieval.model_copy(update={"train_window_days": args.train_window_days})})
+    if args.funnel:
+        return _evaluate_funnel(cfg, args)
     results = evaluate(cfg, args.day, args.channels.split(",") if args.channels else None, args.eval_days)
     write_results(cfg, results)
     overall = results[results.segment == ALL]
@@ -172,6 +175,26 @@ def _cmd_evaluate(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     groups.columns = [f"{g} ({users[g]})" for g in groups.columns]
     print(f"Recall@{k0} per user group (users):\n{groups.round(4).to_string()}")
     print(f"rows in retrieval_eval; report: {write_report(cfg)}")
+    return 0
+
+
+def _evaluate_funnel(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """The feeds for --day + 1 (artifacts current now) of the users who click then, scored next to
+    the merged candidates, popularity and each channel; rows in funnel_eval, the report rewritten."""
+    from tasks.reports.page import write_report
+    from tasks.reports.serving import funnel_tables
+    from tasks.serving.evaluate import evaluate_funnel, write_results
+
+    results = evaluate_funnel(cfg, args.day, args.strategy, args.eval_days)
+    write_results(cfg, results)
+    t = funnel_tables(results)
+    print(f"funnel evaluation: data through {args.day}, strategy {results.strategy.iloc[0]}, feeds scored on the "
+          f"clicks of the next {args.eval_days} day(s); candidates and channels ordered by pre-rank relevance")
+    with pd_options():
+        print(f"segment all:\n{t.overall.round(4).to_string()}\nRecall@{t.k} per user group (users):\n"
+              f"{t.groups.round(4).to_string()}\nmean candidates per user after each stage:\n{t.funnel.round(1).to_string()}")
+    print("\n".join(t.checks))
+    print(f"rows in funnel_eval; report: {write_report(cfg)}")
     return 0
 
 
@@ -203,11 +226,37 @@ def _cmd_recommend(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Serve feeds over HTTP (GET /feed/{user_id}, /healthz, /metrics; tasks/serving/api.py) from the
+    artifacts current now, switching to new versions without a restart."""
+    import uvicorn
+
+    from tasks.serving.api import create_app
+
+    uvicorn.run(create_app(cfg, args.day), host=args.host, port=args.port)
+    return 0
+
+
 def pd_options():
     """Wide, untruncated tables for the terminal."""
     import pandas as pd
 
     return pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 60)
+
+
+def _cmd_feeds(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Run the feeds DAG for the data through --day (default: the latest loaded), then print the
+    published version's summary."""
+    from tasks.core import artifacts
+    from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
+    from tasks.serving.batch import feed_store
+    from tasks.serving.context import last_data_day
+
+    setup_metadata(cfg)
+    run_dag_for_days("feeds", [args.day or last_data_day(cfg)])
+    version = artifacts.require_current(feed_store(cfg))
+    print(f"feeds {version.name}: {json.dumps(version.meta, default=str)}")
+    return 0
 
 
 def _cmd_train(cfg: PlatformConfig, args: argparse.Namespace) -> int:
@@ -362,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "ablation: two_tower_no_logq")
     ev.add_argument("--eval-days", type=int, default=1, help="days of clicks after --day to evaluate on")
     ev.add_argument("--train-window-days", type=int, help="training window (default: retrieval.train_window_days)")
+    ev.add_argument("--funnel", action="store_true", help="evaluate the whole funnel instead: the feeds for --day + 1 "
+                    "(artifacts current now) next to their merged candidates, popularity and each channel")
+    ev.add_argument("--strategy", help="--funnel: a serving strategy (default: serving.default_strategy)")
     ev.set_defaults(func=_cmd_evaluate)
 
     rc = sub.add_parser("recommend", help="one user's feed through the recommendation path, with why each item is there")
@@ -370,6 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--strategy", help="a serving strategy of the config (default: serving.default_strategy)")
     rc.add_argument("--explain", action="store_true", help="every head, fusion term and the funnel counts")
     rc.set_defaults(func=_cmd_recommend)
+
+    sv = sub.add_parser("serve", help="the online endpoint: feeds over HTTP (/feed/{user_id}, /healthz, /metrics), "
+                        "reloading new artifact versions without a restart")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--day", type=dt.date.fromisoformat, help="serve from the data through this day (default: the "
+                    "latest loaded, followed as new days arrive)")
+    sv.set_defaults(func=_cmd_serve)
+
+    fe = sub.add_parser("feeds", help="run the feeds DAG: the next day's feeds of every user expected back, "
+                        "GX-checked, published")
+    fe.add_argument("--day", type=dt.date.fromisoformat, help="last day of data (default: the latest loaded)")
+    fe.set_defaults(func=_cmd_feeds)
 
     tr = sub.add_parser("train", help="run the nightly_training DAG: train through the day before --day, "
                         "evaluate on --day, gate, publish")

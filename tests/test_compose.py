@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tasks.cli import build_parser
 from tests.deploy_files import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
@@ -44,6 +45,7 @@ DEFAULT_SERVICES = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "feeds",
 }
 PROFILES = {"redis": ["celery"], "airflow-worker": ["celery"], "flower": ["flower"], "airflow-cli": ["debug"]}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|BASIC_AUTH|WEBHOOK", re.IGNORECASE)
@@ -145,13 +147,33 @@ def test_dockerfile_matches_constraints() -> None:
 def test_commands_are_airflow_3_subcommands() -> None:
     for name in AIRFLOW_SERVICES:
         svc = SERVICES[name]
-        if name in ("airflow-init", "airflow-cli"):
+        if name in ("airflow-init", "airflow-cli", "feeds"):  # feeds: test_feeds_service_runs_recpipe_serve
             continue
         assert_airflow_command(command_args(svc["command"]), f"services.{name}.command")
     assert SERVICES["airflow-apiserver"]["command"] == "api-server"
     assert SERVICES["airflow-worker"]["command"] == "celery worker"
     # The CLI service runs whatever follows `docker compose run airflow-cli`.
     assert SERVICES["airflow-cli"]["command"] == ["bash", "-c", "airflow"]
+
+
+def test_feeds_service_runs_recpipe_serve() -> None:
+    feeds = SERVICES["feeds"]
+    shell, flag, script = command_args(feeds["command"])
+    assert (shell, flag) == ("bash", "-c")  # the entrypoint runs bash as is, anything else as `airflow ...`
+    exec_, program, *argv = shlex.split(script)
+    assert (exec_, program) == ("exec", "recpipe")
+    args = build_parser().parse_args(argv)  # the project's CLI accepts it
+    assert args.command == "serve" and args.host == "0.0.0.0"
+    published = [p.rsplit(":", 1)[1] for p in feeds["ports"]]
+    assert published == [str(args.port)]
+    assert f"http://localhost:{args.port}/healthz" in feeds["healthcheck"]["test"]
+    # The same image and data volume as the Airflow services, and the platform's settings.
+    assert feeds["volumes"] == COMMON["volumes"] and feeds["image"] == COMMON["image"]
+    env, common = service_env(feeds), service_env(COMMON)
+    for key in ("RECPIPE_CONFIG", "RECPIPE_DATA_DIR", "RECPIPE_SLACK_WEBHOOK_URL"):
+        assert env[key] == common[key], key
+    assert env["CONNECTION_CHECK_MAX_COUNT"] == "0"  # no wait for the metadata database it does not use
+    assert not [k for k in env if k.startswith("AIRFLOW")], "feeds needs no Airflow setting (secrets included)"
 
 
 def test_healthchecks_are_valid_commands() -> None:

@@ -4,7 +4,9 @@ warehouse and the config, cold start, and fail-open serving when an artifact bre
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +21,9 @@ from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import connect
 from tasks.ops.alerts import read_alerts
+from tasks.ranking import special_groups
 from tasks.retrieval import ann_refresh
-from tasks.serving import batch
+from tasks.serving import batch, funnel
 from tasks.serving.context import load_context
 from tasks.serving.funnel import recommend
 
@@ -213,3 +216,28 @@ def test_the_feed_suite_rejects_broken_feeds(served_world, fault: str) -> None:
     clean = validate_frame(batch.feed_checks(ctx, recommend(ctx, users).rows), "feeds", feed_expectations(
         s.feed_length, ["default"], {"default": s.exploration.share}, cfg.serving.max_exploration_deviation))
     assert clean.success, clean.failed
+
+
+def test_special_group_models_correct_only_their_users(served_world) -> None:
+    """With a residual model (new / low-activity users) and a calibrator (its segment) current, the
+    served predictions change for those users only."""
+    cfg, day = served_world
+    full_version = artifacts.current(registry.model_store(cfg, "full_ranking"))
+    residual = special_groups.train_residual(cfg, day, full_version, days=3, make_current=True)
+    calibrator = special_groups.train_calibrator(cfg, day, full_version, days=3, make_current=True)
+    try:
+        ctx = load_context(cfg, day)
+        assert ctx.residual is not None and ctx.calibrator is not None
+        plain = dataclasses.replace(ctx, residual=None, calibrator=None)
+        groups = set(cfg.ranking.special_groups.residual_segments) | {cfg.ranking.special_groups.calibrated_segment}
+        users = np.unique(ctx.clicks.user_id)
+        inside = [u for u in users if set(ctx.user_segments(u)) & groups][:10]
+        outside = [u for u in users if not set(ctx.user_segments(u)) & groups][:10]
+        exposures = funnel.exposures_for(ctx, np.repeat(inside + outside, 20), np.tile(np.arange(20), 20))
+        corrected, raw = funnel.full_scores(ctx, exposures), funnel.full_scores(plain, exposures)
+        is_inside = np.isin(exposures.user_id, inside)
+        assert np.allclose(corrected[~is_inside], raw[~is_inside], atol=1e-5)
+        assert np.abs(corrected[is_inside] - raw[is_inside]).max() > 1e-4
+    finally:  # the shared world had neither model before
+        shutil.rmtree(residual.path.parent.parent)
+        shutil.rmtree(calibrator.path.parent.parent)

@@ -280,6 +280,12 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
+def logit(p: np.ndarray) -> np.ndarray:
+    """The inverse of sigmoid, probabilities clipped to [1e-7, 1 - 1e-7]."""
+    q = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.log(q / (1 - q)).astype(np.float32)
+
+
 def apply_residual(residual: artifacts.Version, scored: Scored) -> np.ndarray:
     """(n, len(RANKING_HEADS)) logits: the full ranker's, plus the residual model's output on its
     heads for the rows of its segments' users (other rows and heads unchanged)."""

@@ -28,6 +28,7 @@ from tasks.reports.fragments import embed_png
 from tasks.reports.pools import pools_section
 from tasks.reports.ranking import ranking_section
 from tasks.reports.retrieval import retrieval_section
+from tasks.reports.serving import serving_section
 from tasks.reports.social import social_section
 
 RETENTION_METRICS = (("lt7", "lt7_complete", "LT7 (days active in [d, d+6])"),
@@ -61,7 +62,8 @@ def load_marts(cfg: PlatformConfig) -> dict[str, pd.DataFrame]:
 def write_report(cfg: PlatformConfig, now: dt.datetime | None = None) -> Path:
     """Render the report from the warehouse; return the path of `index.html` (the latest)."""
     marts = load_marts(cfg)
-    sections = [pools_section(cfg), social_section(cfg), retrieval_section(cfg), ranking_section(cfg)]
+    sections = [pools_section(cfg), social_section(cfg), retrieval_section(cfg), ranking_section(cfg),
+                serving_section(cfg)]
     page = render_report(marts, generated=now or dt.datetime.now(dt.timezone.utc), sections=sections)
     out = reports_metrics_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from models.ranking.full import FullRanking
 from models.ranking.full import load_model as load_full
 from models.ranking.pre import PreRanker
 from models.ranking.pre import load_model as load_pre
+from models.retrieval import ann
 from models.retrieval.cf_channels import U2A2A2I, U2A2I, U2U2I
 from models.retrieval.i2i import U2I2I
 from models.retrieval.retriever import Popularity, Retriever
@@ -66,6 +67,7 @@ class ServingContext:
     pools: dict[str, dict[str, np.ndarray]]  # pool -> segment ("all" or a segment) -> catalogue rows by rank
     item_vectors: np.ndarray | None  # (n_items, d) L2-normalised (the two-tower's), for diversity
     retrievers: dict[str, Retriever] = field(default_factory=dict)  # channel kind -> fitted retriever
+    indexes: dict[str, Any] = field(default_factory=dict)  # pool -> the two-tower's faiss index of its items
     two_tower: TwoTowerRetriever | None = None
     pre: tuple[PreRanker, dict, artifacts.Version] | None = None
     full: tuple[FullRanking, dict, artifacts.Version] | None = None
@@ -186,10 +188,14 @@ def load_context(cfg: PlatformConfig, day: dt.date) -> ServingContext:
     if tt is not None:
         ctx.two_tower, ctx.item_vectors = tt, tt.item_vectors
         ctx.versions["two_tower"] = _current(cfg, "two_tower").name
-    if tt is not None:
+    if tt is not None:  # the indexes are pinned: a pointer moving later does not change this context
         for pool in sorted({c.pool for st in s.strategies.values() for c in st.channels.values() if c.kind == "two_tower"}):
-            probe = np.zeros((1, tt.item_vectors.shape[1]), np.float32)
-            _attempt(broken, f"ann:two_tower:{pool}", lambda p=pool: ann_refresh.search(cfg, "two_tower", p, probe, 1))
+            version = _attempt(broken, f"ann:two_tower:{pool}",
+                               lambda p=pool: artifacts.require_current(ann_refresh.index_store(cfg, "two_tower", p)))
+            index = version and _attempt(broken, f"ann:two_tower:{pool}",
+                                         lambda v=version: ann.load(v.path / ann_refresh.INDEX_FILE))
+            if index is not None:
+                ctx.indexes[pool], ctx.versions[f"ann:two_tower:{pool}"] = index, version.name
     for model in ("itemcf", "swing"):
         version = _attempt(broken, model, lambda m=model: _current(cfg, m))
         if version is not None:

@@ -14,6 +14,7 @@ a full ranker the fusion uses the pre-ranker's heads.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -28,6 +29,7 @@ from models.common.tables import Exposures
 from models.ranking.features import ranking_features
 from models.ranking.full import predict_proba
 from models.ranking.pre import predict as pre_predict
+from models.retrieval import ann
 from models.retrieval.retriever import top_k_rows
 from models.retrieval.two_tower import user_vectors
 from models.serving.diversity import dpp, interest_then_diverse, mmr
@@ -35,7 +37,7 @@ from models.serving.exploration import exploration_slots, interleave
 from models.serving.fusion import BONUS_HEADS, fusion_score, fusion_terms
 from tasks.core.config import ALL, RANKING_HEADS, ChannelConfig, StrategyConfig
 from tasks.ranking.pre import Context, inputs
-from tasks.retrieval import ann_refresh
+from tasks.ranking.special_groups import Scored, apply_calibrator, apply_residual, logit, sigmoid
 from tasks.serving.context import ServingContext, seen_matrix
 
 log = logging.getLogger(__name__)
@@ -145,14 +147,14 @@ def _channel(ctx: ServingContext, s: StrategyConfig, name: str, ch: ChannelConfi
             out[r, : len(rows)] = rows
         return out
     if ch.kind == "two_tower":
-        if ctx.two_tower is None or f"ann:two_tower:{ch.pool}" in ctx.broken:
+        if ctx.two_tower is None or ch.pool not in ctx.indexes:
             return out
         vectors, known = _two_tower_vectors(ctx, s, user_ids)
         targets = set(ctx.cfg.pool(ch.pool).segments)  # a segment pool serves its segments' users only
         if targets:
             known &= np.array([bool(targets & set(ctx.user_segments(u))) for u in user_ids])
         vectors = _noisy_vectors(ctx, s, name, user_ids, vectors)
-        ids, _ = ann_refresh.search(ctx.cfg, "two_tower", ch.pool, vectors[known], k)
+        ids, _ = ann.search(ctx.indexes[ch.pool], vectors[known], k)
         pos, found = lookup(ids.ravel(), ctx.catalogue.item_id)
         out[known] = np.where(found & (ids.ravel() >= 0), pos, -1).reshape(ids.shape)
         return out
@@ -197,7 +199,8 @@ def channel_names(s: StrategyConfig, mask: int) -> list[str]:
 
 
 # Ranking --------------------------------------------------------------------------------------
-def _exposures(ctx: ServingContext, user_ids: np.ndarray, items: np.ndarray) -> Exposures:
+def exposures_for(ctx: ServingContext, user_ids: np.ndarray, items: np.ndarray) -> Exposures:
+    """Candidate (user, catalogue row) pairs as ranking examples of the served day (position 0)."""
     day = _serve_day(ctx)
     start = int((dt.datetime.combine(day, dt.time()) - dt.datetime(1970, 1, 1)).total_seconds()) * 1_000_000
     n = len(items)
@@ -218,13 +221,27 @@ def prerank_scores(ctx: ServingContext, s: StrategyConfig, exposures: Exposures)
 
 
 def full_scores(ctx: ServingContext, exposures: Exposures) -> np.ndarray | None:
-    """(n, len(RANKING_HEADS)) full-ranker probabilities, or None without a full ranker."""
+    """(n, len(RANKING_HEADS)) full-ranker probabilities, or None without a full ranker; for the
+    users of the special groups, corrected by the residual model (in logit space) and the
+    calibrator where they are trained (docs/METHODS.md "Special user groups")."""
     if ctx.full is None:
         return None
     model, vocabs, version = ctx.full
     f = ranking_features(vocabs, ctx.catalogue, ctx.users, ctx.clicks, exposures,
                          version.meta["config"]["full"]["sequence_length"])
-    return predict_proba(model, f.users, f.items, f.context, f.seq)
+    p = predict_proba(model, f.users, f.items, f.context, f.seq)
+    if ctx.residual is None and ctx.calibrator is None:
+        return p
+    users, row_user = np.unique(exposures.user_id, return_inverse=True)
+    names = {g for u in users for g in ctx.user_segments(u)}
+    of_user = {g: np.array([g in ctx.user_segments(u) for u in users]) for g in names}
+    scored = Scored(exposures, logit(p), ctx.users, ctx.catalogue, {g: m[row_user] for g, m in of_user.items()})
+    if ctx.residual is not None:
+        scored = dataclasses.replace(scored, full_logits=apply_residual(ctx.residual, scored))
+        p = sigmoid(scored.full_logits)
+    if ctx.calibrator is not None:
+        p = apply_calibrator(ctx.calibrator, scored)
+    return p.astype(np.float32)
 
 
 def _weighted(preds: np.ndarray, heads: tuple[str, ...], weights: dict[str, float]) -> np.ndarray:
@@ -257,7 +274,7 @@ def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = 
     funnel["filtered"] = np.bincount(cand_user, minlength=len(user_ids))
     clock.lap("filters")
 
-    pre, pre_heads = prerank_scores(ctx, s, _exposures(ctx, user_ids[cand_user], cand_item))
+    pre, pre_heads = prerank_scores(ctx, s, exposures_for(ctx, user_ids[cand_user], cand_item))
     pre_rel = _weighted(pre, pre_heads, s.fusion.weights)
     vectors = ctx.item_vectors if ctx.item_vectors is not None else np.zeros((len(ctx.catalogue), 1), np.float32)
     chosen = []
@@ -271,7 +288,7 @@ def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = 
     funnel["preranked"] = np.bincount(cand_user[sel], minlength=len(user_ids))
     clock.lap("preranking")
 
-    exposures = _exposures(ctx, user_ids[cand_user[sel]], cand_item[sel])
+    exposures = exposures_for(ctx, user_ids[cand_user[sel]], cand_item[sel])
     full = full_scores(ctx, exposures)
     if full is None:
         heads = tuple(h for h in pre_heads if h in RANKING_HEADS)

@@ -1,0 +1,247 @@
+"""Offline evaluation of the whole recommendation funnel: with the artifacts current now and the
+data through day d, the feeds for d + 1 of the users who click on d + 1 (.. d + eval_days), scored
+against those clicks next to the stages and baselines they came from.
+
+What is scored (`what`), one list per user:
+
+- feed: the final feed in position order, at K = feed length and every evaluation.k below it;
+- candidates: the merged candidate set of `retrieve` (every channel under its quota, before the
+  filters), ranked by the pre-ranker's relevance (its heads weighted by the fusion weights, as the
+  funnel's pre-ranking selection scores them); at the feed's Ks and at K = total_quota, the whole
+  set (whose recall does not depend on the order);
+- popularity: the retrieval evaluation's baseline and lists (the window's most clicked items, the
+  user's own positives excluded), at the feed's Ks;
+- channel:<name>: each channel's own top K (`retrieve` with every channel at quota K = feed
+  length, split by channel), ordered for NDCG by the same pre-ranker relevance (the funnel does not
+  expose a channel's own order);
+- funnel: the mean number of candidates per user after each stage (k = 0).
+
+Metrics per (what, user group, K): recall, ndcg (tasks/core/eval_metrics, macro over users),
+coverage (share of the catalogue in anyone's list); at K = feed length also ild (intra-list
+diversity: 1 − mean pairwise cosine of the items' two-tower vectors), category_entropy (natural
+log, of category_l1) and length (mean list length; for the whole candidate set at its K); for the
+feed also recall_ceiling (mean over users of min(|truth neither seen nor expired|, K) / |truth|:
+what any feed can reach past the seen filter). User groups as in the retrieval evaluation: all,
+with_history / without_history, each segment on d + 1. Every value carries the users it averages.
+Rows in `funnel_eval`; a re-run replaces the rows of the same day and strategy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from models.common.tables import Exposures
+from tasks.core import artifacts, registry
+from tasks.core import eval_metrics as m
+from tasks.core.config import ALL, RANKING_HEADS, PlatformConfig, StrategyConfig
+from tasks.core.warehouse import replace_rows, table_names
+from tasks.pools.refresh import end_of_day
+from tasks.retrieval.data import connect_read
+from tasks.retrieval.evaluate import COLD, WARM, EvalData, load_eval_data, popularity
+from tasks.serving.batch import BLOCK_USERS
+from tasks.serving.context import ServingContext, load_context, seen_matrix
+from tasks.serving.funnel import prerank_scores, recommend, retrieve
+
+log = logging.getLogger(__name__)
+TABLE = "funnel_eval"
+RESULT_COLUMNS = ("day", "strategy", "what", "segment", "k", "metric", "value", "n_users")
+FEED, CANDIDATES, POPULARITY, FUNNEL, CHANNEL = "feed", "candidates", "popularity", "funnel", "channel:"
+STAGES = ("retrieved", "merged", "filtered", "preranked", "feed", "exploration")
+
+
+def user_groups(data: EvalData) -> dict[str, np.ndarray]:
+    """Rows of data.users per group: all, with / without a positive in the window, each segment."""
+    warm = np.isin(data.users, data.train.user_id)
+    groups = {ALL: np.arange(len(data.users)), WARM: np.flatnonzero(warm), COLD: np.flatnonzero(~warm)}
+    for segment, ids in data.segments.groupby("segment").user_id:
+        groups[str(segment)] = np.flatnonzero(np.isin(data.users, ids.to_numpy()))
+    return {name: rows for name, rows in groups.items() if len(rows) or name == ALL}
+
+
+def prerank_relevance(ctx: ServingContext, s: StrategyConfig, user_ids: np.ndarray,
+                      items: np.ndarray) -> np.ndarray:
+    """The pre-ranker's relevance of each (user, catalogue row) pair shown at the start of d + 1:
+    its heads weighted by the fusion weights (all 1 when none applies)."""
+    serve = ctx.day + dt.timedelta(days=1)
+    start_us = int((dt.datetime.combine(serve, dt.time()) - dt.datetime(1970, 1, 1)).total_seconds()) * 1_000_000
+    n = len(items)
+    exposures = Exposures(np.full(n, np.datetime64(serve, "D")), user_ids.astype(np.int64),
+                          ctx.catalogue.item_id[items], np.full(n, start_us, np.int64), np.zeros(n, np.int64),
+                          np.zeros((n, len(RANKING_HEADS)), np.float32))
+    preds, heads = prerank_scores(ctx, s, exposures)
+    w = np.array([s.fusion.weights.get(h, 0.0) for h in heads])
+    return preds @ (w if w.any() else np.ones(len(heads)))
+
+
+def ranked_lists(rows: np.ndarray, items: np.ndarray, score: np.ndarray, n_rows: int, width: int) -> np.ndarray:
+    """(n_rows, width) catalogue rows per list row, best score first (ties: lower row), -1 padded."""
+    order = np.lexsort((items, -score, rows))
+    rows, items = rows[order], items[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n_rows))[rows]
+    keep = rank < width
+    out = np.full((n_rows, width), -1, dtype=np.int64)
+    out[rows[keep], rank[keep]] = items[keep]
+    return out
+
+
+def intra_list_diversity(lists: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Per list, 1 − the mean cosine over its distinct item pairs (vectors L2-normalised); NaN
+    for a list of fewer than two items."""
+    valid = lists >= 0
+    x = vectors[np.maximum(lists, 0)] * valid[..., None]
+    n = valid.sum(axis=1).astype(np.float64)
+    cosine_sum = np.square(x.sum(axis=1)).sum(axis=1) - np.square(x).sum(axis=(1, 2))  # over ordered pairs
+    return 1.0 - cosine_sum / np.where(n > 1, n * (n - 1), np.nan)
+
+
+def category_entropy(lists: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """Per list, the entropy (nats) of its items' categories; NaN for an empty list."""
+    valid = lists >= 0
+    counts = np.zeros((len(lists), int(categories.max()) + 1))
+    r, c = np.nonzero(valid)
+    np.add.at(counts, (r, categories[lists[r, c]]), 1.0)
+    n = valid.sum(axis=1)
+    p = counts / np.maximum(n, 1)[:, None]
+    return np.where(n > 0, -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1), np.nan)
+
+
+def _feed_lists(ctx: ServingContext, rows: pd.DataFrame, users: np.ndarray, length: int) -> np.ndarray:
+    out = np.full((len(users), length), -1, dtype=np.int64)
+    user_row = np.searchsorted(users, rows.user_id.to_numpy(np.int64))
+    out[user_row, rows.position.to_numpy()] = ctx.catalogue.index(rows.item_id.to_numpy(np.int64))
+    return out
+
+
+def _at_quota(s: StrategyConfig, k: int) -> StrategyConfig:
+    """The strategy with every channel at quota k, for every segment."""
+    channels = {name: c.model_copy(update={"quota": k}) for name, c in s.channels.items()}
+    return s.model_copy(update={"channels": channels, "segment_quotas": {}, "total_quota": k * len(channels)})
+
+
+def funnel_lists(ctx: ServingContext, name: str, users: np.ndarray) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """The ranked lists of `users` (sorted) per `what` but popularity, and the funnel counts."""
+    s = ctx.cfg.serving.strategy(name)
+    k, names = s.feed_length, list(s.channels)
+    per_k = _at_quota(s, k)
+    blocks: dict[str, list[np.ndarray]] = {}
+    funnels = []
+    for lo in range(0, len(users), BLOCK_USERS):
+        block = users[lo : lo + BLOCK_USERS]
+        feeds = recommend(ctx, block, name)
+        funnels.append(feeds.funnel)
+        cu, ci, _, _ = retrieve(ctx, s, block)
+        hu, hi, hm, _ = retrieve(ctx, per_k, block)
+        rel = prerank_relevance(ctx, s, block[np.r_[cu, hu]], np.r_[ci, hi])
+        lists = {FEED: _feed_lists(ctx, feeds.rows, block, k),
+                 CANDIDATES: ranked_lists(cu, ci, rel[: len(cu)], len(block), s.total_quota)}
+        for c, channel in enumerate(names):
+            mine = (hm >> c & 1).astype(bool)
+            lists[CHANNEL + channel] = ranked_lists(hu[mine], hi[mine], rel[len(cu):][mine], len(block), k)
+        for what, got in lists.items():
+            blocks.setdefault(what, []).append(got)
+        log.info("funnel evaluation %s: %d/%d users", name, lo + len(block), len(users))
+    return {what: np.concatenate(got) for what, got in blocks.items()}, pd.concat(funnels, ignore_index=True)
+
+
+def recall_ceiling(ctx: ServingContext, data: EvalData, k: int) -> np.ndarray:
+    """Per user, min(|truth neither seen nor expired|, k) / |truth|."""
+    seen = seen_matrix(ctx, data.users)
+    reachable = [np.sum(~np.isin(t, seen[r].indices) & ~ctx.expired[t]) for r, t in enumerate(data.truth)]
+    return np.minimum(reachable, k) / np.array([len(t) for t in data.truth], dtype=np.float64)
+
+
+def _rows(what: str, segment: str, k: int, values: dict[str, tuple[float, int]]) -> list[dict]:
+    return [{"what": what, "segment": segment, "k": k, "metric": metric, "value": float(v), "n_users": int(n)}
+            for metric, (v, n) in values.items()]
+
+
+def _mean(per_user: np.ndarray) -> tuple[float, int]:
+    finite = np.isfinite(per_user)
+    return (float(per_user[finite].mean()) if finite.any() else float("nan")), int(finite.sum())
+
+
+def score_lists(what: str, lists: np.ndarray, ks: tuple[int, ...], data: EvalData,
+                groups: dict[str, np.ndarray], ctx: ServingContext, list_k: int) -> list[dict]:
+    """Recall, NDCG and coverage at each K, and at `list_k` the list measures, per user group."""
+    per_user = {"length": (lists[:, : max(ks)] >= 0).sum(axis=1).astype(np.float64)}
+    if list_k in ks:
+        per_user["category_entropy"] = category_entropy(lists[:, :list_k], ctx.catalogue.category_l1)
+        if ctx.item_vectors is not None:
+            per_user["ild"] = intra_list_diversity(lists[:, :list_k], ctx.item_vectors)
+    out = []
+    for segment, rows in groups.items():
+        got, truth = lists[rows], [data.truth[i] for i in rows]
+        for k in ks:
+            out += _rows(what, segment, k, {
+                "recall": (m.recall_at_k(got, truth, k), len(rows)),
+                "ndcg": (m.ndcg_at_k(got, truth, k), len(rows)),
+                "coverage": (m.coverage_at_k(got, k, len(data.catalogue)), len(rows))})
+        out += _rows(what, segment, max(ks), {"length": _mean(per_user["length"][rows])})
+        out += _rows(what, segment, list_k, {metric: _mean(v[rows]) for metric, v in per_user.items()
+                                             if metric != "length"})
+    return out
+
+
+def newer_artifacts(cfg: PlatformConfig, ctx: ServingContext) -> list[str]:
+    """The artifacts serving `ctx` that saw data after its day (they make the evaluation optimistic)."""
+    out = []
+    models = set(registry.registered_models(cfg))
+    for model, name in ctx.versions.items():
+        if model not in models:  # an ANN index: follows its pool and model
+            continue
+        through = registry.trained_through(artifacts.load(registry.model_store(cfg, model), name))
+        if through > ctx.day:
+            out.append(f"{model} {name} (trained through {through})")
+    with connect_read(cfg) as con:
+        if "pool_current" in table_names(con):
+            out += [f"pool {p} {v} (as of {a})" for p, v, a in con.execute(
+                "select pool, version, as_of from pool_current where as_of > ? order by pool",
+                [end_of_day(ctx.day)]).fetchall()]
+    return out
+
+
+def evaluate_funnel(cfg: PlatformConfig, day: dt.date, strategy: str | None = None,
+                    eval_days: int = 1) -> pd.DataFrame:
+    """The funnel's rows (RESULT_COLUMNS) for the data through `day`, scored on the clicks of the
+    following `eval_days` days, under `strategy` (default: serving.default_strategy)."""
+    name = strategy or cfg.serving.default_strategy
+    s = cfg.serving.strategy(name)
+    started = time.perf_counter()
+    data = load_eval_data(cfg, day, eval_days)
+    ctx = load_context(cfg, day)
+    for note in newer_artifacts(cfg, ctx):
+        log.warning("funnel evaluation of %s: %s saw data after it; the numbers are optimistic", day, note)
+    groups = user_groups(data)
+    ks = tuple(sorted({k for k in cfg.evaluation.k if k <= s.feed_length} | {s.feed_length}))
+    lists, funnel = funnel_lists(ctx, name, data.users)
+    # retrieved at the retrieval evaluation's largest K, so both score the same lists: top_k_rows
+    # breaks ties at the cut by argpartition's order, not by row
+    popular = popularity(cfg, data).retrieve(data.users, max(*cfg.evaluation.k, s.feed_length))
+    lists[POPULARITY] = popular[:, : s.feed_length]
+    rows = []
+    for what, got in lists.items():
+        at = (*ks, s.total_quota) if what == CANDIDATES else ks
+        rows += score_lists(what, got, at, data, groups, ctx, s.feed_length)
+    ceiling = recall_ceiling(ctx, data, s.feed_length)
+    stages = [st for st in STAGES if st in funnel]
+    for segment, r in groups.items():
+        rows += _rows(FEED, segment, s.feed_length, {"recall_ceiling": _mean(ceiling[r])})
+        rows += _rows(FUNNEL, segment, 0, {st: _mean(funnel[st].to_numpy(np.float64)[r]) for st in stages})
+    out = pd.DataFrame.from_records(rows)
+    out.insert(0, "strategy", name)
+    out.insert(0, "day", day)
+    log.info("funnel evaluation of %s (%s): %d users with clicks in the next %d day(s), %.0f s", day, name,
+             len(data.users), eval_days, time.perf_counter() - started)
+    return out
+
+
+def write_results(cfg: PlatformConfig, results: pd.DataFrame) -> None:
+    """Store results in `funnel_eval`, replacing the rows of the same days and strategies."""
+    replace_rows(cfg, TABLE, results[list(RESULT_COLUMNS)], ["day", "strategy"],
+                 columns="day date, strategy varchar, what varchar, segment varchar, k integer, metric varchar, "
+                         "value double, n_users bigint, evaluated_at timestamp", stamp="evaluated_at")
