@@ -1,7 +1,7 @@
 """The nightly report: one self-contained HTML page of charts over the dbt marts, the content
 pools (tasks/reports/pools.py), the KOL / implicit-follow tables (tasks/reports/social.py), the
-retrieval evaluation and gate (tasks/reports/retrieval.py) and the ranking evaluation, distillation
-gate and fault drill (tasks/reports/ranking.py).
+retrieval evaluation and gate (tasks/reports/retrieval.py), the ranking evaluation, distillation
+gate and fault drill (tasks/reports/ranking.py) and the feeds and funnel evaluation (tasks/reports/serving.py).
 
 `write_report(cfg)` reads metrics_daily, retention_daily and ab_readout from the warehouse
 (read-only) and writes `<reports>/metrics/metrics-<timestamp>.html`, then switches

@@ -69,7 +69,7 @@ def _mix_part(con: duckdb.DuckDBPyConnection) -> str:
     mix = mix.div(n_slots.size(), axis=0)
     mix = mix[mix.loc[mix.index.get_level_values("segment") == ALL].mean().sort_values(ascending=False).index]
     mix.insert(0, "users", n_slots.user_id.nunique())
-    mix = mix.reset_index()
+    mix = mix.rename_axis(columns=None).reset_index()
     categories = con.execute("select item_id, category_l1 from raw.items where item_id in (select item_id from feeds "
                              "where day = ?) qualify row_number() over (partition by item_id order by dt desc) = 1",
                              [served]).df()

@@ -23,7 +23,9 @@ log, of category_l1) and length (mean list length; for the whole candidate set a
 feed also recall_ceiling (mean over users of min(|truth neither seen nor expired|, K) / |truth|:
 what any feed can reach past the seen filter). User groups as in the retrieval evaluation: all,
 with_history / without_history, each segment on d + 1. Every value carries the users it averages.
-Rows in `funnel_eval`; a re-run replaces the rows of the same day and strategy.
+Rows in `funnel_eval`; a re-run replaces the rows of the same day and strategy. A current artifact
+that saw data after d (a model trained through a later day, a pool refreshed later) is named in a
+warning: the numbers would be optimistic.
 """
 
 from __future__ import annotations
@@ -35,17 +37,16 @@ import time
 import numpy as np
 import pandas as pd
 
-from models.common.tables import Exposures
 from tasks.core import artifacts, registry
 from tasks.core import eval_metrics as m
-from tasks.core.config import ALL, RANKING_HEADS, PlatformConfig, StrategyConfig
+from tasks.core.config import ALL, PlatformConfig, StrategyConfig
 from tasks.core.warehouse import replace_rows, table_names
 from tasks.pools.refresh import end_of_day
 from tasks.retrieval.data import connect_read
 from tasks.retrieval.evaluate import COLD, WARM, EvalData, load_eval_data, popularity
 from tasks.serving.batch import BLOCK_USERS
 from tasks.serving.context import ServingContext, load_context, seen_matrix
-from tasks.serving.funnel import prerank_scores, recommend, retrieve
+from tasks.serving.funnel import exposures_for, prerank_scores, recommend, retrieve
 
 log = logging.getLogger(__name__)
 TABLE = "funnel_eval"
@@ -65,15 +66,9 @@ def user_groups(data: EvalData) -> dict[str, np.ndarray]:
 
 def prerank_relevance(ctx: ServingContext, s: StrategyConfig, user_ids: np.ndarray,
                       items: np.ndarray) -> np.ndarray:
-    """The pre-ranker's relevance of each (user, catalogue row) pair shown at the start of d + 1:
-    its heads weighted by the fusion weights (all 1 when none applies)."""
-    serve = ctx.day + dt.timedelta(days=1)
-    start_us = int((dt.datetime.combine(serve, dt.time()) - dt.datetime(1970, 1, 1)).total_seconds()) * 1_000_000
-    n = len(items)
-    exposures = Exposures(np.full(n, np.datetime64(serve, "D")), user_ids.astype(np.int64),
-                          ctx.catalogue.item_id[items], np.full(n, start_us, np.int64), np.zeros(n, np.int64),
-                          np.zeros((n, len(RANKING_HEADS)), np.float32))
-    preds, heads = prerank_scores(ctx, s, exposures)
+    """The pre-ranker's relevance of each (user, catalogue row) pair on the served day: its heads
+    weighted by the fusion weights (all 1 when none applies), as the pre-ranking selection scores them."""
+    preds, heads = prerank_scores(ctx, s, exposures_for(ctx, user_ids, items))
     w = np.array([s.fusion.weights.get(h, 0.0) for h in heads])
     return preds @ (w if w.any() else np.ones(len(heads)))
 

@@ -304,6 +304,8 @@ def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = 
     }
     bonuses = {b: (c.function, c.a, c.x0) for b, c in s.fusion.bonuses.items() if BONUS_HEADS[b] in heads}
     terms = fusion_terms(preds, heads, s.fusion.weights, bonuses, counts)
+    if not terms:  # no ranker knows any weighted head: the pre-selection's relevance orders the feed
+        terms = {"prerank": pre_rel[sel]}
     score = fusion_score(terms, len(sel))
     clock.lap("ranking")
     masks_of, prerank_of = cand_mask[sel], pre_rel[sel]
