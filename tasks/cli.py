@@ -247,14 +247,13 @@ def pd_options():
 def _cmd_feeds(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     """Run the feeds DAG for the data through --day (default: the latest loaded), then print the
     published version's summary."""
-    from tasks.core import artifacts
+    from tasks.core import artifacts, registry
     from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
-    from tasks.serving.batch import feed_store
     from tasks.serving.context import last_data_day
 
     setup_metadata(cfg)
     run_dag_for_days("feeds", [args.day or last_data_day(cfg)])
-    version = artifacts.require_current(feed_store(cfg))
+    version = artifacts.require_current(registry.feed_store(cfg))
     print(f"feeds {version.name}: {json.dumps(version.meta, default=str)}")
     return 0
 

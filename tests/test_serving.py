@@ -167,7 +167,7 @@ def test_recommend_explains_a_feed_on_the_command_line(served_world) -> None:
 def test_nightly_feeds_are_gated_published_and_rerun_the_same(served_world) -> None:
     cfg, day = served_world
     first = batch.run(cfg, day)
-    store = batch.feed_store(cfg)
+    store = registry.feed_store(cfg)
     current = artifacts.current(store)
     assert current.name == first["version"] and current.meta["gate_passed"]
     stored = pd.read_parquet(current.path / batch.FILE)

@@ -17,6 +17,11 @@ def model_store(cfg: PlatformConfig, model: str) -> Path:
     return cfg.artifacts_dir / "models" / model
 
 
+def feed_store(cfg: PlatformConfig) -> Path:
+    """Where the nightly feeds' versions live."""
+    return cfg.artifacts_dir / "feeds"
+
+
 def registered_models(cfg: PlatformConfig) -> list[str]:
     """Models with at least one version."""
     root = cfg.artifacts_dir / "models"

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.core import artifacts
+from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import connect, table_names
 from tasks.ops.alerts import read_alerts
 from tasks.reports.page import reports_metrics_dir
 from tasks.retrieval.ann_refresh import index_store
-from tasks.serving.batch import feed_store
 
 DAILY_SQL = """
 with q as (
@@ -138,7 +137,7 @@ def _print_indexes(cfg: PlatformConfig) -> None:
 
 def _print_feeds(cfg: PlatformConfig) -> None:
     """The current feeds version: who got a feed, how fast, and the funnel's mean counts."""
-    version = artifacts.current(feed_store(cfg))
+    version = artifacts.current(registry.feed_store(cfg))
     if version is None:
         return
     m = version.meta

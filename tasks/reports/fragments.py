@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import duckdb
 import matplotlib
@@ -20,6 +20,9 @@ import pandas as pd
 matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402  (after the backend is chosen)
 import matplotlib.pyplot as plt  # noqa: E402
+
+from tasks.core.config import PlatformConfig  # noqa: E402
+from tasks.core.warehouse import connect, table_names  # noqa: E402
 
 
 def latest_day(con: duckdb.DuckDBPyConnection, table: str) -> pd.DataFrame:
@@ -30,6 +33,19 @@ def latest_day(con: duckdb.DuckDBPyConnection, table: str) -> pd.DataFrame:
 def not_built(what: str, how: str) -> str:
     """The muted "<what>: not built yet (<how>)." line of a part whose table is missing or empty."""
     return f'<p class="muted">{html.escape(what)}: not built yet ({html.escape(how)}).</p>'
+
+
+Part = tuple[str, Callable[[duckdb.DuckDBPyConnection], str], tuple[str, str]]  # table, render, (what, how)
+
+
+def warehouse_parts(cfg: PlatformConfig, parts: Sequence[Part]) -> list[str]:
+    """Each part drawn from the warehouse when its table exists, else its "not built yet" hint
+    (every part's, with "no warehouse yet", when there is no warehouse)."""
+    if not cfg.warehouse_path.exists():
+        return [not_built(what, "no warehouse yet") for _, _, (what, _) in parts]
+    with connect(cfg, read_only=True) as con:
+        tables = table_names(con)
+        return [render(con) if table in tables else not_built(*hint) for table, render, hint in parts]
 
 
 def format_cell(value: object) -> str:

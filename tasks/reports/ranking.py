@@ -16,6 +16,7 @@ label-only versions are highlighted; a table not built yet says so.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import urllib.parse
@@ -27,8 +28,7 @@ import pandas as pd
 
 from tasks.core import artifacts, registry
 from tasks.core.config import ALL, FAULTS, RANKING_HEADS, PlatformConfig
-from tasks.core.warehouse import connect, table_names
-from tasks.reports.fragments import embed_png, html_table, latest_day, lines_over_days, not_built
+from tasks.reports.fragments import embed_png, html_table, latest_day, lines_over_days, not_built, warehouse_parts
 
 ROWS = 14
 PRERANKING = "preranking"
@@ -203,15 +203,8 @@ PARTS: tuple[tuple[str, Callable[[duckdb.DuckDBPyConnection, PlatformConfig], st
 )
 
 
-def _warehouse_parts(cfg: PlatformConfig) -> list[str]:
-    if not cfg.warehouse_path.exists():
-        return [not_built(*hint) for _, _, hint in PARTS]
-    with connect(cfg, read_only=True) as con:
-        tables = table_names(con)
-        return [render(con, cfg) if table in tables else not_built(*hint) for table, render, hint in PARTS]
-
-
 def ranking_section(cfg: PlatformConfig) -> str:
     """The report's ranking section: evaluation, gate, distillation set, fault drill and pre-ranking
     versions, or "not built yet" per part."""
-    return "<h2>Ranking</h2>" + "".join(_warehouse_parts(cfg)) + _versions_part(cfg)
+    parts = warehouse_parts(cfg, [(table, functools.partial(render, cfg=cfg), hint) for table, render, hint in PARTS])
+    return "<h2>Ranking</h2>" + "".join(parts) + _versions_part(cfg)

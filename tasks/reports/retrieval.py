@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.config import ALL, PlatformConfig
-from tasks.core.warehouse import connect, table_names
-from tasks.reports.fragments import embed_png, html_table, lines_over_days, not_built
+from tasks.reports.fragments import embed_png, html_table, lines_over_days, not_built, warehouse_parts
 
 BASELINE = "popularity"
 GATE_ROWS = 14
@@ -115,12 +114,5 @@ def _gate_part(con: duckdb.DuckDBPyConnection) -> str:
 
 def retrieval_section(cfg: PlatformConfig) -> str:
     """The report's retrieval section: channel metrics and the evaluation gate, or "not built yet" per part."""
-    if not cfg.warehouse_path.exists():
-        return "<h2>Retrieval</h2>" + not_built("Retrieval evaluation and gate", "no warehouse yet")
-    with connect(cfg, read_only=True) as con:
-        tables = table_names(con)
-        parts = [
-            _eval_part(con) if "retrieval_eval" in tables else not_built(*EVAL_HINT),
-            _gate_part(con) if "model_gate" in tables else not_built(*GATE_HINT),
-        ]
+    parts = warehouse_parts(cfg, [("retrieval_eval", _eval_part, EVAL_HINT), ("model_gate", _gate_part, GATE_HINT)])
     return "<h2>Retrieval</h2>" + "".join(parts)

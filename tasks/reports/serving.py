@@ -17,10 +17,10 @@ import duckdb
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from tasks.core import artifacts
+from tasks.core import artifacts, registry
 from tasks.core.config import ALL, PlatformConfig
-from tasks.core.warehouse import connect, table_names
-from tasks.reports.fragments import embed_png, html_table, latest_day, not_built
+from tasks.core.warehouse import table_names
+from tasks.reports.fragments import embed_png, html_table, latest_day, not_built, warehouse_parts
 
 FEEDS_HINT = ("Feeds", "run the feeds DAG: `recpipe feeds --day D`")
 EVAL_HINT = ("Funnel evaluation", "run `recpipe evaluate --day D --funnel`")
@@ -31,9 +31,7 @@ METRICS = ("recall", "ndcg", "recall_ceiling", "coverage", "ild", "category_entr
 
 def _funnel_part(cfg: PlatformConfig) -> str:
     """Mean candidates per user after each stage and from each channel, per strategy."""
-    from tasks.serving.batch import feed_store  # lazy: its torch and faiss add ~6 s to a report (1.0 s vs 7.1 s)
-
-    version = artifacts.current(feed_store(cfg))
+    version = artifacts.current(registry.feed_store(cfg))
     path = version.path / "funnel.parquet" if version else None
     if path is None or not path.exists():
         return not_built("Funnel counts", FEEDS_HINT[1])
@@ -169,13 +167,5 @@ def _eval_part(con: duckdb.DuckDBPyConnection) -> str:
 
 def serving_section(cfg: PlatformConfig) -> str:
     """The report's recommendation-path section, or "not built yet" per part."""
-    if not cfg.warehouse_path.exists():
-        return "<h2>Recommendation path</h2>" + not_built("Feeds and funnel evaluation", "no warehouse yet")
-    with connect(cfg, read_only=True) as con:
-        tables = table_names(con)
-        parts = [
-            _mix_part(con) if "feeds" in tables else not_built(*FEEDS_HINT),
-            _eval_part(con) if "funnel_eval" in tables else not_built(*EVAL_HINT),
-        ]
-    funnel = _funnel_part(cfg) if "feeds" in tables else not_built("Funnel counts", FEEDS_HINT[1])
-    return "<h2>Recommendation path</h2>" + funnel + "".join(parts)
+    parts = warehouse_parts(cfg, [("feeds", _mix_part, FEEDS_HINT), ("funnel_eval", _eval_part, EVAL_HINT)])
+    return "<h2>Recommendation path</h2>" + _funnel_part(cfg) + "".join(parts)

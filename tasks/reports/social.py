@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.config import PlatformConfig
-from tasks.core.warehouse import connect, table_names
-from tasks.reports.fragments import embed_png, latest_day, not_built
+from tasks.reports.fragments import embed_png, latest_day, not_built, warehouse_parts
 
 TOP_KOLS = 20
 KOL_HINT = ("KOL scores", "run the kol_scoring DAG or `recpipe kol --day D`")
@@ -101,12 +100,6 @@ def _implicit_part(con: duckdb.DuckDBPyConnection) -> str:
 
 def social_section(cfg: PlatformConfig) -> str:
     """The report's social section: KOLs and implicit follows, or "not built yet" per part."""
-    if not cfg.warehouse_path.exists():
-        return not_built("KOL scores and implicit follows", "no warehouse yet")
-    with connect(cfg, read_only=True) as con:
-        tables = table_names(con)
-        parts = [
-            _kol_part(con) if "kol_scores" in tables else not_built(*KOL_HINT),
-            _implicit_part(con) if "implicit_follows" in tables else not_built(*IMPLICIT_HINT),
-        ]
+    parts = warehouse_parts(cfg, [("kol_scores", _kol_part, KOL_HINT),
+                                  ("implicit_follows", _implicit_part, IMPLICIT_HINT)])
     return '<section id="social"><h2>Social: KOLs and implicit follows</h2>' + "".join(parts) + "</section>"

@@ -19,7 +19,7 @@ import pandas as pd
 from expectations.runner import require_valid, validate_frame
 from expectations.serving import feed_expectations
 from models.serving.diversity import spacing_violations
-from tasks.core import artifacts
+from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import replace_rows
 from tasks.serving.context import ServingContext, load_context, seen_matrix
@@ -33,10 +33,6 @@ BLOCK_USERS = 500
 
 class FeedsRejected(RuntimeError):
     """The night's feeds failed their GX suite; yesterday's feeds stay current."""
-
-
-def feed_store(cfg: PlatformConfig) -> Path:
-    return cfg.artifacts_dir / "feeds"
 
 
 def batch_users(ctx: ServingContext) -> np.ndarray:
@@ -112,7 +108,7 @@ def run(cfg: PlatformConfig, day: dt.date, strategies: list[str] | None = None) 
     meta = {"day": str(served), "data_through": str(day), "strategies": strategies, "users": int(len(users)),
             "rows": int(len(rows)), "versions": ctx.versions, "broken": ctx.broken,
             "feeds_per_s": round(len(users) * len(strategies) / max(seconds, 1e-9), 1), "gate_passed": outcome.success}
-    store = feed_store(cfg)
+    store = registry.feed_store(cfg)
     version = artifacts.publish(store, lambda folder: _write(folder, rows, funnel), meta, make_current=False)
     require_valid(cfg, outcome, FeedsRejected, source="feeds.publish",
                   title=f"feeds for {served} rejected: yesterday's feeds stay current",
