@@ -61,6 +61,9 @@ class SimulatorConfig(_Strict):
     content_clusters: Annotated[int, Field(ge=1)] = 200
     experiment_buckets: tuple[str, ...] = ("control", "treatment_a", "treatment_b")
     exposure_policy: Annotated[str, Field(pattern=IDENTIFIER)] = "default"
+    # With exposure_policy `recpipe` (the closed loop): the first days are served by the `default`
+    # organic policy, a history for the first nightly models to learn from.
+    organic_days: Annotated[int, Field(ge=1)] = 14
     # Exposure mix of the default policy: popular (yesterday's clicks), fresh (published in the
     # last `fresh_days` days), and the rest interest-matched.
     exposure_popular_share: Annotated[float, Field(ge=0, le=1)] = 0.3
@@ -663,6 +666,45 @@ class ServingConfig(_Strict):
         return {c.kind for s in self.strategies.values() for c in s.channels.values()}
 
 
+EXPERIMENT_METRICS = ("dau", "lt7", "next_day_retention", "session_duration_s", "clicks", "penetration_rate",
+                      "follows")
+
+
+class ExperimentConfig(_Strict):
+    """A named experiment (docs/METHODS.md "Experiments"): its users are a `traffic` share of its
+    layer's hash space, split evenly over its arms; each arm is an override merged over the base
+    strategy (an empty override is the base itself), the first arm is the control. Users are
+    assigned from the first day; arms are served differently from `start` on (the days before are
+    the pre-period of CUPED)."""
+
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    layer: Annotated[str, Field(pattern=IDENTIFIER)] = "main"  # a user is in at most one experiment per layer
+    start: dt.date
+    end: dt.date | None = None  # last served day (null: open-ended)
+    traffic: Annotated[float, Field(gt=0, le=1)] = 1.0
+    base_strategy: Annotated[str, Field(pattern=IDENTIFIER)] | None = None  # default: serving.default_strategy
+    arms: dict[Annotated[str, Field(pattern=IDENTIFIER)], dict]
+    metrics: tuple[Literal[EXPERIMENT_METRICS], ...] = EXPERIMENT_METRICS  # type: ignore[valid-type]
+    # Simulator only: ground-truth effects planted per arm, to check that the readout recovers them
+    # (satisfaction: added to the satisfaction of the arm's users on served days).
+    planted: dict[Annotated[str, Field(pattern=IDENTIFIER)], dict[Literal["satisfaction"], float]] = {}
+
+    @model_validator(mode="after")
+    def _arms(self) -> "ExperimentConfig":
+        if len(self.arms) < 2:
+            raise ValueError(f"experiment {self.name!r}: at least two arms (the first is the control)")
+        unknown = set(self.planted) - set(self.arms)
+        if unknown:
+            raise ValueError(f"experiment {self.name!r}: planted effects for unknown arms {sorted(unknown)}")
+        if self.end is not None and self.end < self.start:
+            raise ValueError(f"experiment {self.name!r}: end {self.end} is before start {self.start}")
+        return self
+
+    @property
+    def control(self) -> str:
+        return next(iter(self.arms))
+
+
 class AirflowConfig(_Strict):
     """Airflow-side settings the DAGs share."""
 
@@ -692,8 +734,9 @@ class PlatformConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     airflow: AirflowConfig = AirflowConfig()
     serving: ServingConfig = ServingConfig()
+    experiments: tuple[ExperimentConfig, ...] = ()
 
-    @field_validator("segments", "pools")
+    @field_validator("segments", "pools", "experiments")
     @classmethod
     def _unique_names(cls, v: tuple, info) -> tuple:
         names = [item.name for item in v]
@@ -719,6 +762,7 @@ class PlatformConfig(_Strict):
                 raise ValueError(f"ranking.special_groups.{where}: unknown segment {seg!r} (known: {sorted(known)})")
         if "serving" in self.model_fields_set:
             self._serving_names_known(known)
+        self._experiments_valid()
         return self
 
     def _serving_names_known(self, segments: set[str]) -> None:
@@ -736,6 +780,38 @@ class PlatformConfig(_Strict):
                 unknown = set(names) - segments
                 if unknown:
                     raise ValueError(f"{where}.{what}: unknown segments {sorted(unknown)} (known: {sorted(segments)})")
+
+    def _experiments_valid(self) -> None:
+        share: dict[str, float] = {}
+        for i, e in enumerate(self.experiments):
+            share[e.layer] = share.get(e.layer, 0.0) + e.traffic
+            if share[e.layer] > 1 + 1e-9:
+                raise ValueError(f"experiments.{i}: layer {e.layer!r} holds more than all users "
+                                 f"(traffic sums to {share[e.layer]:.2f})")
+            base = e.base_strategy or self.serving.default_strategy
+            if base not in self.serving.strategies:
+                raise ValueError(f"experiments.{i}.base_strategy: unknown strategy {base!r} "
+                                 f"(known: {sorted(self.serving.strategies)})")
+            for arm, override in e.arms.items():
+                try:
+                    self.arm_strategy(e, arm)
+                except (ValidationError, KeyError) as err:
+                    raise ValueError(f"experiments.{i}.arms.{arm}: {err}") from None
+
+    def arm_strategy(self, experiment: ExperimentConfig, arm: str, on: StrategyConfig | None = None) -> StrategyConfig:
+        """The strategy an arm serves: its override merged over the experiment's base strategy (its
+        own `base:` or the experiment's), or over `on` (another layer's arm: layers compose)."""
+        override = dict(experiment.arms[arm] or {})
+        base = override.pop("base", None) or experiment.base_strategy or self.serving.default_strategy
+        under = on if on is not None else self.serving.strategy(base)
+        return StrategyConfig.model_validate(_merged(under.model_dump(), override))
+
+    def experiment(self, name: str) -> ExperimentConfig:
+        """The experiment called `name` (KeyError naming the known ones otherwise)."""
+        for e in self.experiments:
+            if e.name == name:
+                return e
+        raise KeyError(f"no experiment {name!r}; configured: {[e.name for e in self.experiments]}")
 
     def pool(self, name: str) -> PoolConfig:
         """The pool called `name` (KeyError naming the known ones otherwise)."""

@@ -252,10 +252,12 @@ def _weighted(preds: np.ndarray, heads: tuple[str, ...], weights: dict[str, floa
 
 
 # The feed -------------------------------------------------------------------------------------
-def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = None) -> Feeds:
-    """The feeds of `user_ids` under the named strategy (default: serving.default_strategy)."""
+def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = None,
+              config: StrategyConfig | None = None) -> Feeds:
+    """The feeds of `user_ids` under the named strategy (default: serving.default_strategy), or
+    under `config` labelled `strategy` (an experiment arm's resolved strategy)."""
     name = strategy or ctx.cfg.serving.default_strategy
-    s = ctx.cfg.serving.strategy(name)
+    s = config if config is not None else ctx.cfg.serving.strategy(name)
     user_ids = np.asarray(user_ids, dtype=np.int64)
     clock = _Clock()
     cand_user, cand_item, cand_mask, retrieved = retrieve(ctx, s, user_ids)
