@@ -108,6 +108,8 @@ def bench_config(root: Path, n_items: int) -> PlatformConfig:
     base = serving["strategies"][serving["default_strategy"]]
     raw["serving"] = {**serving, "default_strategy": STRATEGY, "batch_strategies": [STRATEGY],
                       "strategies": {STRATEGY: {**base, "channels": CHANNELS, "segment_quotas": {}}}}
+    if "experiments" in raw:  # experiment arms name the project's strategies, which the benchmark replaces
+        raw["experiments"] = []
     return PlatformConfig.model_validate(raw)
 
 
@@ -294,7 +296,7 @@ def synthetic_context(args: argparse.Namespace, root: Path) -> tuple[ServingCont
         two_tower=two_tower, pre=(*load_pre(pre.path), pre), full=(*full_model.load_model(full.path), full),
         versions={**{name: v.name for name, v in versions.items()},
                   **{f"ann:two_tower:{pool}": v.name for pool, v in indexes.items()}},
-    )
+    ).prepare()  # the derived indexes, built at load as load_context does
     summary = (f"{args.items:,} items, {args.users:,} users ({len(np.unique(clicks.user_id)):,} with clicks), "
                f"{len(clicks):,} clicks over {window} d, {len(impressions):,} impressions over {quality_days} d; "
                f"ANN: {indexes['pool_30d'].meta['kind']} over {len(pools['pool_30d']['all']):,} items (pool_30d), "

@@ -8,8 +8,9 @@ param `day` (= ds), each model of `retrieval.nightly_models` runs in its own tas
   stored in the model registry, not current;
 - `evaluate`: candidate, current version and popularity scored on the clicks of ds (Recall,
   NDCG, HitRate, coverage, tail recall per segment) into the `retrieval_eval` table;
-- `gate`: the GX suite on the evaluation (Recall@K not below the current version's by more than
-  `evaluation.max_recall_drop`, above popularity) into `model_gate`; a failure raises a
+- `gate`: the GX suite on the evaluation (no drop of Recall@K against the current version that is
+  both beyond the users' noise (paired bootstrap) and above `evaluation.max_recall_drop`; above
+  popularity) into `model_gate`; a failure raises a
   data-quality alert and fails the task, so nothing is published;
 - `publish`: switch the model's CURRENT pointer (atomic) and emit recpipe_model_<model>, which
   schedules ann_refresh.

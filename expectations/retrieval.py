@@ -2,9 +2,9 @@
 before it may become current.
 
 The frame has one row per gated candidate: model, candidate_recall (Recall@K of the candidate on
-the evaluation day), recall_floor (the current version's Recall@K on the same day x (1 -
-max_recall_drop); 0 before the first version), popularity_recall (the baseline's, same day) and
-n_users (users with a click that day).
+the evaluation day), recall_floor (the lowest recall the paired bootstrap of the users lets pass:
+the current version's Recall@K x (1 - max_recall_drop - (drop - drop_ci_low)); 0 before the first
+version), popularity_recall (the baseline's, same day) and n_users (the paired users).
 """
 
 from __future__ import annotations

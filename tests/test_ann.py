@@ -115,6 +115,18 @@ def test_hnsw_reaches_recall_095_at_100_on_50k_random_vectors() -> None:
     assert ann.recall_at_k(index, ann.exact_index(vectors, np.arange(50_000)), queries, 100) == pytest.approx(recall, abs=0.005)
 
 
+def test_hnsw_search_explores_at_least_k_when_k_exceeds_ef_search() -> None:
+    """With k > efSearch, faiss alone returns k ids of which many are not among the k nearest; the
+    search raises efSearch to k for the call, so the ids are (almost) the exact top k."""
+    vectors, queries = _random(25_000, 16, 4), _random(20, 16, 5)
+    cfg = AnnConfig(exact_below=20_000, kind="hnsw", hnsw_m=8, ef_construction=40, ef_search=16)
+    index = ann.build_index(vectors, np.arange(25_000), cfg)
+    found, _ = ann.search(index, queries, 300)
+    truth = _brute_force(vectors, queries, 300)
+    assert np.mean([len(np.intersect1d(f, t)) / 300 for f, t in zip(found, truth)]) >= 0.95
+    assert faiss.downcast_index(index.index).hnsw.efSearch == 16  # the stored setting is untouched
+
+
 def test_ivf_index_round_trips_through_a_file(tmp_path: Path) -> None:
     vectors = _clustered(5000, DIM, 20, 4)
     index = ann.build_index(vectors, np.arange(5000), AnnConfig(exact_below=100, kind="ivf", ivf_nlist=1024, ivf_nprobe=8))

@@ -1,8 +1,9 @@
 """nightly_training (docs/METHODS.md "Nightly retrieval gate and publish") run with dag.test() on a simulation: candidates trained
 through the day before, evaluated against the current version and popularity, gated by GX and
 published by switching the registry pointer; a re-run changes nothing; a candidate that loses
-recall is rejected with a data-quality alert and the previous version stays current. Also: a
-stored neighbour table served over a later catalogue."""
+recall is rejected with a data-quality alert and the previous version stays current, so is a planted
+two-tower regression (item vectors shuffled over the ids). Also: a stored neighbour table served
+over a later catalogue."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tasks.ops.alerts import read_alerts
 from tasks.retrieval.data import connect_read, load_catalogue
 from tasks.retrieval.i2i import load_table
 from tasks.retrieval.i2i import train as train_i2i
+from tasks.retrieval.nightly import ModelRejected, evaluate_candidate, gate
 from tests.conftest import config_variant
 
 pytestmark = pytest.mark.slow
@@ -65,6 +67,13 @@ def test_each_night_publishes_a_gated_version_trained_through_the_day_before(nig
         assert current.meta["evaluation"]["passed"] and current.meta["evaluation"]["current_recall"] is not None
         second_night = [g for g in gates if g[1] == model][-1]
         assert second_night[2] == current.name and second_night[3] == versions[0].name
+    with connect(cfg, read_only=True) as con:
+        paired = con.execute("select current, drop_ci_low, recall_drop, drop_ci_high, n_users, gate_reason from model_gate "
+                             "order by day, model").df()
+    first, second = paired.iloc[: len(MODELS)], paired.iloc[len(MODELS):]
+    assert first.current.isna().all() and first.drop_ci_low.isna().all() and first.gate_reason.str.startswith("first").all()
+    assert (second.drop_ci_low <= second.recall_drop).all() and (second.recall_drop <= second.drop_ci_high).all()
+    assert (second.drop_ci_low <= cfg.evaluation.max_recall_drop).all() and (second.n_users > 0).all()
 
 
 def test_the_aged_two_tower_warm_starts_from_the_previous_version(nights) -> None:
@@ -127,6 +136,8 @@ def test_a_candidate_losing_recall_is_rejected_and_alerted(nights) -> None:
     assert alert["kind"] == "data_quality" and rejected.name in alert["title"]
     assert any("expect_column_pair_values_a_to_be_greater_than_b" in f and "recall_floor" in f
                for f in alert["details"]["failed_expectations"])
+    assert alert["details"]["drop_ci_low"] > 0
+    assert alert["details"]["summary"].endswith("drop beyond noise and above max_recall_drop 0.0%")
     last = _gates(cfg)[-1]
     assert last[1:] == ("itemcf", rejected.name, before.name, False)
 
@@ -168,3 +179,27 @@ def test_items_published_after_training_get_item_tower_vectors_for_the_ann(night
     np.testing.assert_allclose(np.linalg.norm(got.item_vectors, axis=1), 1, atol=1e-5)
     old = np.searchsorted(got.item_ids, vectors.item_ids)
     np.testing.assert_array_equal(got.item_vectors[old], vectors.item_vectors)
+
+
+def test_a_planted_two_tower_regression_is_rejected(nights) -> None:
+    """The current two-tower with its exported item vectors shuffled over the item ids (each id gets
+    another item's vector), gated against that current version: rejected beyond noise."""
+    cfg, _, days = nights
+    store = registry.model_store(cfg, "two_tower")
+    current = artifacts.require_current(store)
+
+    def shuffled(folder: Path) -> dict:
+        for f in current.path.iterdir():
+            if f.name != "meta.json":
+                (folder / f.name).write_bytes(f.read_bytes())
+        vectors = np.load(folder / "item_vectors.npy")
+        np.save(folder / "item_vectors.npy", np.random.default_rng(0).permutation(vectors))
+        return {"planted": "ids_shuffled"}
+
+    planted = artifacts.publish(store, shuffled, current.meta, make_current=False).name
+    evaluate_candidate(cfg, "two_tower", planted, days[-1])
+    with pytest.raises(ModelRejected, match="drop beyond noise and above max_recall_drop"):
+        gate(cfg, "two_tower", planted, days[-1])
+    assert artifacts.require_current(store).name == current.name
+    evaluation = artifacts.load(store, planted).meta["evaluation"]
+    assert evaluation["drop_ci_low"] > cfg.evaluation.max_recall_drop and evaluation["passed"] is False

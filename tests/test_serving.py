@@ -17,14 +17,21 @@ import pytest
 
 from expectations.runner import validate_frame
 from expectations.serving import feed_expectations
+from models.common.tables import Events
+from models.ranking.features import ranking_features
+from models.ranking.full import predict_proba
+from models.ranking.pre import predict as pre_predict
+from models.retrieval.retriever import Popularity
 from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import connect
 from tasks.ops.alerts import read_alerts
 from tasks.ranking import special_groups
+from tasks.ranking.pre import Context as PreContext
+from tasks.ranking.pre import inputs as pre_inputs
 from tasks.retrieval import ann_refresh
 from tasks.serving import batch, funnel
-from tasks.serving.context import load_context
+from tasks.serving.context import load_context, seen_matrix
 from tasks.serving.funnel import recommend
 
 pytestmark = pytest.mark.slow
@@ -60,7 +67,7 @@ def _close_pairs(values: list, gap: int) -> int:
 
 
 def test_feeds_hold_every_invariant(feeds) -> None:
-    cfg, day, rows, funnel, users = feeds
+    cfg, day, rows, _, users = feeds
     s = cfg.serving.strategy(cfg.serving.default_strategy)
     assert set(rows.user_id) == set(users)
     assert (rows.groupby("user_id").size() == s.feed_length).all()
@@ -87,7 +94,7 @@ def test_feeds_hold_every_invariant(feeds) -> None:
 
 
 def test_every_channel_stays_within_its_quota(feeds) -> None:
-    cfg, _, _, funnel, users = feeds
+    cfg, _, _, funnel, _ = feeds
     s = cfg.serving.strategy(cfg.serving.default_strategy)
     ctx_segments = load_context(cfg, feeds[1]).segments
     for _, row in funnel.iterrows():
@@ -159,7 +166,7 @@ def test_recommend_explains_a_feed_on_the_command_line(served_world) -> None:
     cfg, day = served_world
     user = int(load_context(cfg, day).clicks.user_id[0])
     out = subprocess.run([str(Path(sys.executable).parent / "recpipe"), "recommend", "--user", str(user), "--day", str(day),
-                          "--explain"], capture_output=True, text=True, timeout=600)
+                          "--explain"], check=False, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"feed of user {user}" in out.stdout and "funnel" in out.stdout and "bonus_follow" in out.stdout
 
@@ -241,3 +248,52 @@ def test_special_group_models_correct_only_their_users(served_world) -> None:
     finally:  # the shared world had neither model before
         shutil.rmtree(residual.path.parent.parent)
         shutil.rmtree(calibrator.path.parent.parent)
+
+
+def test_ranking_scores_match_the_models_own_inputs(served_world) -> None:
+    """The funnel's pre-ranker and full-ranker scores (users encoded once, tables from the context)
+    equal the models' per-row pipelines: `tasks.ranking.pre.inputs` + `predict` and
+    `ranking_features` + `predict_proba` on the same exposures."""
+    cfg, day = served_world
+    ctx = load_context(cfg, day)
+    users = np.unique(ctx.clicks.user_id)[:30]
+    rng = np.random.default_rng(1)
+    exposures = funnel.exposures_for(ctx, np.repeat(users, 40), rng.integers(0, len(ctx.catalogue), 40 * len(users)))
+    s = cfg.serving.strategy(cfg.serving.default_strategy)
+    model, vocabs, version = ctx.pre
+    x = pre_inputs(vocabs, PreContext(ctx.catalogue, ctx.users, ctx.clicks, ctx.day), exposures,
+                   version.meta["config"]["sequence_length"])
+    np.testing.assert_allclose(funnel.prerank_scores(ctx, s, exposures)[0], pre_predict(model, x.users, x.seq, x.items),
+                               rtol=0, atol=1e-6)
+    model, vocabs, version = ctx.full
+    f = ranking_features(vocabs, ctx.catalogue, ctx.users, ctx.clicks, exposures,
+                         version.meta["config"]["full"]["sequence_length"])
+    np.testing.assert_allclose(funnel.full_scores(ctx, exposures), predict_proba(model, f.users, f.items, f.context, f.seq),
+                               rtol=0, atol=1e-6)
+
+
+def test_seen_matrix_holds_the_shown_and_clicked_items(served_world) -> None:
+    cfg, day = served_world
+    ctx = load_context(cfg, day)
+    users = np.r_[np.unique(ctx.clicks.user_id)[:40], -1]  # and an unknown user
+    seen = seen_matrix(ctx, users)
+    expected = {(u, i) for u, i in _shown_or_clicked(cfg, day) if u in set(users.tolist())}
+    r, c = seen.nonzero()
+    assert {(int(users[a]), int(ctx.catalogue.item_id[b])) for a, b in zip(r, c)} == expected
+    assert (seen.data == 1).all()
+
+
+def test_popularity_returns_the_most_clicked_unseen_items_lowest_row_first_on_ties() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        n_items, n = int(rng.integers(1, 200)), int(rng.integers(0, 1500))
+        events = Events(rng.integers(0, 30, n), rng.integers(0, n_items, n), np.arange(n),
+                        np.zeros(n, "datetime64[D]"))
+        counts = np.bincount(events.item, minlength=n_items)
+        users = rng.choice(40, int(rng.integers(0, 20)), replace=False)
+        for k in (0, 1, 7, n_items + 3):
+            got = Popularity(events, n_items).retrieve(users, k)
+            for row, u in zip(got, users):
+                mine = set(events.item[events.user_id == u].tolist())
+                best = sorted((i for i in range(n_items) if i not in mine), key=lambda i: (-counts[i], i))[:k]
+                assert row.tolist() == best + [-1] * (k - len(best))

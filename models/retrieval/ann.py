@@ -91,8 +91,14 @@ def kind_of(index: faiss.IndexIDMap) -> Kind:
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, scores), each (len(queries), k), best first; -1 ids pad rows when the index holds
-    fewer than k vectors (or an approximate search found fewer)."""
-    scores, ids = index.search(_f32(queries), k)
+    fewer than k vectors (or an approximate search found fewer). An HNSW search explores at least
+    k candidates (efSearch raised to k for this search only, the stored index unchanged)."""
+    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
+    params = None
+    if isinstance(base, faiss.IndexHNSW) and base.hnsw.efSearch < k:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = k
+    scores, ids = index.search(_f32(queries), k, params=params)
     return ids, scores
 
 

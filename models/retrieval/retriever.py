@@ -15,6 +15,8 @@ import scipy.sparse as sp
 
 from models.common.tables import Events
 
+ISIN_TABLE_RANGE = 50_000_000  # seen_matrix: user id ranges up to this get np.isin's table method (a bool per id)
+
 
 class Retriever(Protocol):
     """A fitted retrieval channel."""
@@ -31,11 +33,10 @@ def seen_matrix(events: Events, user_ids: np.ndarray, n_items: int) -> sp.csr_ma
     rows in their order; a user without positives gets an empty row)."""
     order = np.argsort(user_ids, kind="stable")
     ids = user_ids[order]
-    pos = np.minimum(np.searchsorted(ids, events.user_id), max(len(ids) - 1, 0))
-    hit = (ids[pos] == events.user_id) if len(ids) else np.zeros(len(events), bool)
-    m = sp.csr_matrix(
-        (np.ones(int(hit.sum()), np.float32), (order[pos[hit]], events.item[hit])), shape=(len(user_ids), n_items)
-    )
+    table = len(ids) and int(ids[-1]) - int(ids[0]) < ISIN_TABLE_RANGE  # a lookup table beats sorting the events
+    hit = np.isin(events.user_id, ids, kind="table" if table else None)
+    rows = order[np.searchsorted(ids, events.user_id[hit])]
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, events.item[hit])), shape=(len(user_ids), n_items))
     m.data[:] = 1.0
     return m
 
@@ -59,7 +60,8 @@ def top_k_rows(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None)
 
 
 class Popularity:
-    """The baseline: the most clicked items of the training window, the same list for everyone."""
+    """The baseline: the most clicked items of the training window, the same list for everyone
+    (ties: the lower catalogue row first)."""
 
     name = "popularity"
 
@@ -67,7 +69,29 @@ class Popularity:
         self.counts = np.bincount(events.item, minlength=n_items).astype(np.float64)
         self.events = events
         self.n_items = n_items
+        self.order = np.argsort(-self.counts, kind="stable")  # the list, best first
+        self.rank = np.empty(n_items, dtype=np.int64)
+        self.rank[self.order] = np.arange(n_items)
+        by_user = np.argsort(events.user_id, kind="stable")
+        self.users, starts, counts = np.unique(events.user_id[by_user], return_index=True, return_counts=True)
+        self.bounds = np.stack([starts, starts + counts], axis=1)
+        self.user_items = events.item[by_user]
 
     def retrieve(self, user_ids: np.ndarray, k: int) -> np.ndarray:
-        scores = np.broadcast_to(self.counts, (len(user_ids), self.n_items))
-        return top_k_rows(scores, k, seen_matrix(self.events, user_ids, self.n_items))
+        """The first k items of the list each user has no positive on, -1 padded."""
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.users, user_ids), max(len(self.users) - 1, 0))
+        known = self.users[pos] == user_ids if len(self.users) else np.zeros(len(user_ids), bool)
+        starts, ends = np.where(known[:, None], self.bounds[pos] if len(self.users) else 0, 0).T
+        width = int(min(k + (ends - starts).max(initial=0), self.n_items))  # enough of the list for everyone
+        lengths = ends - starts
+        offsets = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum())
+        ranks = self.rank[self.user_items[offsets]]
+        excluded = np.zeros((len(user_ids), width), dtype=bool)
+        near = ranks < width
+        excluded[np.repeat(np.arange(len(user_ids)), lengths)[near], ranks[near]] = True
+        slot = np.cumsum(~excluded, axis=1) - 1  # the output column of each kept entry
+        rows, cols = np.nonzero(~excluded & (slot < k))
+        out = np.full((len(user_ids), k), -1, dtype=np.int64)
+        out[rows, slot[rows, cols]] = self.order[cols]
+        return out

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
@@ -118,22 +119,40 @@ def interest_then_diverse(rel: np.ndarray, vectors: np.ndarray, n_interest: int,
     """Pre-ranking cut: the top `n_interest` candidates by rel (in rel order), then `n_diverse` more,
     each the argmax of η·rel_i − (1−η)·max sim(i, j) over ALL items selected so far (no window;
     div = 0 before the first pick). Indices in selection order; fewer when N is smaller. One (N, n_interest)
-    similarity block up front, then O(N·d) per pick."""
+    similarity block up front, then O(N·d) per pick (the scores updated in place)."""
     rel, vectors, _, _ = _inputs(rel, vectors, None, None)
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     n = len(rel)
     picks = np.argsort(-rel, kind="stable")[:max(n_interest, 0)].tolist()
-    taken = np.zeros(n, dtype=bool)
-    taken[picks] = True
+    n_more = min(max(n_diverse, 0), n - len(picks))
+    if not n_more:
+        return np.array(picks, dtype=np.int64)
+    base, c = eta * rel, 1 - eta
+    base[picks] = -np.inf  # a taken candidate scores -inf from here on
     max_sim = (vectors @ vectors[picks].T).max(axis=1) if picks else np.zeros(n)
-    for _ in range(min(max(n_diverse, 0), n - len(picks))):
-        j = int(np.argmax(np.where(taken, -np.inf, eta * rel - (1 - eta) * max_sim)))
+    score = base - c * max_sim
+    for _ in range(n_more):
+        j = int(np.argmax(score))
         sim = vectors @ vectors[j]
-        max_sim = np.maximum(max_sim, sim) if picks else sim
+        if picks:
+            np.maximum(max_sim, sim, out=max_sim)
+        else:
+            max_sim = sim.copy()
         picks.append(j)
-        taken[j] = True
+        base[j] = -np.inf
+        np.multiply(max_sim, c, out=sim)
+        np.subtract(base, sim, out=score)
     return np.array(picks, dtype=np.int64)
+
+
+def interest_then_diverse_rows(rel: np.ndarray, items: np.ndarray, bounds: np.ndarray, vectors: np.ndarray,
+                               n_interest: int, n_diverse: int, eta: float) -> np.ndarray:
+    """`interest_then_diverse` for a block of users: candidates bounds[r]:bounds[r + 1] are user r's,
+    with relevance `rel` and vectors `vectors[items]`. The selected candidate indices, ascending."""
+    chosen = [lo + np.sort(interest_then_diverse(rel[lo:hi], vectors[items[lo:hi]], n_interest, n_diverse, eta))
+              for lo, hi in pairwise(bounds)]
+    return np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)
 
 
 def _greedy(n: int, k: int, keys: Callable[[], tuple[np.ndarray, ...]], add: Callable[[int], None],

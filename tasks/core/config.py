@@ -85,6 +85,25 @@ class SimulatorConfig(_Strict):
     offsite_visits_per_share: Annotated[float, Field(ge=0, le=100)] = 0.5  # mean, ordinary sharers
     kol_visit_multiplier: Annotated[float, Field(ge=1, le=1000)] = 40.0  # KOLs' shares bring this x more
     unfollow_rate: Annotated[float, Field(ge=0, le=1)] = 0.002  # per follow edge of an active user per day
+    # Levers of the causal model (docs/METHODS.md "Simulator levers"); 0 turns each path off.
+    # Category fatigue: click logit -= fatigue_effect * earlier impressions of the item's category_l2 in the
+    # session; satisfaction -= fatigue_effect * share of such repeated impressions.
+    fatigue_effect: Annotated[float, Field(ge=0, le=5)] = 0.1
+    variety_effect: Annotated[float, Field(ge=0, le=5)] = 0.25  # satisfaction per distinct l1 category clicked
+    # Discovery: a click on an item of one of the user's dormant categories adds this to its interest weight.
+    discovery_rate: Annotated[float, Field(ge=0, le=1)] = 0.1
+    # Creators publish exp(fan_publish_effect * log1p(new fans) + comment_publish_effect * log1p(comments
+    # received)) times more, both counted over the last 7 days.
+    fan_publish_effect: Annotated[float, Field(ge=0, le=5)] = 0.15
+    comment_publish_effect: Annotated[float, Field(ge=0, le=5)] = 0.05
+    offsite_signup_share: Annotated[float, Field(ge=0, le=1)] = 0.02  # offsite visits by people signing up
+    # New users (within new_user_days of signup, signup day = day 0): the satisfaction term of their return
+    # logit is scaled by (1 + new_user_satisfaction_boost), and each share of their impressions below
+    # low_quality_threshold (latent quality) lowers their satisfaction by new_user_low_quality_penalty.
+    new_user_days: Annotated[int, Field(ge=0, le=365)] = 7
+    new_user_satisfaction_boost: Annotated[float, Field(ge=0, le=10)] = 0.5
+    new_user_low_quality_penalty: Annotated[float, Field(ge=0, le=10)] = 1.0
+    low_quality_threshold: Annotated[float, Field(ge=0, le=1)] = 0.3
     # Daily state snapshots kept under ground_truth_dir (the daily mode resumes from them).
     state_snapshots_kept: Annotated[int, Field(ge=1, le=100)] = 3
 
@@ -283,7 +302,12 @@ class EvaluationConfig(_Strict):
 
     k: tuple[Annotated[int, Field(ge=1, le=5000)], ...] = (50, 100)
     tail_share: Annotated[float, Field(gt=0, lt=1)] = 0.8  # tail = the least clicked share of items
-    max_recall_drop: Annotated[float, Field(ge=0, le=1)] = 0.05  # gate: relative drop of Recall@k[0] vs current
+    # nightly gate (docs/METHODS.md "Nightly retrieval gate and publish"): reject a candidate only if the lower bound of
+    # the paired bootstrap CI of its relative Recall@k[0] drop vs the current version exceeds max_recall_drop
+    max_recall_drop: Annotated[float, Field(ge=0, le=1)] = 0.05  # the smallest relative drop that matters
+    gate_bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000  # resamples of the evaluation users
+    gate_alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.01  # the CI is two-sided, 1 - gate_alpha
+    gate_seed: int = 7
 
 
 RANKING_HEADS: tuple[str, ...] = ("click", "like", "favorite", "share", "comment", "follow", "long_view")

@@ -153,6 +153,18 @@ EVENTS = Table(
             doc="offsite_visit only: the user whose shared link brought the visit (required there).",
         ),
         Column("position", "INTEGER", nullable=True, doc="Slot of an impression in the feed, optional."),
+        Column(
+            "strategy",
+            "VARCHAR",
+            nullable=True,
+            doc="The serving strategy of an impression served by recpipe; null otherwise.",
+        ),
+        Column(
+            "channel",
+            "VARCHAR",
+            nullable=True,
+            doc="The retrieval channel(s) of an impression served by recpipe; null otherwise.",
+        ),
     ),
 )
 

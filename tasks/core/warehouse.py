@@ -86,7 +86,8 @@ def _view_sql(lake: Path, table: str) -> str:
     folder = lake.resolve() / table
     if any(folder.glob("dt=*/*.parquet")):
         glob = _literal(folder / "dt=*" / "*.parquet")
-        return f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, hive_types = {{'dt': DATE}})"
+        options = "hive_partitioning = true, hive_types = {'dt': DATE}, union_by_name = true"
+        return f"SELECT * FROM read_parquet({glob}, {options})"
     cols = [f'CAST(NULL AS {_SQL_TYPES[f.type]}) AS "{f.name}"' for f in schema_of(table)]
     return f"SELECT {', '.join(cols)}, CAST(NULL AS DATE) AS dt WHERE false"
 
@@ -105,7 +106,8 @@ def upsert(con: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame, keys:
     """Write `rows` into `table`, replacing the rows that share their `keys` values, in one transaction
     on `con`: a re-run of a day gives the same table. The table is created if missing, with the
     column definitions `columns` (SQL, e.g. "day date, n bigint") or else the rows' own types;
-    `stamp` names a timestamp column set to the time of writing."""
+    `stamp` names a timestamp column set to the time of writing. Columns of `rows` that an existing
+    table lacks (written by an older version) are added, null in its older rows."""
     key = ", ".join(keys)
     con.register("new_rows", rows)
     stamped = f"select *, now() as {stamp} from new_rows" if stamp else "select * from new_rows"
@@ -113,6 +115,10 @@ def upsert(con: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame, keys:
         con.execute(f"create table if not exists {table} ({columns})")
     else:
         con.execute(f"create table if not exists {table} as {stamped} limit 0")
+    have = {r[0] for r in con.execute(f"describe {table}").fetchall()}
+    for name, kind, *_ in con.execute(f"describe {stamped}").fetchall():
+        if name not in have:
+            con.execute(f'alter table {table} add column "{name}" {kind}')
     con.execute("begin transaction")
     try:
         con.execute(f"delete from {table} where ({key}) in (select distinct {key} from new_rows)")

@@ -7,7 +7,9 @@ int_user_day_segments when it has been built), at every K of the config: Recall@
 NDCG@K, HitRate@K, catalogue coverage@K and tail-item recall@K (tail = the least clicked
 `tail_share` of the catalogue in training), next to the popularity baseline. Results go to the
 warehouse table `retrieval_eval` (day, channel, version, segment, k, metric, value, n_users;
-re-running a day replaces its rows) and to the report.
+re-running a day replaces its rows) and to the report. The nightly gate also keeps each user's
+Recall@K of the versions it compares in `retrieval_eval_users` (day, channel, version, k, user_id,
+recall), so that the comparison can be paired over users.
 """
 
 from __future__ import annotations
@@ -88,7 +90,13 @@ def score_channel(data: EvalData, channel: Retriever, ks: tuple[int, ...], name:
     registry version scored, '' for a fit on the spot), overall and per segment."""
     label = name or channel.name
     started = time.perf_counter()
-    retrieved = channel.retrieve(data.users, max(ks))
+    out = score_retrieved(data, channel.retrieve(data.users, max(ks)), ks, label, version)
+    log.info("evaluated %s%s on %d users in %.1f s", label, f" {version}" if version else "", len(data.users), time.perf_counter() - started)
+    return out
+
+
+def score_retrieved(data: EvalData, retrieved: np.ndarray, ks: tuple[int, ...], label: str, version: str = "") -> pd.DataFrame:
+    """`score_channel` of lists already retrieved for every user of `data` (catalogue rows, best first)."""
     warm = np.isin(data.users, data.train.user_id)
     groups = {ALL: np.arange(len(data.users)), WARM: np.flatnonzero(warm), COLD: np.flatnonzero(~warm)}
     groups = {name: rows for name, rows in groups.items() if len(rows) or name == ALL}
@@ -111,8 +119,19 @@ def score_channel(data: EvalData, channel: Retriever, ks: tuple[int, ...], name:
                 {"channel": label, "version": version, "segment": segment, "k": k, "metric": name, "value": value, "n_users": len(rows)}
                 for name, value in values.items()
             ]
-    log.info("evaluated %s%s on %d users in %.1f s", label, f" {version}" if version else "", len(data.users), time.perf_counter() - started)
     return pd.DataFrame.from_records(records)
+
+
+def user_recall(retrieved: np.ndarray, truth: list[np.ndarray], k: int) -> np.ndarray:
+    """Per user, |top-k & truth| / |truth| (distinct truth items): the terms `recall_at_k` averages."""
+    top = retrieved[:, :k]
+    return np.array([np.isin(row[row >= 0], t).sum() / len(np.unique(t)) for row, t in zip(top, truth)], dtype=np.float64)
+
+
+def user_recall_rows(data: EvalData, retrieved: np.ndarray, k: int, channel: str, version: str) -> pd.DataFrame:
+    """`user_recall` as rows of `retrieval_eval_users`."""
+    return pd.DataFrame({"day": data.day, "channel": channel, "version": version, "k": k, "user_id": data.users,
+                         "recall": user_recall(retrieved, data.truth, k)})
 
 
 ChannelBuilder = Callable[[PlatformConfig, EvalData], Retriever]
@@ -175,3 +194,10 @@ def write_results(cfg: PlatformConfig, results: pd.DataFrame) -> None:
     replace_rows(cfg, "retrieval_eval", results[list(RESULT_COLUMNS)], ["day", "channel", "version"],
                  columns="day date, channel varchar, version varchar, segment varchar, k integer, metric varchar, "
                          "value double, n_users bigint, evaluated_at timestamp", stamp="evaluated_at")
+
+
+def write_user_recall(cfg: PlatformConfig, rows: pd.DataFrame) -> None:
+    """Store per-user recall rows in `retrieval_eval_users`, replacing those of the same days, channels and versions."""
+    replace_rows(cfg, "retrieval_eval_users", rows, ["day", "channel", "version"],
+                 columns="day date, channel varchar, version varchar, k integer, user_id bigint, recall double, "
+                         "evaluated_at timestamp", stamp="evaluated_at")

@@ -4,10 +4,14 @@ With the data complete through day `ds`, each model of `retrieval.nightly_models
 version trained through ds - 1 (two-tower: aged, warm-started from the current version; ItemCF /
 Swing: the window's neighbour table), not yet current. The candidate, the current version and
 the popularity baseline are then scored on the clicks of `ds` (tasks/retrieval/evaluate.py, rows in
-`retrieval_eval` under their version names). The gate (GX suite expectations/retrieval.py) lets
-the candidate through only if its Recall@K (K = evaluation.k[0]) is not below the current
-version's by more than `evaluation.max_recall_drop` (relative) and beats popularity; each gate is
-a row of `model_gate`. A failed gate raises a data-quality alert listing the failed expectations
+`retrieval_eval` under their version names, each user's Recall@K of both versions in
+`retrieval_eval_users`). The gate compares the versions paired over the same users: the relative
+drop of the candidate's Recall@K (K = evaluation.k[0]) and its bootstrap CI over users
+(`evaluation.gate_bootstrap` resamples, level 1 - `evaluation.gate_alpha`, seeded); the candidate is
+rejected only if the CI's lower bound exceeds `evaluation.max_recall_drop` (a drop beyond noise
+and larger than the smallest drop that matters). That rule is the GX suite's (expectations/retrieval.py)
+`recall_floor`: the current recall x (1 - max_recall_drop - (drop - CI low)), i.e. widened by the
+noise margin; the candidate must also beat popularity. Each gate is a row of `model_gate`. A failed gate raises a data-quality alert listing the failed expectations
 and fails the task: the candidate stays a non-current version for inspection and nothing is
 announced. Publishing switches the store's CURRENT pointer (atomic) and prunes old versions.
 
@@ -36,14 +40,69 @@ from tasks.core.warehouse import connect, replace_rows
 from tasks.retrieval import i2i
 from tasks.retrieval import two_tower as train_two_tower
 from tasks.retrieval.data import connect_read
-from tasks.retrieval.evaluate import EvalData, load_eval_data, popularity, score_channel, write_results
+from tasks.retrieval.evaluate import (
+    EvalData,
+    load_eval_data,
+    popularity,
+    score_channel,
+    score_retrieved,
+    user_recall_rows,
+    write_results,
+    write_user_recall,
+)
 
 log = logging.getLogger(__name__)
 BASELINE = "popularity"
 
 
+BOOTSTRAP_CELLS = 1 << 22  # resampled user indices held at once
+
+
 class ModelRejected(RuntimeError):
     """A candidate version failed its evaluation gate."""
+
+
+@dataclass(frozen=True)
+class PairedDrop:
+    """The relative Recall drop of a candidate vs the current version over the same users, and its CI."""
+
+    drop: float  # 1 - mean(candidate) / mean(current)
+    low: float
+    high: float
+    n_users: int
+
+
+def relative_drop(candidate_mean: np.ndarray | float, current_mean: np.ndarray | float) -> np.ndarray:
+    """1 - candidate / current (0 where the current mean is 0: nothing to lose)."""
+    candidate_mean, current_mean = np.asarray(candidate_mean, np.float64), np.asarray(current_mean, np.float64)
+    ratio = np.divide(candidate_mean, current_mean, out=np.ones_like(current_mean), where=current_mean > 0)
+    return 1 - ratio
+
+
+def paired_drop_ci(candidate: np.ndarray, current: np.ndarray, resamples: int, alpha: float, seed: int) -> PairedDrop:
+    """Percentile bootstrap CI (two-sided, 1 - alpha) of the relative drop of mean(candidate) vs
+    mean(current), resampling users with replacement (both versions' recall of a user move together)."""
+    candidate, current = np.asarray(candidate, np.float64), np.asarray(current, np.float64)
+    n = len(current)
+    if n == 0 or len(candidate) != n:
+        raise ValueError(f"paired comparison needs the same users on both sides: {len(candidate)} vs {n}")
+    rng = np.random.default_rng(seed)
+    drops = np.empty(resamples)
+    chunk = max(1, BOOTSTRAP_CELLS // n)
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, (min(chunk, resamples - start), n))
+        drops[start : start + len(idx)] = relative_drop(candidate[idx].mean(axis=1), current[idx].mean(axis=1))
+    low, high = np.quantile(drops, [alpha / 2, 1 - alpha / 2])
+    return PairedDrop(float(relative_drop(candidate.mean(), current.mean())), float(low), float(high), n)
+
+
+def verdict(paired: PairedDrop, max_drop: float) -> str:
+    """Why the recall comparison passes or fails: it fails only on a drop whose CI lies above `max_drop`."""
+    if paired.low > max_drop:
+        return f"drop beyond noise and above max_recall_drop {max_drop:.1%}"
+    if paired.low > 0:
+        return f"drop beyond noise but below max_recall_drop {max_drop:.1%}"
+    return "gain beyond noise" if paired.high < 0 else "within noise"
 
 
 @dataclass(frozen=True)
@@ -93,7 +152,7 @@ def train_candidate(cfg: PlatformConfig, model: str, ds: dt.date) -> str:
 
 def evaluate_candidate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> dict[str, Any]:
     """Score the candidate, the current version (if another) and popularity on the clicks of `ds`
-    into `retrieval_eval`; return Recall@K of each."""
+    into `retrieval_eval` (the versions' per-user Recall@K into `retrieval_eval_users`); return Recall@K of each."""
     store = registry.model_store(cfg, model)
     data = load_eval_data(cfg, training_day(ds))
     ks = tuple(cfg.evaluation.k)
@@ -101,11 +160,15 @@ def evaluate_candidate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.d
     current = artifacts.current(store)
     if current and current.name != candidate:
         versions[current.name] = current
-    frames = [score_channel(data, popularity(cfg, data), ks)]
-    frames += [score_channel(data, NIGHTLY_MODELS[model].retriever(cfg, v, data), ks, model, name) for name, v in versions.items()]
+    frames, per_user = [score_channel(data, popularity(cfg, data), ks)], []
+    for name, version in versions.items():
+        retrieved = NIGHTLY_MODELS[model].retriever(cfg, version, data).retrieve(data.users, max(ks))
+        frames.append(score_retrieved(data, retrieved, ks, model, name))
+        per_user.append(user_recall_rows(data, retrieved, ks[0], model, name))
     results = pd.concat(frames, ignore_index=True)
     results.insert(0, "day", data.day)
     write_results(cfg, results)
+    write_user_recall(cfg, pd.concat(per_user, ignore_index=True))
     recall = results[(results.segment == ALL) & (results.k == ks[0]) & (results.metric == "recall")]
     summary = {"day": str(data.day), "k": ks[0], "users": len(data.users),
                **{f"recall_{r.version or r.channel}": round(r.value, 5) for r in recall.itertuples()}}
@@ -113,9 +176,27 @@ def evaluate_candidate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.d
     return summary
 
 
+def _paired_recall(cfg: PlatformConfig, model: str, candidate: str, current: str, day: dt.date, k: int) -> pd.DataFrame:
+    """Per user evaluated on `day`: the candidate's and the current version's Recall@k."""
+    with connect(cfg, read_only=True) as con:
+        pairs = con.execute(
+            """
+            select user_id, c.recall as candidate, p.recall as current
+            from retrieval_eval_users c join retrieval_eval_users p using (day, channel, k, user_id)
+            where day = ? and channel = ? and k = ? and c.version = ? and p.version = ?
+            order by user_id
+            """,
+            [day, model, k, candidate, current],
+        ).df()
+    if pairs.empty:
+        raise ValueError(f"{model}: no per-user recall of {candidate} and {current} on {day} in retrieval_eval_users "
+                         "(run the evaluation first)")
+    return pairs
+
+
 def _gate_row(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> dict[str, Any]:
-    """The gate's inputs, read back from retrieval_eval (the table is what is gated)."""
-    day, k = training_day(ds), cfg.evaluation.k[0]
+    """The gate's inputs, read back from retrieval_eval and retrieval_eval_users (the tables are what is gated)."""
+    ev, day, k = cfg.evaluation, training_day(ds), cfg.evaluation.k[0]
     current = artifacts.current(registry.model_store(cfg, model))
     with connect(cfg, read_only=True) as con:
         rows = con.execute(
@@ -131,16 +212,35 @@ def _gate_row(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> d
         hit = rows[(rows.channel == channel) & (rows.version == version)]
         return float(hit.value.iloc[0]) if len(hit) else None
 
-    current_recall = recall(model, current.name) if current else None
     candidate_rows = rows[(rows.channel == model) & (rows.version == candidate)]
-    return {
+    row = {
         "day": day, "model": model, "candidate": candidate, "current": current.name if current else None, "k": k,
-        "candidate_recall": recall(model, candidate),
-        "current_recall": current_recall,
-        "recall_floor": (current_recall or 0.0) * (1 - cfg.evaluation.max_recall_drop),
+        "candidate_recall": recall(model, candidate), "current_recall": None,
+        "recall_drop": None, "drop_ci_low": None, "drop_ci_high": None, "recall_floor": 0.0,
         "popularity_recall": recall(BASELINE, ""),
         "n_users": int(candidate_rows.n_users.iloc[0]) if len(candidate_rows) else 0,
+        "gate_reason": "first version: no current version to compare with",
     }
+    if current:
+        pairs = _paired_recall(cfg, model, candidate, current.name, day, k)
+        paired = paired_drop_ci(pairs.candidate.to_numpy(), pairs.current.to_numpy(), ev.gate_bootstrap, ev.gate_alpha,
+                                ev.gate_seed)
+        current_recall = float(pairs.current.mean())
+        # candidate_recall >= floor  <=>  drop_ci_low <= max_recall_drop
+        floor = current_recall * (1 - ev.max_recall_drop - (paired.drop - paired.low))
+        row |= {"current_recall": current_recall, "recall_drop": paired.drop, "drop_ci_low": paired.low,
+                "drop_ci_high": paired.high, "recall_floor": max(floor, 0.0), "n_users": paired.n_users,
+                "gate_reason": verdict(paired, ev.max_recall_drop)}
+    return row
+
+
+def describe_gate(row: dict[str, Any]) -> str:
+    """The gate's numbers in one line, e.g. "Recall@50 0.281 vs 0.296, drop 5.1% [CI -1.2%, 11.0%] over 812 users: within noise"."""
+    recall = f"Recall@{row['k']} {row['candidate_recall'] or 0:.3f}"
+    if row["current_recall"] is None:
+        return f"{recall} over {row['n_users']} users: {row['gate_reason']}"
+    return (f"{recall} vs {row['current_recall']:.3f}, drop {row['recall_drop']:.1%} "
+            f"[CI {row['drop_ci_low']:.1%}, {row['drop_ci_high']:.1%}] over {row['n_users']} users: {row['gate_reason']}")
 
 
 def gate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> dict[str, Any]:
@@ -154,23 +254,30 @@ def gate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> dict[s
     _record_gate(cfg, row)
     store = registry.model_store(cfg, model)
     artifacts.annotate(store, candidate, {"evaluation": {k: row[k] for k in (
-        "day", "k", "candidate_recall", "current_recall", "recall_floor", "popularity_recall", "n_users", "passed")}})
+        "day", "k", "candidate_recall", "current_recall", "recall_drop", "drop_ci_low", "drop_ci_high", "recall_floor",
+        "popularity_recall", "n_users", "gate_reason", "passed")}})
+    summary = describe_gate(row)
     if not outcome.success:
         alert_failure(cfg, outcome, source="nightly_training.gate", title=f"{model} version {candidate} rejected",
-                      details={k: row[k] for k in ("day", "current", "candidate_recall", "current_recall",
-                                                      "recall_floor", "popularity_recall")})
-        raise ModelRejected(f"{model} {candidate} failed its gate on {row['day']}: {', '.join(failed)} "
-                            f"(recall@{row['k']} {row['candidate_recall']}, floor {row['recall_floor']:.5f}, "
-                            f"popularity {row['popularity_recall']}); {row['current'] or 'no version'} stays current")
+                      details={"summary": summary, **{k: row[k] for k in (
+                          "day", "current", "candidate_recall", "current_recall", "recall_drop", "drop_ci_low",
+                          "drop_ci_high", "n_users", "recall_floor", "popularity_recall", "gate_reason")}})
+        raise ModelRejected(f"{model} {candidate} failed its gate on {row['day']}: {', '.join(failed)} ({summary}; "
+                            f"floor {row['recall_floor']:.5f}, popularity {row['popularity_recall']}); "
+                            f"{row['current'] or 'no version'} stays current")
+    log.info("%s %s passed its gate on %s: %s", model, candidate, row["day"], summary)
     return {k: (str(v) if isinstance(v, dt.date) else v) for k, v in row.items()}
 
 
 def _record_gate(cfg: PlatformConfig, row: dict[str, Any]) -> None:
     replace_rows(cfg, "model_gate", pd.DataFrame([row]).replace({np.nan: None}), ["day", "model", "candidate"],
                  columns="day date, model varchar, candidate varchar, current varchar, k integer, "
-                         "candidate_recall double, current_recall double, recall_floor double, "
-                         "popularity_recall double, n_users bigint, passed boolean, failed_expectations varchar, "
-                         "checked_at timestamp", stamp="checked_at")
+                         "candidate_recall double, current_recall double, recall_drop double, drop_ci_low double, "
+                         "drop_ci_high double, recall_floor double, popularity_recall double, n_users bigint, "
+                         "gate_reason varchar, passed boolean, failed_expectations varchar, checked_at timestamp",
+                 stamp="checked_at")
+
+
 def publish(cfg: PlatformConfig, model: str, candidate: str) -> dict[str, Any]:
     """Make the gated candidate current (atomic pointer switch) and prune old versions."""
     store = registry.model_store(cfg, model)

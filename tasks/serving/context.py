@@ -14,13 +14,15 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
-from models.common.features import lookup
+from models.common.features import gather, item_features, lookup
 from models.common.tables import Catalogue, Events, UserTable
 from models.ranking.full import FullRanking
 from models.ranking.full import load_model as load_full
@@ -44,6 +46,51 @@ from tasks.retrieval.data import connect_read, load_catalogue, load_events, load
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UserRuns:
+    """Events grouped by user (CSR): the items of user `users[r]` are `items[starts[r]:ends[r]]`, in
+    the order the runs were built with."""
+
+    users: np.ndarray  # sorted distinct user ids
+    starts: np.ndarray
+    ends: np.ndarray
+    items: np.ndarray  # catalogue rows
+
+    def bounds(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) of each user's run; an empty run for a user without events."""
+        pos, known = lookup(user_ids, self.users)
+        return np.where(known, self.starts[pos], 0), np.where(known, self.ends[pos], 0)
+
+    def latest(self, user_ids: np.ndarray, length: int) -> np.ndarray:
+        """(len(user_ids), length) the last `length` items of each run, last first, -1 padded."""
+        starts, ends = self.bounds(user_ids)
+        return gather(self.items, ends, starts, length)
+
+
+def user_runs(events: Events, order: np.ndarray) -> UserRuns:
+    """The runs of `events` taken in `order` (which must group them by user, ascending)."""
+    users, starts, counts = np.unique(events.user_id[order], return_index=True, return_counts=True)
+    return UserRuns(users, starts, starts + counts, events.item[order])
+
+
+@dataclass(frozen=True)
+class SeenRows:
+    """The seen filter of every user with history (docs/METHODS.md "Recommendation path"): row r of
+    `matrix` (binary CSR, sorted indices) holds the items of user `users[r]`."""
+
+    users: np.ndarray  # sorted
+    matrix: sp.csr_matrix
+
+
+@dataclass(frozen=True)
+class RankerTables:
+    """Per catalogue row: the item feature rows of a ranker's vocabularies (`items`), and for the
+    pre-ranker its item-tower vectors (`vectors`, None for the full ranker)."""
+
+    items: np.ndarray  # (n_items, 5) int64
+    vectors: np.ndarray | None  # (n_items, d) float32
 
 
 @dataclass
@@ -81,7 +128,98 @@ class ServingContext:
 
     def has_history(self, user_ids: np.ndarray) -> np.ndarray:
         """Whether each user has a positive in the window."""
-        return np.isin(user_ids, self.clicks.user_id)
+        return lookup(np.asarray(user_ids, dtype=np.int64), self.click_runs.users)[1]
+
+    # Indexes derived once from the facts above (built by `prepare`, or on first use) --------------
+    @cached_property
+    def serve_start_us(self) -> int:
+        """The start of the served day (`day` + 1), microseconds since the epoch."""
+        day = self.day + dt.timedelta(days=1)
+        return int((dt.datetime.combine(day, dt.time()) - dt.datetime(1970, 1, 1)).total_seconds()) * 1_000_000
+
+    @cached_property
+    def click_runs(self) -> UserRuns:
+        """The positives by user, in their time order (as `models.common.features.latest_sequences`)."""
+        return user_runs(self.clicks, np.argsort(self.clicks.user_id, kind="stable"))
+
+    @cached_property
+    def recent_first_runs(self) -> UserRuns:
+        """The positives by user, most recent first (ties: in their order)."""
+        return user_runs(self.clicks, np.lexsort((-self.clicks.ts_us, self.clicks.user_id)))
+
+    @cached_property
+    def pre_runs(self) -> UserRuns:
+        """The pre-ranker's sequences: positives of the days before the served day, by user, in order."""
+        before = self.clicks.select(self.clicks.day < np.datetime64(self.day + dt.timedelta(days=1), "D"))
+        return user_runs(before, np.argsort(before.user_id, kind="stable"))
+
+    @cached_property
+    def full_runs(self) -> UserRuns:
+        """The full ranker's sequences: positives strictly before the served day's start, by (user, time)
+        (as `models.ranking.features.behaviour_sequences` at that time)."""
+        before = self.clicks.select(self.clicks.ts_us < self.serve_start_us)
+        return user_runs(before, np.lexsort((before.ts_us, before.user_id)))
+
+    @cached_property
+    def seen(self) -> SeenRows:
+        """Items shown in the seen-filter window or with a positive in the retrieval window, per user."""
+        first = np.datetime64(self.day - dt.timedelta(days=self.cfg.serving.seen_window_days - 1))
+        shown = self.impressions.select(self.impressions.day >= first)
+        user_id = np.concatenate([shown.user_id, self.clicks.user_id])
+        users, rows = np.unique(user_id, return_inverse=True)
+        m = sp.csr_matrix((np.ones(len(user_id)), (rows, np.concatenate([shown.item, self.clicks.item]))),
+                          shape=(len(users), len(self.catalogue)))
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return SeenRows(users, m)
+
+    @cached_property
+    def follow_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """`follows_per_user` as (sorted user ids, counts)."""
+        return _sorted_items(self.follows_per_user)
+
+    @cached_property
+    def kol_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """`kol_score` as (sorted user ids, scores)."""
+        return _sorted_items(self.kol_score)
+
+    @cached_property
+    def pre_tables(self) -> RankerTables | None:
+        """The pre-ranker's item rows and item-tower vectors of the whole catalogue (None without it)."""
+        if self.pre is None:
+            return None
+        model, vocabs, _ = self.pre
+        items = item_features(vocabs, self.catalogue)
+        with torch.no_grad():
+            vectors = model.eval().encode_items(torch.from_numpy(items)).numpy()
+        return RankerTables(items, vectors)
+
+    @cached_property
+    def full_tables(self) -> RankerTables | None:
+        """The full ranker's item rows of the catalogue, row 0 the padding row (None without it)."""
+        if self.full is None:
+            return None
+        return RankerTables(np.vstack([np.zeros((1, 5), np.int64), item_features(self.full[1], self.catalogue)]), None)
+
+    def prepare(self) -> ServingContext:
+        """Build every derived index now (not on the first request); returns self."""
+        for name in ("click_runs", "recent_first_runs", "pre_runs", "full_runs", "seen", "follow_counts",
+                     "kol_scores", "pre_tables", "full_tables"):
+            getattr(self, name)
+        return self
+
+
+def _sorted_items(values: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.fromiter(values.keys(), dtype=np.int64, count=len(values))
+    out = np.fromiter(values.values(), dtype=np.float64, count=len(values))
+    order = np.argsort(ids)
+    return ids[order], out[order]
+
+
+def per_user(table: tuple[np.ndarray, np.ndarray], user_ids: np.ndarray) -> np.ndarray:
+    """The value of each user in a (sorted ids, values) table, 0 for a user not in it."""
+    pos, known = lookup(user_ids, table[0])
+    return np.where(known, table[1][pos], 0.0) if len(table[0]) else np.zeros(len(user_ids))
 
 
 def _attempt(broken: dict[str, str], name: str, load: Callable[[], T]) -> T | None:
@@ -235,20 +373,17 @@ def load_context(cfg: PlatformConfig, day: dt.date) -> ServingContext:
     log.info("serving context for %s: %d items, %d users, %d positives, channels %s%s", day + dt.timedelta(days=1),
              len(catalogue), len(users.user_id), len(clicks), sorted([*ctx.retrievers, *(["two_tower"] if tt else [])]),
              f"; broken: {sorted(broken)}" if broken else "")
-    return ctx
+    return ctx.prepare()
 
 
 def seen_matrix(ctx: ServingContext, user_ids: np.ndarray) -> sp.csr_matrix:
-    """Binary (users x items) of the items each user was shown in the seen-filter window or
-    had a positive on in the retrieval window."""
-    first = np.datetime64(ctx.day - dt.timedelta(days=ctx.cfg.serving.seen_window_days - 1))
-    shown = ctx.impressions.select(ctx.impressions.day >= first)
-    rows = []
-    for events in (shown, ctx.clicks):
-        order = np.argsort(user_ids, kind="stable")
-        pos, known = lookup(events.user_id, user_ids[order])
-        rows.append(sp.csr_matrix((np.ones(int(known.sum())), (order[pos[known]], events.item[known])),
-                                  shape=(len(user_ids), len(ctx.catalogue))))
-    out = (rows[0] + rows[1]).tocsr()
-    out.data[:] = 1.0
-    return out
+    """Binary (users x items) CSR, sorted indices, of the items each user was shown in the
+    seen-filter window or had a positive on in the retrieval window (rows of `ctx.seen`)."""
+    seen = ctx.seen
+    pos, known = lookup(np.asarray(user_ids, dtype=np.int64), seen.users)
+    starts = np.where(known, seen.matrix.indptr[pos], 0)
+    counts = np.where(known, seen.matrix.indptr[pos + 1] - seen.matrix.indptr[pos], 0) if len(seen.users) else starts
+    indptr = np.r_[0, np.cumsum(counts)]
+    take = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+    return sp.csr_matrix((np.ones(len(take)), seen.matrix.indices[take], indptr),
+                         shape=(len(user_ids), len(ctx.catalogue)))

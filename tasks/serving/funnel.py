@@ -23,25 +23,26 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
-from models.common.features import lookup, user_features
+from models.common.features import lookup, to_item_rows, user_features
 from models.common.tables import Exposures
-from models.ranking.features import ranking_features
+from models.ranking.features import context_features
 from models.ranking.full import predict_proba
-from models.ranking.pre import predict as pre_predict
+from models.ranking.pre import score_logits
 from models.retrieval import ann
 from models.retrieval.retriever import top_k_rows
 from models.retrieval.two_tower import user_vectors
-from models.serving.diversity import dpp, interest_then_diverse, mmr
+from models.serving.diversity import dpp, interest_then_diverse_rows, mmr
 from models.serving.exploration import exploration_slots, interleave
 from models.serving.fusion import BONUS_HEADS, fusion_score, fusion_terms
 from tasks.core.config import ALL, RANKING_HEADS, ChannelConfig, StrategyConfig
-from tasks.ranking.pre import Context, inputs
 from tasks.ranking.special_groups import Scored, apply_calibrator, apply_residual, logit, sigmoid
-from tasks.serving.context import ServingContext, seen_matrix
+from tasks.serving.context import ServingContext, per_user, seen_matrix
 
 log = logging.getLogger(__name__)
 FIXED_COLUMNS = ("user_id", "position", "item_id", "channels", "decision")
+PRERANK_BLOCK = 65_536  # candidates scored per step of the pre-ranker (bounds the (n, targets, d) product)
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,9 @@ def sampled_sequences(ctx: ServingContext, s: StrategyConfig, user_ids: np.ndarr
     q = s.sequence_sampling
     width = q.keep_last + q.sample_older
     out = np.full((len(user_ids), width), -1, dtype=np.int64)
-    ev = ctx.clicks
-    order = np.lexsort((-ev.ts_us, ev.user_id))
-    users, items = ev.user_id[order], ev.item[order]
-    starts = np.searchsorted(users, user_ids)
-    ends = np.searchsorted(users, user_ids, side="right")
+    runs = ctx.recent_first_runs
+    items = runs.items
+    starts, ends = runs.bounds(user_ids)
     for r, (u, a, b) in enumerate(zip(user_ids, starts, ends)):
         mine = pd.unique(items[a:b])  # distinct, most recent first
         recent, older = mine[: q.keep_last], mine[q.keep_last:]
@@ -117,7 +116,12 @@ def _two_tower_vectors(ctx: ServingContext, s: StrategyConfig, user_ids: np.ndar
     """User vectors: from the user tower with the sampled sequence when sampling is on, else the
     version's (exported, or from the tower for users it has not seen)."""
     tt = ctx.two_tower
-    vectors, known = tt.vectors(user_ids)
+    vectors = np.zeros((len(user_ids), tt.item_vectors.shape[1]), dtype=np.float32)
+    pos, known = lookup(user_ids, tt.user_ids)
+    vectors[known] = tt.user_vectors[pos[known]]  # exported; the others as tt.vectors computes them
+    rest = np.flatnonzero(~known)
+    if len(rest):
+        vectors[rest], known[rest] = tt.vectors(user_ids[rest])
     if s.sequence_sampling.enabled:
         seq = sampled_sequences(ctx, s, user_ids, "two_tower")
         item_rows = tt.vocabs["item"].rows(ctx.catalogue.item_id)
@@ -126,13 +130,20 @@ def _two_tower_vectors(ctx: ServingContext, s: StrategyConfig, user_ids: np.ndar
     return vectors, known
 
 
-def _pool_rows(ctx: ServingContext, pool: str, user_id: int) -> np.ndarray:
-    """The pool's members for this user: its everyone list, or the lists of the user's segments."""
+def _pool_rows(ctx: ServingContext, pool: str, segments: tuple[str, ...]) -> np.ndarray:
+    """The pool's members for a user in `segments`: its everyone list, or the lists of the segments."""
     lists = ctx.pools.get(pool, {})
     if ALL in lists:
         return lists[ALL]
-    mine = [lists[seg] for seg in ctx.user_segments(user_id) if seg in lists]
+    mine = [lists[seg] for seg in segments if seg in lists]
     return pd.unique(np.concatenate(mine)) if mine else np.zeros(0, np.int64)
+
+
+def _by_segments(ctx: ServingContext, user_ids: np.ndarray) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """(the distinct segment tuples of the users, the index of each user's tuple)."""
+    index: dict[tuple[str, ...], int] = {}
+    of_user = np.array([index.setdefault(ctx.user_segments(u), len(index)) for u in user_ids], dtype=np.int64)
+    return list(index), of_user
 
 
 def _channel(ctx: ServingContext, s: StrategyConfig, name: str, ch: ChannelConfig, user_ids: np.ndarray,
@@ -142,9 +153,10 @@ def _channel(ctx: ServingContext, s: StrategyConfig, name: str, ch: ChannelConfi
     if not len(user_ids) or not k:
         return out
     if ch.kind == "pool":
-        for r, u in enumerate(user_ids):
-            rows = _pool_rows(ctx, ch.pool, int(u))[:k]
-            out[r, : len(rows)] = rows
+        groups, of_user = _by_segments(ctx, user_ids)
+        for g, segments in enumerate(groups):
+            rows = _pool_rows(ctx, ch.pool, segments)[:k]
+            out[np.ix_(of_user == g, np.arange(len(rows)))] = rows
         return out
     if ch.kind == "two_tower":
         if ctx.two_tower is None or ch.pool not in ctx.indexes:
@@ -152,7 +164,8 @@ def _channel(ctx: ServingContext, s: StrategyConfig, name: str, ch: ChannelConfi
         vectors, known = _two_tower_vectors(ctx, s, user_ids)
         targets = set(ctx.cfg.pool(ch.pool).segments)  # a segment pool serves its segments' users only
         if targets:
-            known &= np.array([bool(targets & set(ctx.user_segments(u))) for u in user_ids])
+            groups, of_user = _by_segments(ctx, user_ids)
+            known &= np.array([bool(targets & set(g)) for g in groups], dtype=bool)[of_user]
         vectors = _noisy_vectors(ctx, s, name, user_ids, vectors)
         ids, _ = ann.search(ctx.indexes[ch.pool], vectors[known], k)
         pos, found = lookup(ids.ravel(), ctx.catalogue.item_id)
@@ -174,7 +187,9 @@ def retrieve(ctx: ServingContext, s: StrategyConfig, user_ids: np.ndarray) -> tu
     names = list(s.channels)
     users, items, masks = [], [], []
     counts = np.zeros((len(user_ids), len(names)), dtype=np.int64)
-    quotas = np.array([[s.quota(name, ctx.user_segments(u)) for name in names] for u in user_ids], dtype=np.int64)
+    groups, of_user = _by_segments(ctx, user_ids)
+    quotas = np.array([[s.quota(name, g) for name in names] for g in groups], dtype=np.int64).reshape(
+        len(groups), len(names))[of_user]
     for c, name in enumerate(names):
         for k in np.unique(quotas[:, c]):
             r = np.flatnonzero(quotas[:, c] == k)
@@ -201,38 +216,59 @@ def channel_names(s: StrategyConfig, mask: int) -> list[str]:
 # Ranking --------------------------------------------------------------------------------------
 def exposures_for(ctx: ServingContext, user_ids: np.ndarray, items: np.ndarray) -> Exposures:
     """Candidate (user, catalogue row) pairs as ranking examples of the served day (position 0)."""
-    day = _serve_day(ctx)
-    start = int((dt.datetime.combine(day, dt.time()) - dt.datetime(1970, 1, 1)).total_seconds()) * 1_000_000
     n = len(items)
-    return Exposures(np.full(n, np.datetime64(day, "D")), user_ids.astype(np.int64), ctx.catalogue.item_id[items],
-                     np.full(n, start, dtype=np.int64), np.zeros(n, dtype=np.int64),
-                     np.zeros((n, len(RANKING_HEADS)), np.float32))
+    return Exposures(np.full(n, np.datetime64(_serve_day(ctx), "D")), user_ids.astype(np.int64),
+                     ctx.catalogue.item_id[items], np.full(n, ctx.serve_start_us, dtype=np.int64),
+                     np.zeros(n, dtype=np.int64), np.zeros((n, len(RANKING_HEADS)), np.float32))
 
 
+def _check_served_day(ctx: ServingContext, exposures: Exposures) -> None:
+    """ValueError unless every exposure is shown at the start of the served day (`exposures_for`):
+    the sequences come from the context's click runs as of that time."""
+    if (exposures.shown_us != ctx.serve_start_us).any():
+        raise ValueError("ranking scores are served for exposures_for(...) of the served day only")
+
+
+@torch.no_grad()
 def prerank_scores(ctx: ServingContext, s: StrategyConfig, exposures: Exposures) -> tuple[np.ndarray, tuple[str, ...]]:
     """(n, targets) pre-ranker probabilities and the target names; the items' quality when there is
-    no pre-ranker."""
+    no pre-ranker. Each distinct user is encoded once; item vectors come from `ctx.pre_tables`."""
     if ctx.pre is None:
         return ctx.quality[ctx.catalogue.index(exposures.item_id)][:, None], ("quality",)
+    _check_served_day(ctx, exposures)
     model, vocabs, version = ctx.pre
-    pctx = Context(ctx.catalogue, ctx.users, ctx.clicks, ctx.day)
-    x = inputs(vocabs, pctx, exposures, version.meta["config"]["sequence_length"])
-    return pre_predict(model, x.users, x.seq, x.items), tuple(version.meta["targets"])
+    tables = ctx.pre_tables
+    users, row_user = np.unique(exposures.user_id, return_inverse=True)
+    seq = to_item_rows(ctx.pre_runs.latest(users, version.meta["config"]["sequence_length"]), tables.items[:, 0])
+    encoded = model.eval().encode_users(torch.from_numpy(user_features(vocabs, ctx.users, users)), torch.from_numpy(seq))
+    pos, known = lookup(exposures.item_id, ctx.catalogue.item_id)
+    unknown = model.encode_items(torch.zeros((1, tables.items.shape[1]), dtype=torch.int64)).numpy()
+    vectors = np.where(known[:, None], tables.vectors[pos], unknown) if len(tables.vectors) else unknown
+    out = np.empty((len(exposures), model.n_targets), np.float32)
+    for lo in range(0, len(exposures), PRERANK_BLOCK):
+        hi = lo + PRERANK_BLOCK
+        logits = score_logits(encoded[torch.from_numpy(row_user[lo:hi])], torch.from_numpy(vectors[lo:hi]), model.bias)
+        out[lo:hi] = torch.sigmoid(logits).numpy()
+    return out, tuple(version.meta["targets"])
 
 
 def full_scores(ctx: ServingContext, exposures: Exposures) -> np.ndarray | None:
     """(n, len(RANKING_HEADS)) full-ranker probabilities, or None without a full ranker; for the
     users of the special groups, corrected by the residual model (in logit space) and the
-    calibrator where they are trained (docs/METHODS.md "Special user groups")."""
+    calibrator where they are trained (docs/METHODS.md "Special user groups"). The inputs of
+    `models.ranking.features.ranking_features`, each distinct user's rows and sequence built once."""
     if ctx.full is None:
         return None
+    _check_served_day(ctx, exposures)
     model, vocabs, version = ctx.full
-    f = ranking_features(vocabs, ctx.catalogue, ctx.users, ctx.clicks, exposures,
-                         version.meta["config"]["full"]["sequence_length"])
-    p = predict_proba(model, f.users, f.items, f.context, f.seq)
+    users, row_user = np.unique(exposures.user_id, return_inverse=True)
+    table = ctx.full_tables.items
+    cat_rows, found = lookup(exposures.item_id, ctx.catalogue.item_id)
+    seq = ctx.full_runs.latest(users, version.meta["config"]["full"]["sequence_length"])
+    p = predict_proba(model, user_features(vocabs, ctx.users, users)[row_user], table[np.where(found, cat_rows + 1, 0)],
+                      context_features(exposures, ctx.catalogue), table[seq + 1][row_user])
     if ctx.residual is None and ctx.calibrator is None:
         return p
-    users, row_user = np.unique(exposures.user_id, return_inverse=True)
     names = {g for u in users for g in ctx.user_segments(u)}
     of_user = {g: np.array([g in ctx.user_segments(u) for u in users]) for g in names}
     scored = Scored(exposures, logit(p), ctx.users, ctx.catalogue, {g: m[row_user] for g, m in of_user.items()})
@@ -267,8 +303,9 @@ def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = 
     funnel["merged"] = np.bincount(cand_user, minlength=len(user_ids))
 
     seen = seen_matrix(ctx, user_ids)
-    keep = ~np.asarray(seen[cand_user, cand_item]).ravel().astype(bool) & ~ctx.expired[cand_item]
-    protected = np.array([bool(set(ctx.user_segments(u)) & set(s.protection.segments)) for u in user_ids])
+    keep = ~_pairs_in(seen, cand_user, cand_item, len(ctx.catalogue)) & ~ctx.expired[cand_item]
+    groups, of_user = _by_segments(ctx, user_ids)
+    protected = np.array([bool(set(g) & set(s.protection.segments)) for g in groups], dtype=bool)[of_user]
     if protected.any() and s.protection.min_quality_quantile > 0:
         floor = np.quantile(ctx.quality, s.protection.min_quality_quantile)
         keep &= ~(protected[cand_user] & (ctx.quality[cand_item] < floor))
@@ -279,14 +316,9 @@ def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = 
     pre, pre_heads = prerank_scores(ctx, s, exposures_for(ctx, user_ids[cand_user], cand_item))
     pre_rel = _weighted(pre, pre_heads, s.fusion.weights)
     vectors = ctx.item_vectors if ctx.item_vectors is not None else np.zeros((len(ctx.catalogue), 1), np.float32)
-    chosen = []
     bounds = np.searchsorted(cand_user, np.arange(len(user_ids) + 1))
-    for r in range(len(user_ids)):
-        rows = np.arange(bounds[r], bounds[r + 1])
-        picked = interest_then_diverse(pre_rel[rows], vectors[cand_item[rows]], s.preranking.interest,
-                                       s.preranking.diverse, s.preranking.eta)
-        chosen.append(rows[np.sort(picked)])
-    sel = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+    sel = interest_then_diverse_rows(pre_rel, cand_item, bounds, vectors, s.preranking.interest,
+                                     s.preranking.diverse, s.preranking.eta)
     funnel["preranked"] = np.bincount(cand_user[sel], minlength=len(user_ids))
     clock.lap("preranking")
 
@@ -299,56 +331,84 @@ def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = 
         heads, preds = RANKING_HEADS, full
     users_of = user_ids[cand_user[sel]]
     items_of = cand_item[sel]
-    counts = {
-        "follow": np.array([ctx.follows_per_user.get(int(u), 0) for u in users_of], np.float64),
-        "fan": ctx.fans[items_of], "comment": ctx.comments[items_of],
-        "kol_share": np.array([ctx.kol_score.get(int(u), 0.0) for u in users_of], np.float64),
-    }
+    counts = {"follow": per_user(ctx.follow_counts, users_of), "fan": ctx.fans[items_of],
+              "comment": ctx.comments[items_of], "kol_share": per_user(ctx.kol_scores, users_of)}
     bonuses = {b: (c.function, c.a, c.x0) for b, c in s.fusion.bonuses.items() if BONUS_HEADS[b] in heads}
     terms = fusion_terms(preds, heads, s.fusion.weights, bonuses, counts)
     if not terms:  # no ranker knows any weighted head: the pre-selection's relevance orders the feed
         terms = {"prerank": pre_rel[sel]}
     score = fusion_score(terms, len(sel))
     clock.lap("ranking")
-    masks_of, prerank_of = cand_mask[sel], pre_rel[sel]
-    per_user = np.searchsorted(cand_user[sel], np.arange(len(user_ids) + 1))
+    per_user_rows = np.searchsorted(cand_user[sel], np.arange(len(user_ids) + 1))
 
-    out = []
-    feed_rows = []  # per user: (explore items, slots, ranked rows, relaxed rows)
+    feeds = []  # per user: (feed rows, is exploration, relaxed)
+    explore_lists: dict[tuple[str, ...], np.ndarray] = {}
     for r, u in enumerate(user_ids):
         rng = _rng(ctx, name, int(u))
         slots = exploration_slots(s.feed_length, s.exploration.share, rng)
-        explore = _exploration_items(ctx, s, int(u), seen[r].indices, len(slots), rng)
-        rows = np.arange(per_user[r], per_user[r + 1])
+        segments = groups[of_user[r]]
+        if segments not in explore_lists:
+            explore_lists[segments] = _exploration_pool(ctx, s, segments)
+        explore = _exploration_items(explore_lists[segments], seen.indices[seen.indptr[r]:seen.indptr[r + 1]],
+                                     len(slots), rng)
+        rows = np.arange(per_user_rows[r], per_user_rows[r + 1])
         rows = rows[~np.isin(items_of[rows], explore)]
         picked = _diversify(s, score[rows], vectors[items_of[rows]], ctx.catalogue.category_l2[items_of[rows]],
                             ctx.catalogue.content_cluster[items_of[rows]], s.feed_length - len(explore))
-        ranked = rows[picked.items]
-        relaxed = set(ranked[picked.relaxed].tolist())
-        feed_rows.append((explore, slots, ranked, relaxed))
+        relaxed = np.zeros(len(picked.items), bool)
+        relaxed[picked.relaxed] = True
+        feed, is_explore = interleave(rows[picked.items], explore, slots)
+        is_relaxed = np.zeros(len(feed), bool)
+        is_relaxed[~is_explore] = relaxed[: int((~is_explore).sum())]
+        feeds.append((feed, is_explore, is_relaxed))
     clock.lap("diversity")
-    for u, (explore, slots, ranked, relaxed) in zip(user_ids, feed_rows):
-        feed, is_explore = interleave(ranked, explore, slots)
-        for pos, (row, exp) in enumerate(zip(feed, is_explore)):
-            if exp:
-                out.append({"user_id": int(u), "position": pos, "item_id": int(ctx.catalogue.item_id[row]),
-                            "channels": s.exploration.pool, "decision": "exploration"})
-                continue
-            rec = {"user_id": int(u), "position": pos, "item_id": int(ctx.catalogue.item_id[items_of[row]]),
-                   "channels": ",".join(channel_names(s, int(masks_of[row]))),
-                   "decision": "ranked, spacing relaxed" if row in relaxed else "ranked",
-                   "prerank": float(prerank_of[row]), "score": float(score[row])}
-            rec.update({f"p_{h}": float(preds[row, j]) for j, h in enumerate(heads)})
-            rec.update({t: float(v[row]) for t, v in terms.items()})
-            out.append(rec)
-    rows_df = pd.DataFrame(out, columns=list(FIXED_COLUMNS) if not out else None)
-    rows_df.insert(3, "strategy", name)
-    per_feed = rows_df.groupby("user_id").size()
-    funnel["feed"] = per_feed.reindex(user_ids, fill_value=0).to_numpy()
-    explored = rows_df[rows_df.decision == "exploration"].groupby("user_id").size()
-    funnel["exploration"] = explored.reindex(user_ids, fill_value=0).to_numpy()
+    rows_df = _feed_rows(ctx, s, name, user_ids, feeds, masks=cand_mask[sel], prerank=pre_rel[sel], score=score,
+                         heads=heads, preds=preds, terms=terms, items_of=items_of)
+    ids, of_id = np.unique(user_ids, return_inverse=True)  # per user id (a repeated id counts all its rows)
+    for column, per_row in (("feed", [len(f[0]) for f in feeds]), ("exploration", [int(f[1].sum()) for f in feeds])):
+        funnel[column] = np.bincount(of_id, weights=per_row, minlength=len(ids)).astype(np.int64)[of_id]
     clock.lap("output")
     return Feeds(rows_df, funnel, clock.seconds)
+
+
+def _pairs_in(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, n_cols: int) -> np.ndarray:
+    """Whether each (row, col) is a stored cell of `m` (CSR with sorted indices)."""
+    stored = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * n_cols + m.indices
+    keys = rows.astype(np.int64) * n_cols + cols
+    pos = np.minimum(np.searchsorted(stored, keys), max(len(stored) - 1, 0))
+    return stored[pos] == keys if len(stored) else np.zeros(len(keys), bool)
+
+
+def _feed_rows(ctx: ServingContext, s: StrategyConfig, name: str, user_ids: np.ndarray,
+               feeds: list[tuple[np.ndarray, np.ndarray, np.ndarray]], *, masks: np.ndarray, prerank: np.ndarray,
+               score: np.ndarray, heads: tuple[str, ...], preds: np.ndarray, terms: dict[str, np.ndarray],
+               items_of: np.ndarray) -> pd.DataFrame:
+    """One row per (user, position): the fixed columns, then for ranked items the pre-rank score,
+    the fusion score, every head (`p_<head>`) and every fusion term (NaN on exploration rows)."""
+    lengths = np.array([len(f[0]) for f in feeds], dtype=np.int64)
+    feed = np.concatenate([f[0] for f in feeds]) if feeds else np.zeros(0, np.int64)
+    explore = np.concatenate([f[1] for f in feeds]) if feeds else np.zeros(0, bool)
+    relaxed = np.concatenate([f[2] for f in feeds]) if feeds else np.zeros(0, bool)
+    if not len(feed):
+        out = pd.DataFrame(columns=list(FIXED_COLUMNS))
+        out.insert(3, "strategy", name)
+        return out
+    ranked = np.where(explore, 0, feed)  # a row of the selection (garbage on exploration rows, masked below)
+    masks_of = masks[ranked] if len(masks) else np.zeros(len(feed), np.int64)
+    codes, inverse = np.unique(np.where(explore, -1, masks_of), return_inverse=True)
+    labels = np.array([s.exploration.pool if c < 0 else ",".join(channel_names(s, int(c))) for c in codes], object)
+    columns: dict[str, np.ndarray] = {
+        "user_id": np.repeat(user_ids, lengths),
+        "position": np.concatenate([np.arange(n) for n in lengths]),
+        "item_id": ctx.catalogue.item_id[np.where(explore, feed, items_of[ranked] if len(items_of) else 0)],
+        "strategy": np.full(len(feed), name, dtype=object),
+        "channels": labels[inverse.ravel()],
+        "decision": np.where(explore, "exploration", np.where(relaxed, "ranked, spacing relaxed", "ranked")).astype(object),
+    }
+    if not explore.all():
+        values = {"prerank": prerank, "score": score, **{f"p_{h}": preds[:, j] for j, h in enumerate(heads)}, **terms}
+        columns.update({c: np.where(explore, np.nan, v[ranked].astype(np.float64)) for c, v in values.items()})
+    return pd.DataFrame(columns)
 
 
 class _Clock:
@@ -368,18 +428,22 @@ def _diversify(s: StrategyConfig, score: np.ndarray, vectors: np.ndarray, catego
                clusters: np.ndarray, k: int):
     """The ranked part of the feed: DPP, MMR, or (none) the scores' order, under the spacing rules."""
     d = s.diversity
-    kw = dict(categories=categories, clusters=clusters, category_gap=d.category_gap, cluster_gap=d.cluster_gap)
+    kw = {"categories": categories, "clusters": clusters, "category_gap": d.category_gap, "cluster_gap": d.cluster_gap}
     if d.method == "dpp":  # the DPP window counts the new pick: w + 1 conditions on the last w picks
         return dpp(score, vectors, k, d.eta, window=d.window + 1, **kw)
     return mmr(score, vectors, k, d.eta if d.method == "mmr" else 1.0, window=d.window, **kw)
 
 
-def _exploration_items(ctx: ServingContext, s: StrategyConfig, user_id: int, seen: np.ndarray, n: int,
-                       rng: np.random.Generator) -> np.ndarray:
-    """n distinct items of the exploration pool for the user's segments (the whole pool for a user
-    in none), neither seen nor expired, drawn uniformly."""
+def _exploration_pool(ctx: ServingContext, s: StrategyConfig, segments: tuple[str, ...]) -> np.ndarray:
+    """The exploration pool of a user in `segments` (the whole pool for a user in none), expired
+    items removed."""
     lists = ctx.pools.get(s.exploration.pool, {})
-    mine = [lists[g] for g in ctx.user_segments(user_id) if g in lists] or list(lists.values())
+    mine = [lists[g] for g in segments if g in lists] or list(lists.values())
     pool = pd.unique(np.concatenate(mine)) if mine else np.zeros(0, np.int64)
-    pool = pool[~np.isin(pool, seen) & ~ctx.expired[pool]]
+    return pool[~ctx.expired[pool]]
+
+
+def _exploration_items(pool: np.ndarray, seen: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n distinct items of the user's exploration pool not seen, drawn uniformly."""
+    pool = pool[~np.isin(pool, seen)]
     return rng.choice(pool, size=min(n, len(pool)), replace=False) if n and len(pool) else np.zeros(0, np.int64)

@@ -6,7 +6,15 @@ feed policies), day (one day's step), events and tables (layout as contract rows
 (writing, ground-truth reader), state (daily snapshots), run (the entry points).
 """
 
-from tasks.simulator.exposure import EXPOSURE_POLICIES, ExposureContext, ExposurePolicy, get_policy, register_policy
+from tasks.simulator.day import SatisfactionShift
+from tasks.simulator.exposure import (
+    EXPOSURE_POLICIES,
+    ExposureContext,
+    ExposurePolicy,
+    Served,
+    get_policy,
+    register_policy,
+)
 from tasks.simulator.output import landing_path, read_ground_truth, truth_path
 from tasks.simulator.run import DaySummary, SimulationSummary, simulate, simulate_day, with_overrides
 
@@ -15,6 +23,8 @@ __all__ = [
     "DaySummary",
     "ExposureContext",
     "ExposurePolicy",
+    "SatisfactionShift",
+    "Served",
     "SimulationSummary",
     "get_policy",
     "landing_path",

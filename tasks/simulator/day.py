@@ -2,12 +2,20 @@
 publishing and follows; then the carried state moves on (the world is updated in place).
 
 Each day draws from its own random streams, seeded by (seed, day), so a day depends only on the
-seed and the state left by the previous day. Times are microseconds since the epoch (UTC).
+seed and the state left by the previous day (and the planted `satisfaction_shift`, if any). Times are
+microseconds since the epoch (UTC).
+
+Planted effect: `satisfaction_shift(user_ids, day)` gets the ids of the day's active users and returns
+a per-user additive shift of their satisfaction today (the result is clipped to [0, 1)); it moves
+their next-day return logit by satisfaction_effect * (1 + new-user boost) * the applied shift
+(ground truth: user_days.satisfaction_shift and logit_planted). State snapshots do not record it:
+replays and resumed days must be given the same function.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +24,8 @@ import pyarrow as pa
 from tasks.core.config import SimulatorConfig
 from tasks.simulator import behaviour as bh
 from tasks.simulator import tables
-from tasks.simulator.events import SessionLayout, VisitLayout, layout_events
-from tasks.simulator.exposure import ExposureContext, ExposurePolicy
+from tasks.simulator.events import Labels, SessionLayout, VisitLayout, encode_labels, layout_events
+from tasks.simulator.exposure import ExposureContext, ExposurePolicy, Served
 from tasks.simulator.world import US_PER_DAY, Taxonomy, World, day_number, day_start_us, new_items, new_users
 
 _STREAMS = (
@@ -28,6 +36,7 @@ LOAD_US = 1_000_000  # from session start to the first impression (plus PUBLISH_
 PUBLISH_US = 30_000_000
 # Offsets of the post-click actions (like, favorite, share, comment, follow) as shares of the dwell.
 ACTION_AT = np.array([0.3, 0.5, 0.7, 0.8, 0.9])
+SatisfactionShift = Callable[[np.ndarray, dt.date], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -74,19 +83,23 @@ def _exposures(
     n_imp: np.ndarray,
     n_items: int,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """Item indices the policy shows, checked against today's showable items."""
+) -> tuple[np.ndarray, Labels, Labels]:
+    """Item indices the policy shows, checked against today's showable items, and their strategy
+    and channel labels."""
     if len(ctx.item_ids) == 0:
         raise RuntimeError(f"{ctx.day}: no item may be shown (empty or expired catalogue)")
     n = int(n_imp.sum())
-    ids = np.asarray(policy(ctx, sess_user + 1, n_imp, rng))
+    served = policy(ctx, sess_user + 1, n_imp, rng)
+    if not isinstance(served, Served):
+        served = Served(served)
+    ids = np.asarray(served.item_ids)
     if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"exposure policy returned {ids.shape} {ids.dtype}, expected ({n},) integers")
     showable = np.zeros(n_items + 1, dtype=bool)
     showable[ctx.item_ids] = True
     if len(ids) and (ids.min() < 1 or ids.max() > n_items or not showable[ids].all()):
         raise ValueError("exposure policy returned item ids that may not be shown today")
-    return ids.astype(np.int64) - 1
+    return ids.astype(np.int64) - 1, encode_labels(served.strategy, n), encode_labels(served.channel, n)
 
 
 def _offsite_visits(
@@ -99,14 +112,17 @@ def _offsite_visits(
     last_us: int,
     rng: np.random.Generator,
 ) -> VisitLayout:
-    """Visits through shared links (KOLs' bring many more), each a short session of an existing user
-    (anyone but the sharer), after the share and before `last_us`."""
+    """Visits through shared links (KOLs' bring many more), each a short session after the share and
+    before `last_us`: a share `offsite_signup_share` by people who sign up (user indices from
+    len(world.users) on, to be appended), the others by an existing user (anyone but the sharer)."""
     mean = cfg.offsite_visits_per_share * np.where(world.users.is_kol[sharer], cfg.kol_visit_multiplier, 1.0)
     n_vis = rng.poisson(mean) if n_old > 1 else np.zeros(len(sharer), dtype=np.int64)
     referrer = np.repeat(sharer, n_vis)
     shared_at = np.repeat(share_ts, n_vis)
     visitor = rng.integers(0, max(n_old - 1, 1), len(referrer))
     visitor += visitor >= referrer
+    signup = rng.random(len(referrer)) < cfg.offsite_signup_share
+    visitor[signup] = len(world.users) + np.arange(int(signup.sum()))
     length = np.clip(rng.lognormal(np.log(30e6), 0.8, len(referrer)), 2e6, 600e6).astype(np.int64)
     length = np.minimum(length, last_us - shared_at)
     delay = rng.exponential(bh.VISIT_DELAY_MEAN_US, len(referrer)).astype(np.int64)
@@ -143,9 +159,15 @@ def _follow_changes(
 
 
 def step(
-    world: World, cfg: SimulatorConfig, tax: Taxonomy, day: dt.date, policy: ExposurePolicy
+    world: World,
+    cfg: SimulatorConfig,
+    tax: Taxonomy,
+    day: dt.date,
+    policy: ExposurePolicy,
+    satisfaction_shift: SatisfactionShift | None = None,
 ) -> DayOutput:
-    """Simulate `day` on `world` (which must stand at the end of the previous day)."""
+    """Simulate `day` on `world` (which must stand at the end of the previous day), with an optional
+    planted satisfaction shift (module docstring)."""
     dn = day_number(day)
     if world.last_day != dn - 1:
         raise ValueError(f"the world stands at day {world.last_day}, cannot simulate {day}")
@@ -171,13 +193,15 @@ def step(
     depth = (cfg.impressions_per_session - 1) * users.depth[sess_user]
     n_imp = np.minimum(1 + r.poisson(depth), bh.MAX_IMPRESSIONS)
     ctx = _exposure_context(world, cfg, tax, day)
-    imp_item = _exposures(ctx, policy, sess_user, n_imp, n_items_old, rng["policy"])
+    imp_item, imp_strategy, imp_channel = _exposures(ctx, policy, sess_user, n_imp, n_items_old, rng["policy"])
     imp_sess = np.repeat(np.arange(len(sess_user)), n_imp)
     imp_first = np.cumsum(n_imp) - n_imp
     imp_user = sess_user[imp_sess]
     followed = world.is_following(imp_user, items.author[imp_item])
     aff = bh.affinity(users, items, imp_user, imp_item)
-    clicked = np.flatnonzero(bh.clicks(aff, followed, rng["clicks"]))
+    repeats = bh.session_repeats(imp_sess, items.l2[imp_item], tax.n_l2)
+    p_click = bh.click_probability(aff, followed, repeats, cfg.fatigue_effect)
+    clicked = np.flatnonzero(rng["clicks"].random(len(aff)) < p_click)
     c_user, c_item, c_aff = imp_user[clicked], imp_item[clicked], aff[clicked]
     actions = bh.post_click_actions(
         world, c_user, c_item, c_aff, followed[clicked], world.fan_count(), rng["actions"]
@@ -185,7 +209,9 @@ def step(
     dwell = bh.dwell_ms(items, c_item, c_aff, rng["actions"])
 
     # Uploads by active creators, at the start of their first session.
-    n_pub_u = np.minimum(rng["publish"].poisson(users.productivity[act]), bh.MAX_PUBLISH)
+    fans, comments = world.recent_reactions(dn)
+    pub_rate = bh.publish_rate(users, cfg, act, fans, comments)
+    n_pub_u = np.minimum(rng["publish"].poisson(pub_rate), bh.MAX_PUBLISH)
     n_pub = np.zeros(len(sess_user), dtype=np.int64)
     n_pub[sess_first] = n_pub_u
 
@@ -216,6 +242,11 @@ def step(
         cfg, world, n_old, c_user[shares], c_item[shares], action_ts[shares, 2],
         d0 + US_PER_DAY - 1, rng["visits"],
     )  # fmt: skip
+    joined = visits.user >= n_users  # visitors who signed up through the link, just before the visit
+    signup_us = np.maximum(visits.t0[joined] - r.integers(5_000_000, 120_000_000, int(joined.sum())), d0)
+    if len(signup_us):
+        users.append(new_users(cfg, tax, len(signup_us), signup_us, rng["visits"]))
+    n_users = len(users)
     user_first_session = np.full(n_users, -1, dtype=np.int64)
     user_first_session[act] = sess_first
     follows = np.flatnonzero(actions[:, 4])
@@ -227,36 +258,58 @@ def step(
     events = layout_events(
         SessionLayout(
             user=sess_user, t0=sess_t0, length=sess_len, n_imp=n_imp, n_publish=n_pub,
-            imp_item=imp_item, imp_ts=imp_ts, clicked=clicked, click_ts=click_ts, dwell_ms=dwell,
+            imp_item=imp_item, imp_ts=imp_ts, imp_strategy=imp_strategy, imp_channel=imp_channel,
+            clicked=clicked, click_ts=click_ts, dwell_ms=dwell,
             actions=actions, action_ts=action_ts,
             publish_item=np.arange(n_items_old, len(items)), publish_ts=pub_ts,
         ),
         visits,
     )  # fmt: skip
 
-    # Carry the state: satisfaction and last activity of everyone active, the day's clicks, follows.
-    visit_item = visits.item
-    sat = bh.satisfaction(
-        n_users,
-        len(tax.l1_names),
-        seen_user=np.concatenate([imp_user, visits.user]),
-        seen_followed=np.concatenate([followed, np.zeros(len(visits.user), dtype=bool)]),
-        click_user=np.concatenate([c_user, visits.user]),
-        click_aff=np.concatenate([c_aff, bh.affinity(users, items, visits.user, visit_item)]),
-        click_l1=tax.l2_parent[items.l2[np.concatenate([c_item, visit_item])]],
-    )
+    # Carry the state: satisfaction (with the planted shift) and last activity of everyone active,
+    # discovered interests, the day's clicks, new fans and comments received, follows.
     is_active = np.zeros(n_users, dtype=bool)
     is_active[act] = True
     is_active[visits.user] = True
     active = np.flatnonzero(is_active)
-    users.satisfaction[active] = sat[active]
+    rank = np.zeros(n_users, dtype=np.int64)
+    rank[active] = np.arange(len(active))
+    visit_item, no_visit = visits.item, np.zeros(len(visits.user), dtype=bool)
+    seen_item = np.concatenate([imp_item, visit_item])
+    sat_parts = bh.satisfaction_parts(
+        cfg,
+        rank,
+        bh.is_new(users, cfg, dn, active),
+        len(tax.l1_names),
+        seen_user=np.concatenate([imp_user, visits.user]),
+        seen_followed=np.concatenate([followed, no_visit]),
+        seen_repeat=np.concatenate([repeats > 0, no_visit]),
+        seen_low_quality=items.quality[seen_item] < cfg.low_quality_threshold,
+        click_user=np.concatenate([c_user, visits.user]),
+        click_aff=np.concatenate([c_aff, bh.affinity(users, items, visits.user, visit_item)]),
+        click_l1=tax.l2_parent[items.l2[np.concatenate([c_item, visit_item])]],
+    )
+    base_sat = bh.satisfaction(sat_parts)  # of the active users, before the planted shift
+    users.satisfaction[active] = base_sat
+    if satisfaction_shift is not None:
+        shift = np.asarray(satisfaction_shift(active.astype(np.int64) + 1, day), dtype=np.float64)
+        if shift.shape != active.shape:
+            raise ValueError(f"satisfaction_shift returned shape {shift.shape}, expected {active.shape}")
+        users.satisfaction[active] = np.clip(base_sat + shift, 0.0, bh.SAT_MAX)
     users.last_active[active] = dn
+    rate_today = bh.publish_rate(users, cfg, active, *world.recent_reactions(dn))  # window before today
+    bh.discover(users, c_user, items.l2[c_item], cfg.discovery_rate)
+    world.record_reactions(
+        dn,
+        new_fans=np.bincount(items.author[c_item[follows]], minlength=n_users),
+        comments=np.bincount(items.author[c_item[actions[:, 3]]], minlength=n_users),
+    )
     items.clicks = np.bincount(c_item, minlength=len(items)).astype(np.int32)
     world.follows = edges
     world.last_day = dn
 
     user_lo, item_lo = (0, 0) if day == cfg.start_date else (n_old, n_items_old)
-    p_next = bh.return_probability(users, world.following_count(), cfg, dn + 1)
+    return_parts = bh.return_logit_parts(users, world.following_count(), cfg, dn + 1, base_sat, active)
     return DayOutput(
         day=day,
         tables={
@@ -268,7 +321,15 @@ def step(
         truth={
             "users": tables.truth_users_table(users, tax, user_lo),
             "items": tables.truth_items_table(items, item_lo),
-            "user_days": tables.truth_user_days_table(active, sat[active], p_next[active]),
+            "user_days": tables.truth_user_days_table(
+                active,
+                users.satisfaction[active],
+                users.satisfaction[active] - base_sat,
+                return_parts,
+                sat_parts,
+                bh.discovered_count(users, active),
+                rate_today,
+            ),
         },
         dau=len(active),
     )

@@ -3,7 +3,8 @@
 Regular sessions come first, in session order; inside a session the rows are session_start,
 the uploads, then per impression: impression, [click, like, favorite, share, comment, follow],
 and session_end last. Offsite-visit sessions follow: session_start, offsite_visit, session_end.
-Timestamps increase inside a session in row order.
+Timestamps increase inside a session in row order. An impression's serving strategy and channel
+labels (if the policy gave them) also go to its click and post-click action rows.
 """
 
 from __future__ import annotations
@@ -11,11 +12,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from tasks.core.contract import EVENT_TYPES
 
 CODE = {name: np.int8(i) for i, name in enumerate(EVENT_TYPES)}
 ACTION_CODES = np.array([CODE[a] for a in ("like", "favorite", "share", "comment", "follow")], dtype=np.int8)
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A string label per row, dictionary-encoded: codes (int32, -1 = null) into `values`; codes
+    None = every row null."""
+
+    codes: np.ndarray | None
+    values: tuple[str, ...]
+
+
+def encode_labels(labels: np.ndarray | None, n: int) -> Labels:
+    """Labels of `n` rows from an array of str / None (None: all null)."""
+    if labels is None:
+        return Labels(None, ())
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} rows")
+    encoded = pa.array(labels, type=pa.string()).dictionary_encode()
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+    return Labels(codes, tuple(encoded.dictionary.to_pylist()))
 
 
 @dataclass(frozen=True)
@@ -29,6 +51,8 @@ class SessionLayout:
     n_publish: np.ndarray  # uploads per session
     imp_item: np.ndarray  # item index per impression (session-major)
     imp_ts: np.ndarray
+    imp_strategy: Labels  # per impression
+    imp_channel: Labels
     clicked: np.ndarray  # impression positions that were clicked (ascending)
     click_ts: np.ndarray
     dwell_ms: np.ndarray  # per click
@@ -61,6 +85,8 @@ class EventColumns:
     dwell_ms: np.ndarray
     referrer: np.ndarray
     position: np.ndarray  # int32
+    strategy: Labels
+    channel: Labels
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -111,6 +137,16 @@ def layout_events(s: SessionLayout, v: VisitLayout) -> EventColumns:
     dwell[click_row] = s.dwell_ms
     etype[action_row], ts[action_row] = ACTION_CODES[a_kind], s.action_ts[a_click, a_kind]
     item[action_row] = s.imp_item[s.clicked][a_click]
+    labels = []
+    for imp_labels in (s.imp_strategy, s.imp_channel):
+        if imp_labels.codes is None:
+            labels.append(imp_labels)
+            continue
+        codes = np.full(n, -1, dtype=np.int32)
+        codes[imp_row] = imp_labels.codes
+        codes[click_row] = imp_labels.codes[s.clicked]
+        codes[action_row] = imp_labels.codes[s.clicked][a_click]
+        labels.append(Labels(codes, imp_labels.values))
 
     # Offsite visits.
     vis_session = n_sess + np.arange(n_vis)
@@ -120,4 +156,4 @@ def layout_events(s: SessionLayout, v: VisitLayout) -> EventColumns:
         etype[rows], ts[rows], user[rows], session[rows] = CODE[code], t, v.user, vis_session
     item[visit_row + 1], referrer[visit_row + 1] = v.item, v.referrer
     dwell[visit_row + 2] = v.length // 1000
-    return EventColumns(etype, ts, user, session, item, dwell, referrer, position)
+    return EventColumns(etype, ts, user, session, item, dwell, referrer, position, *labels)

@@ -10,7 +10,10 @@ A policy is a function `(ctx, user_ids, slots, rng) -> item_ids`:
 - `rng`: the policy's own random stream (deterministic per seed and day).
 
 It returns `slots.sum()` item ids (int64), request-major: the first `slots[0]` ids fill request 0,
-in feed order, and so on. Every id must be one of `ctx.item_ids`. Register a new policy with
+in feed order, and so on. Every id must be one of `ctx.item_ids`. Instead of the plain array it may
+return a `Served`: the same ids plus, per slot, the serving strategy and the retrieval channel(s)
+(str, None = null), which the simulator writes to the events' `strategy` / `channel` columns of the
+impression and of its click and post-click actions (null for a plain array). Register a new policy with
 `@register_policy("name")`; a policy built from nightly artifacts reads them itself (paths from
 the platform config).
 """
@@ -41,11 +44,23 @@ class ExposureContext:
     n_categories: int
     # Latent interests of every user (row = user_id - 1): only simulated "organic" policies
     # may use them; a policy under evaluation should learn from the contract tables instead.
-    interest_l2: np.ndarray  # int16 (n_users, k) category index, descending weight
-    interest_w: np.ndarray  # float32 (n_users, k) weights, rows sum to 1
+    # Columns: the initial interests (descending weight, summing to 1), then the dormant ones
+    # (category -1 = none), whose weight grows from 0 as they are discovered (world.py).
+    interest_l2: np.ndarray  # int16 (n_users, k) category index
+    interest_w: np.ndarray  # float32 (n_users, k) weights, rows sum to >= 1
 
 
-ExposurePolicy = Callable[[ExposureContext, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+@dataclass(frozen=True)
+class Served:
+    """A policy's feed with its provenance: item ids (as the plain return value) and, optionally, an
+    object array of str (None = null) per slot naming the serving strategy and the retrieval channel(s)."""
+
+    item_ids: np.ndarray
+    strategy: np.ndarray | None = None
+    channel: np.ndarray | None = None
+
+
+ExposurePolicy = Callable[[ExposureContext, np.ndarray, np.ndarray, np.random.Generator], np.ndarray | Served]
 EXPOSURE_POLICIES: dict[str, ExposurePolicy] = {}
 
 
@@ -84,10 +99,11 @@ def mixed_policy(
     interest = u >= cfg.exposure_popular_share + cfg.exposure_fresh_share
     pos = np.full(n, -1, dtype=np.int64)
 
-    # Interest-matched: a category from the user's interests, then a uniform item of it.
+    # Interest-matched: a category from the user's interests (by weight), then a uniform item of it.
     rows = np.flatnonzero(interest)
     cum = np.cumsum(ctx.interest_w[owner[rows]], axis=1)
-    pick = np.minimum((rng.random(len(rows))[:, None] > cum).sum(axis=1), cum.shape[1] - 1)
+    x = rng.random(len(rows))[:, None] * cum[:, -1:]
+    pick = np.minimum((x >= cum).sum(axis=1), cum.shape[1] - 1)  # skips weight-0 slots
     cat = ctx.interest_l2[owner[rows], pick]
     by_cat = np.argsort(ctx.item_l2, kind="stable")
     count = np.bincount(ctx.item_l2, minlength=ctx.n_categories)

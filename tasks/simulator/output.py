@@ -6,10 +6,19 @@ Layout:
 - ground_truth_dir/users/dt=YYYY-MM-DD/part-0.parquet: users who appeared that day (the first day
   also holds the initial base) with user_id, is_kol, is_creator, activity (base daily activity
   probability), share_propensity, productivity (items per active day), interest_l2 and
-  interest_weight (parallel lists, descending weight: the sparse latent interest vector);
+  interest_weight (parallel lists, descending weight: the sparse latent interest vector at signup),
+  dormant_l2 (the dormant categories, weight 0 until discovered);
 - ground_truth_dir/items/dt=.../part-0.parquet: item_id, quality (latent, in (0, 1));
-- ground_truth_dir/user_days/dt=.../part-0.parquet: the day's active users with their
-  satisfaction and p_return_next_day;
+- ground_truth_dir/user_days/dt=.../part-0.parquet: every user active that day (behaviour.py has
+  the formulas) with
+  - satisfaction (today's, in [0, 1), after the planted shift) and satisfaction_shift (the shift
+    applied, after clipping; 0 without a planted effect);
+  - sat_relevance, sat_variety, sat_followed, sat_fatigue, sat_low_quality: the additive parts of
+    the raw satisfaction (satisfaction = 1 - exp(-max(sum, 0)) + satisfaction_shift);
+  - p_return_next_day = sigmoid(sum of logit_activity, logit_habit, logit_satisfaction,
+    logit_new_user, logit_planted, logit_follow), its logit parts;
+  - discovered_interests: dormant interests discovered by the end of the day;
+  - publish_rate: today's expected uploads on an active day (creators; 0 otherwise);
 - ground_truth_dir/_state/: daily state snapshots (see state.py).
 
 Every file is written atomically (temporary file in the same folder, then os.replace).
@@ -68,8 +77,9 @@ def read_ground_truth(ground_truth_dir: Path, table: TruthTable) -> pd.DataFrame
     """All day partitions of a ground-truth table, oldest first, with a `dt` (date) column.
 
     users: user_id, is_kol, is_creator, activity, share_propensity, productivity, interest_l2,
-    interest_weight (lists, descending weight); items: item_id, quality; user_days: user_id,
-    satisfaction, p_return_next_day.
+    interest_weight (lists, descending weight), dormant_l2; items: item_id, quality; user_days:
+    user_id, satisfaction, p_return_next_day, logit_* (its parts), sat_* (satisfaction parts),
+    satisfaction_shift, discovered_interests, publish_rate (see the module docstring).
     """
     if table not in TRUTH_TABLES:
         raise ValueError(f"unknown ground-truth table {table!r}; one of {TRUTH_TABLES}")

@@ -1,8 +1,9 @@
 """The simulator's entry points: `simulate` (all days in one go) and `simulate_day` (the daily mode).
 
-Both produce byte-identical files for the same config: a day depends only on the seed and the
-state left by the previous day, which `simulate_day` reloads from the last snapshot (or rebuilds
-by replaying from the start date when it is missing).
+Both produce byte-identical files for the same config (and the same `satisfaction_shift`, the
+planted effect of day.py): a day depends only on the seed and the state left by the previous day,
+which `simulate_day` reloads from the last snapshot (or rebuilds by replaying from the start date
+when it is missing).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.config import SimulatorConfig
-from tasks.simulator.day import DayOutput, step
-from tasks.simulator.exposure import get_policy
+from tasks.simulator.day import DayOutput, SatisfactionShift, step
+from tasks.simulator.exposure import ExposurePolicy, get_policy
 from tasks.simulator.output import write_day
 from tasks.simulator.state import latest_state_before, save_state
 from tasks.simulator.world import Taxonomy, initial_world
@@ -102,8 +103,10 @@ def simulate(
     days: int | None = None,
     seed: int | None = None,
     start_date: dt.date | None = None,
+    satisfaction_shift: SatisfactionShift | None = None,
 ) -> SimulationSummary:
-    """Simulate every day from the start date, day by day, writing each day's batch and truth."""
+    """Simulate every day from the start date, day by day, writing each day's batch and truth
+    (with the planted satisfaction shift, if any)."""
     cfg = with_overrides(cfg, users=users, items=items, days=days, seed=seed, start_date=start_date)
     policy = get_policy(cfg.exposure_policy)
     t0 = time.perf_counter()
@@ -117,7 +120,7 @@ def simulate(
         for i in range(cfg.days):
             day = cfg.start_date + dt.timedelta(days=i)
             t_day = time.perf_counter()
-            out = step(world, cfg, tax, day, policy)
+            out = step(world, cfg, tax, day, policy, satisfaction_shift)
             save_state(world, cfg, ground_truth_dir, day)
             if pending is not None:
                 pending.result()
@@ -128,11 +131,19 @@ def simulate(
     return SimulationSummary(tuple(summaries), time.perf_counter() - t0)
 
 
-def simulate_day(cfg: SimulatorConfig, landing_dir: Path, ground_truth_dir: Path, day: dt.date) -> DaySummary:
-    """Simulate one day from the persisted state of the day before (replayed if missing)."""
+def simulate_day(
+    cfg: SimulatorConfig,
+    landing_dir: Path,
+    ground_truth_dir: Path,
+    day: dt.date,
+    satisfaction_shift: SatisfactionShift | None = None,
+    policy: ExposurePolicy | None = None,
+) -> DaySummary:
+    """Simulate one day from the persisted state of the day before (replayed if missing, with the
+    same satisfaction shift and policy). `policy` overrides `cfg.exposure_policy`."""
     if day < cfg.start_date:
         raise ValueError(f"{day} is before the simulator's start date {cfg.start_date}")
-    policy = get_policy(cfg.exposure_policy)
+    policy = policy or get_policy(cfg.exposure_policy)
     t0 = time.perf_counter()
     tax = Taxonomy.build(cfg)
     found = latest_state_before(cfg, ground_truth_dir, day)
@@ -143,8 +154,10 @@ def simulate_day(cfg: SimulatorConfig, landing_dir: Path, ground_truth_dir: Path
     if resume < day:
         log.info("replaying %s .. %s to rebuild the state before %s", resume, day - dt.timedelta(days=1), day)
     for i in range((day - resume).days):  # replayed days rewrite their ground truth, not their batch
-        write_day(step(world, cfg, tax, resume + dt.timedelta(days=i), policy), None, ground_truth_dir)
-    out = step(world, cfg, tax, day, policy)
+        write_day(
+            step(world, cfg, tax, resume + dt.timedelta(days=i), policy, satisfaction_shift), None, ground_truth_dir
+        )
+    out = step(world, cfg, tax, day, policy, satisfaction_shift)
     write_day(out, landing_dir, ground_truth_dir)
     save_state(world, cfg, ground_truth_dir, day)
     return _summary(out, time.perf_counter() - t0, len(world.users))

@@ -1,6 +1,7 @@
 """Daily state snapshots: the World after day d, in ground_truth_dir/_state/dt=YYYY-MM-DD.npz.
 
-A snapshot holds every carried array (users, items, follow edges, the day) and a fingerprint of
+A snapshot holds every carried array (users with their interests, items, follow edges, the recent
+reactions window, the day) and a fingerprint of
 the simulation-relevant config; a snapshot whose fingerprint differs is ignored. Only the
 `state_snapshots_kept` most recent days are kept. The taxonomy is rebuilt from the config.
 """
@@ -41,6 +42,7 @@ def save_state(world: World, cfg: SimulatorConfig, ground_truth_dir: Path, day: 
         **world.items.arrays("items."),
         "follows": world.follows,
         "last_day": np.int64(world.last_day),
+        "reactions": world.reactions,
         "fingerprint": np.array(fingerprint(cfg)),
     }
 
@@ -63,6 +65,7 @@ def _load(path: Path, cfg: SimulatorConfig) -> World | None:
         items=Items.from_arrays(arrays, "items."),
         follows=arrays["follows"],
         last_day=int(arrays["last_day"]),
+        reactions=arrays["reactions"],
     )
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.core.contract import AGE_BUCKETS, EVENT_TYPES, FOLLOW_ACTIONS, GENDERS, TABLES
-from tasks.simulator.events import EventColumns
-from tasks.simulator.world import COUNTRIES, Items, Taxonomy, Users, experiment_bucket_index, sigmoid
+from tasks.simulator.events import EventColumns, Labels
+from tasks.simulator.world import COUNTRIES, INTEREST_SLOTS, Items, Taxonomy, Users, experiment_bucket_index, sigmoid
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 
@@ -25,6 +25,10 @@ def write_schema(table: str) -> pa.Schema:
 def _dict(codes: np.ndarray, values: tuple[str, ...]) -> pa.DictionaryArray:
     codes = codes.astype(np.int32)
     return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(values, pa.string()))
+
+
+def _labels(labels: Labels, nulls: pa.Array) -> pa.Array:
+    return nulls if labels.codes is None else _dict(labels.codes, labels.values)
 
 
 def _nullable(values: np.ndarray) -> pa.Array:
@@ -92,6 +96,7 @@ def events_table(ev: EventColumns, day: int, buckets: tuple[str, ...]) -> pa.Tab
     """Contract rows of the day's events; event and session ids carry the day in bits 40 and up."""
     user_id = ev.user + 1
     high = np.int64(day) << np.int64(40)
+    nulls = pa.nulls(len(ev), _DICT)
     return _table(
         "events",
         [
@@ -105,16 +110,25 @@ def events_table(ev: EventColumns, day: int, buckets: tuple[str, ...]) -> pa.Tab
             _dict(experiment_bucket_index(user_id, len(buckets)), buckets),
             pa.array(ev.referrer + 1, mask=ev.referrer < 0),
             _nullable(ev.position),
+            _labels(ev.strategy, nulls),
+            _labels(ev.channel, nulls),
         ],
     )
 
 
-def truth_users_table(users: Users, tax: Taxonomy, lo: int) -> pa.Table:
-    """Latent traits of users[lo:]; interests as parallel lists sorted by descending weight."""
-    w = users.interest_w[lo:]
-    used = w > 0
+def _l2_lists(tax: Taxonomy, l2: np.ndarray, used: np.ndarray) -> pa.ListArray:
+    """Per row, the names of the categories `l2` where `used`."""
     offsets = np.concatenate([[0], np.cumsum(used.sum(axis=1))]).astype(np.int32)
-    names = pa.array(tax.l2_names).take(pa.array(users.interest_l2[lo:][used].astype(np.int32)))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(tax.l2_names).take(pa.array(l2[used].astype(np.int32))))
+
+
+def truth_users_table(users: Users, tax: Taxonomy, lo: int) -> pa.Table:
+    """Latent traits of users[lo:]: initial interests as parallel lists sorted by descending weight,
+    and the dormant categories (undiscovered at signup)."""
+    w = np.ascontiguousarray(users.interest_w[lo:, :INTEREST_SLOTS])  # boolean masks are slow on strided views
+    used = w > 0
+    interests = _l2_lists(tax, np.ascontiguousarray(users.interest_l2[lo:, :INTEREST_SLOTS]), used)
+    dormant = np.ascontiguousarray(users.interest_l2[lo:, INTEREST_SLOTS:])
     return pa.table(
         {
             "user_id": pa.array(np.arange(lo, len(users), dtype=np.int64) + 1),
@@ -123,8 +137,9 @@ def truth_users_table(users: Users, tax: Taxonomy, lo: int) -> pa.Table:
             "activity": sigmoid(users.activity[lo:]).astype(np.float32),
             "share_propensity": users.share_p[lo:],
             "productivity": users.productivity[lo:],
-            "interest_l2": pa.ListArray.from_arrays(pa.array(offsets), names),
-            "interest_weight": pa.ListArray.from_arrays(pa.array(offsets), pa.array(w[used])),
+            "interest_l2": interests,
+            "interest_weight": pa.ListArray.from_arrays(interests.offsets, pa.array(w[used])),
+            "dormant_l2": _l2_lists(tax, dormant, dormant >= 0),
         }
     )
 
@@ -139,12 +154,28 @@ def truth_items_table(items: Items, lo: int) -> pa.Table:
     )
 
 
-def truth_user_days_table(active: np.ndarray, satisfaction: np.ndarray, p_next: np.ndarray) -> pa.Table:
-    """The day's active users: their satisfaction and their probability to return the next day."""
+def truth_user_days_table(
+    active: np.ndarray,
+    satisfaction: np.ndarray,
+    shift: np.ndarray,
+    return_parts: dict[str, np.ndarray],
+    satisfaction_parts: dict[str, np.ndarray],
+    discovered: np.ndarray,
+    publish_rate: np.ndarray,
+) -> pa.Table:
+    """The day's active users (arrays aligned with `active`): satisfaction and its planted shift,
+    P(return the next day) with its logit parts (logit_*), the satisfaction parts (sat_*), discovered
+    dormant interests and today's expected uploads per active day."""
+    logit = sum(return_parts.values())
     return pa.table(
         {
             "user_id": pa.array(active.astype(np.int64) + 1),
             "satisfaction": satisfaction.astype(np.float32),
-            "p_return_next_day": p_next.astype(np.float32),
+            "p_return_next_day": sigmoid(logit).astype(np.float32),
+            **{f"logit_{k}": v.astype(np.float32) for k, v in return_parts.items()},
+            **{f"sat_{k}": v.astype(np.float32) for k, v in satisfaction_parts.items()},
+            "satisfaction_shift": shift.astype(np.float32),
+            "discovered_interests": discovered.astype(np.int32),
+            "publish_rate": publish_rate.astype(np.float32),
         }
     )

@@ -3,6 +3,10 @@
 Ids are positional: user_id = user index + 1, item_id = item index + 1 (indices grow in creation
 order, so an id never changes). The follow graph is a sorted array of edge keys
 `follower_index << 32 | author_index`.
+
+Interests: columns 0 .. INTEREST_SLOTS-1 of `interest_l2` / `interest_w` are the initial interests
+(weights sum to 1); the last DORMANT_SLOTS columns are dormant categories, distinct from the initial
+ones and drawn uniformly, with weight 0 until clicks on them grow it (behaviour.discover).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from tasks.core.contract import AGE_BUCKETS, GENDERS
 
 US_PER_DAY = 86_400_000_000
 EPOCH = dt.date(1970, 1, 1)
-INTEREST_SLOTS = 5  # at most this many categories carry a user's interest (sparse Dirichlet)
+INTEREST_SLOTS = 5  # at most this many categories carry a user's initial interest (sparse Dirichlet)
+DORMANT_SLOTS = 3  # latent interests a user has not discovered yet (weight 0 until clicked)
+DISCOVERY_CAP = 0.5  # the weight a discovered interest grows to at most
+PUBLISH_WINDOW_DAYS = 7  # new fans and comments received count over this many days
 COUNTRIES: tuple[str, ...] = ("US", "BR", "IN", "ID", "MX", "PH", "DE", "GB", "FR", "JP", "KR", "TR")
 _L1_NAMES = (
     "comedy", "music", "dance", "food", "travel", "gaming", "sports", "beauty", "fashion", "pets",
@@ -128,8 +135,9 @@ class Users(_Columns):
     country: np.ndarray  # int8 index into COUNTRIES, -1 = null
     activity: np.ndarray  # float32 logit of the base daily activity
     depth: np.ndarray  # float32 multiplier of impressions per session
-    interest_l2: np.ndarray  # int16 (n, INTEREST_SLOTS) l2 index, descending weight
-    interest_w: np.ndarray  # float32 (n, INTEREST_SLOTS), rows sum to 1, 0 on unused slots
+    interest_l2: np.ndarray  # int16 (n, INTEREST_SLOTS + DORMANT_SLOTS) l2 index; initial by descending weight,
+    # then the dormant ones (-1 = none)
+    interest_w: np.ndarray  # float32 (n, INTEREST_SLOTS + DORMANT_SLOTS): initial sum to 1, dormant start at 0
     is_creator: np.ndarray  # bool
     is_kol: np.ndarray  # bool
     share_p: np.ndarray  # float32 share probability per click
@@ -162,6 +170,9 @@ class World:
     items: Items
     follows: np.ndarray  # sorted unique int64 edge keys follower << 32 | author
     last_day: int  # day_number of the last simulated day (start - 1 before the first day)
+    # int64 (k, 4) rows (day_number, user index, new fans, comments received on own items) of the last
+    # PUBLISH_WINDOW_DAYS simulated days, users with any only
+    reactions: np.ndarray
 
     def following_count(self) -> np.ndarray:
         """Authors each user follows."""
@@ -170,6 +181,19 @@ class World:
     def fan_count(self) -> np.ndarray:
         """Followers of each user (as an author)."""
         return np.bincount(self.follows & 0xFFFFFFFF, minlength=len(self.users))
+
+    def recent_reactions(self, day: int) -> tuple[np.ndarray, np.ndarray]:
+        """New fans and comments received of each user over the PUBLISH_WINDOW_DAYS days before `day`."""
+        r = self.reactions[self.reactions[:, 0] >= day - PUBLISH_WINDOW_DAYS]
+        n = len(self.users)
+        return np.bincount(r[:, 1], r[:, 2], minlength=n), np.bincount(r[:, 1], r[:, 3], minlength=n)
+
+    def record_reactions(self, day: int, new_fans: np.ndarray, comments: np.ndarray) -> None:
+        """Add `day`'s new fans and comments received (per user) and drop the days out of the window."""
+        who = np.flatnonzero((new_fans > 0) | (comments > 0))
+        today = np.column_stack([np.full(len(who), day), who, new_fans[who], comments[who]]).astype(np.int64)
+        kept = self.reactions[self.reactions[:, 0] > day - PUBLISH_WINDOW_DAYS]
+        self.reactions = np.concatenate([kept, today])
 
     def is_following(self, user: np.ndarray, author: np.ndarray) -> np.ndarray:
         """Whether user[i] follows author[i] (indices)."""
@@ -220,6 +244,24 @@ def _sparse_interests(
     return np.take_along_axis(idx, order, axis=1).astype(np.int16), np.take_along_axis(w, order, axis=1)
 
 
+def _dormant_interests(n_l2: int, initial: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """DORMANT_SLOTS categories per user, drawn uniformly without replacement among the categories
+    not in `initial` (-1 there = unused slot); -1 when none is left."""
+    n = len(initial)
+    free = n_l2 - (initial >= 0).sum(axis=1)
+    # Positions among the free categories, without replacement: step over the earlier draws ascending.
+    pos = np.zeros((n, DORMANT_SLOTS), dtype=np.int64)
+    for j in range(DORMANT_SLOTS):
+        c = (rng.random(n) * np.maximum(free - j, 0)).astype(np.int64)
+        for earlier in np.sort(pos[:, :j], axis=1).T:
+            c += c >= earlier
+        pos[:, j] = c
+    # The free category at each position: step over the taken ones ascending (n_l2 = unused slot).
+    for taken in np.sort(np.where(initial >= 0, initial, n_l2), axis=1).T:
+        pos += pos >= taken[:, None]
+    return np.where(np.arange(DORMANT_SLOTS) < free[:, None], pos, -1).astype(np.int16)
+
+
 def new_users(
     cfg: SimulatorConfig, tax: Taxonomy, n: int, signup_us: np.ndarray, rng: np.random.Generator
 ) -> Users:
@@ -229,6 +271,9 @@ def new_users(
     country = _pick(rng, _COUNTRY_P, n)
     country[rng.random(n) < _COUNTRY_NULL_P] = -1
     interest_l2, interest_w = _sparse_interests(tax, gender.astype(np.int64) * len(AGE_BUCKETS) + age, rng)
+    used_l2 = np.where(interest_w > 0, interest_l2, -1).astype(np.int16)
+    interest_l2 = np.concatenate([interest_l2, _dormant_interests(tax.n_l2, used_l2, rng)], axis=1)
+    interest_w = np.concatenate([interest_w, np.zeros((n, DORMANT_SLOTS), dtype=np.float32)], axis=1)
     is_creator = rng.random(n) < cfg.creator_share
     is_kol = rng.random(n) < cfg.kol_share
     share_boost = np.where(is_kol, _KOL_SHARE_BOOST, 1.0)
@@ -307,4 +352,10 @@ def initial_world(cfg: SimulatorConfig, tax: Taxonomy) -> World:
     was_active = rng.random(cfg.users) < p_cold / (1.0 - p_warm + p_cold)
     users.last_active[was_active] = day_number(cfg.start_date) - 1
     users.satisfaction[was_active] = 0.5
-    return World(users, items, follows=np.empty(0, dtype=np.int64), last_day=day_number(cfg.start_date) - 1)
+    return World(
+        users,
+        items,
+        follows=np.empty(0, dtype=np.int64),
+        last_day=day_number(cfg.start_date) - 1,
+        reactions=np.empty((0, 4), dtype=np.int64),
+    )
