@@ -1,6 +1,7 @@
 """daily_metrics: when the ingest DAG publishes a day (the recpipe_raw_events Asset), rebuild that
-day's core metrics in dbt (metrics_daily, retention_daily for the days it completes, ab_readout),
-each model followed by its dbt tests, then write the HTML report and announce the days
+day's core metrics in dbt (metrics_daily, retention_daily for the days it completes, ab_readout,
+the experiment readout), each model followed by its dbt tests, then check the experiments' sample
+ratios (an alert per mismatch), write the HTML report and announce the days
 (the recpipe_metrics Asset) to the pool and social DAGs.
 
 Run it for a day or a range from the UI (Trigger with config) or the CLI:
@@ -12,6 +13,7 @@ from __future__ import annotations
 from airflow.sdk import dag, task
 
 from tasks.core.config import get_config
+from tasks.experiments.readout import check_sample_ratio
 from tasks.orchestration.wiring import (
     METRICS,
     RAW_EVENTS,
@@ -46,7 +48,12 @@ def daily_metrics_dag() -> None:
         outlet_events[METRICS].extra = days
         return str(write_report(cfg))
 
-    marts >> write_report(days)
+    # One data-quality alert per experiment with a sample-ratio mismatch (experiment_srm).
+    @task(task_id="check_sample_ratio", **writer_task_kwargs(cfg))
+    def sample_ratio() -> list[dict]:
+        return check_sample_ratio(cfg)
+
+    marts >> [sample_ratio(), write_report(days)]
 
 
 daily_metrics_dag()

@@ -1,5 +1,9 @@
 """ingest: each day, land the day's batch (simulated, or wait for it in the landing folder),
-validate it into the lake with quarantine, then publish the warehouse views (RAW_EVENTS asset)."""
+validate it into the lake with quarantine, then publish the warehouse views (RAW_EVENTS asset) and
+the experiments' assignments of every known user (docs/METHODS.md "Experiments").
+
+In the closed loop (`simulator.exposure_policy: recpipe`) the simulated day is served by the
+recommendation path, which reads the warehouse: `land_batch` then runs in the writer pool."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import datetime as dt
 from airflow.sdk import dag, task
 
 from tasks.core.config import get_config
+from tasks.experiments.assignment import publish_assignments
+from tasks.experiments.loop import is_closed_loop
 from tasks.ingest import daily
 from tasks.orchestration.wiring import RAW_EVENTS, dag_kwargs, writer_task_kwargs
 
@@ -24,7 +30,7 @@ cfg = get_config()
 def ingest_dag() -> None:
     if cfg.ingest.source == "simulator":
 
-        @task
+        @task(**(writer_task_kwargs(cfg) if is_closed_loop(cfg) else {}))
         def land_batch(ds: str | None = None) -> str:
             return daily.land_simulated_day(cfg, dt.date.fromisoformat(ds))
 
@@ -43,7 +49,11 @@ def ingest_dag() -> None:
         outlet_events[RAW_EVENTS].extra = {"day": ds}  # the day daily_metrics rebuilds
         return daily.publish_warehouse(cfg)
 
-    land_batch() >> load_batch() >> publish_warehouse()
+    @task(**writer_task_kwargs(cfg))
+    def assign_experiments() -> dict:
+        return publish_assignments(cfg)
+
+    land_batch() >> load_batch() >> publish_warehouse() >> assign_experiments()
 
 
 ingest_dag()

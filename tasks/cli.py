@@ -267,8 +267,9 @@ def _cmd_train(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     run_dag_for_days("nightly_training", [args.day], conf={"day": args.day.isoformat()})
     with connect(cfg, read_only=True) as con:
         gates = con.execute(
-            "select model, candidate, current, round(candidate_recall, 4) as recall, round(recall_floor, 4) as floor, "
-            "round(popularity_recall, 4) as popularity, passed, failed_expectations from model_gate where day = ? "
+            "select model, candidate, current, round(candidate_recall, 4) as recall, round(current_recall, 4) as current_recall, "
+            "round(recall_drop, 3) as drop, round(drop_ci_low, 3) as drop_ci_low, round(drop_ci_high, 3) as drop_ci_high, "
+            "n_users, round(popularity_recall, 4) as popularity, gate_reason, passed from model_gate where day = ? "
             "order by model", [args.day - dt.timedelta(days=1)]
         ).df()
     print(f"nightly_training {args.day} (trained through the day before):\n{gates.to_string(index=False)}")
@@ -342,6 +343,51 @@ def _cmd_alerts(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         from tasks.ops.alert_pages import render_alert_pages
 
         print(f"alert pages: {render_alert_pages(cfg)}")
+    return 0
+
+
+def _cmd_experiment(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """`experiment run NAME`: the closed loop through the experiment's first --days served days;
+    `experiment readout NAME`: its readout table."""
+    from tasks.experiments.loop import first_served_day, is_closed_loop
+
+    try:
+        experiment = cfg.experiment(args.name)
+    except KeyError as e:
+        print(f"recpipe: {e.args[0]}", file=sys.stderr)
+        return 2
+    if args.action == "readout":
+        from tasks.experiments.readout import readout_table
+
+        with pd_options():
+            print(readout_table(cfg, experiment.name).to_string(index=False))
+        return 0
+    if not is_closed_loop(cfg):
+        print("recpipe: the closed loop needs `simulator.exposure_policy: recpipe` in the config "
+              "(the simulator is then served by the recommendation path)", file=sys.stderr)
+        return 2
+    if experiment.start < first_served_day(cfg):
+        print(f"recpipe: experiment {experiment.name!r} starts {experiment.start}, before the first served day "
+              f"{first_served_day(cfg)} (simulator.start_date + organic_days)", file=sys.stderr)
+        return 2
+    from tasks.core.console import logs_to_file
+    from tasks.experiments.loop import log_path, run_loop
+    from tasks.orchestration.local_airflow import DagRunFailed, run_dag_for_days, setup_metadata
+
+    through = experiment.start + dt.timedelta(days=args.days - 1)
+    if experiment.end is not None:
+        through = min(through, experiment.end)
+    print(f"recpipe experiment {experiment.name}: simulated days {cfg.simulator.start_date} .. {through} "
+          f"(served by the recommendation path from {first_served_day(cfg)}), logs in {log_path(cfg)}")
+    with logs_to_file(log_path(cfg)) as terminal:
+        setup_metadata(cfg)
+        done = run_loop(cfg, through, lambda dag_id, day, conf: run_dag_for_days(dag_id, [day], conf=conf),
+                        (DagRunFailed,), terminal)
+    failed = {k: v for k, v in done.items() if v != "success"}
+    for key, message in sorted(failed.items()):
+        print(f"FAILED {key}: {message}")
+    print(f"{len(done)} DAG runs done ({len(failed)} failed by a gate); "
+          f"readout: recpipe experiment readout {experiment.name}")
     return 0
 
 
@@ -464,6 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--last", type=int, default=20)
     a.add_argument("--html", action="store_true", help="also render the alert landing pages (HTML)")
     a.set_defaults(func=_cmd_alerts)
+
+    ex = sub.add_parser("experiment", help="the closed loop: run an experiment day by day through the DAGs, "
+                        "or print its readout")
+    ex.add_argument("action", choices=["run", "readout"])
+    ex.add_argument("name", help="an experiment of the config's `experiments:`")
+    ex.add_argument("--days", type=int, default=14, help="served days of the experiment to simulate (run)")
+    ex.set_defaults(func=_cmd_experiment)
     return p
 
 

@@ -21,6 +21,8 @@ EXPECTED_DAGS = {"ingest", "daily_metrics", "content_pools", "content_pools_hour
 METRIC_MODELS = {
     "stg_events", "stg_users", "stg_items", "stg_follows", "int_user_day_activity", "int_user_day_segments",
     "int_user_day_retention", "int_ab_moments", "metrics_daily", "retention_daily", "ab_readout",
+    "int_experiment_windows", "int_experiment_users", "int_experiment_arm_moments", "int_experiment_lifts",
+    "experiment_readout", "experiment_weekly", "experiment_srm", "experiment_guardrails",
 }
 POOL_MODELS = {"int_item_hour_segment_stats", "pool_candidates"}
 # dag id -> (its dbt task group, the models it renders)

@@ -10,8 +10,10 @@ from typing import Any
 from tasks.core.config import PlatformConfig
 from tasks.core.contract import LOAD_ORDER
 from tasks.core.warehouse import connect, refresh_views
+from tasks.experiments.loop import first_served_day, is_closed_loop
 from tasks.ingest.load import load_batch
 from tasks.simulator import simulate_day
+from tasks.simulator.state import latest_state_before
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,18 @@ def batch_landed(cfg: PlatformConfig, day: dt.date) -> bool:
 
 
 def land_simulated_day(cfg: PlatformConfig, day: dt.date) -> str:
-    """Simulator mode: write the day's batch into the landing folder (idempotent per seed)."""
-    summary = simulate_day(cfg.simulator, cfg.landing_dir, cfg.ground_truth_dir, day)
+    """Simulator mode: write the day's batch into the landing folder (idempotent per seed and, in
+    the closed loop, per the artifacts current at the start of the day)."""
+    from tasks.experiments.policy import planted_shift, policy_for_day  # lazy: torch, faiss out of DAG parsing
+
+    found = latest_state_before(cfg.simulator, cfg.ground_truth_dir, day)
+    yesterday = day - dt.timedelta(days=1)
+    if is_closed_loop(cfg) and yesterday >= first_served_day(cfg) and (found is None or found[0] < yesterday):
+        raise RuntimeError(f"no simulator state of {yesterday} under {cfg.ground_truth_dir}: days served by the "
+                           "recommendation path cannot be replayed; run the closed loop day by day from the last "
+                           "simulated day")
+    summary = simulate_day(cfg.simulator, cfg.landing_dir, cfg.ground_truth_dir, day,
+                           policy=policy_for_day(cfg, day), satisfaction_shift=planted_shift(cfg))
     log.info("simulated %s: %s", day, summary)
     return str(batch_dir(cfg, day))
 

@@ -16,6 +16,7 @@ from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 from tasks.core import dbt_runner
 from tasks.core.config import PlatformConfig
 from tasks.core.days import resolve_days
+from tasks.experiments.loop import is_closed_loop
 from tasks.ops.notifier import RecpipeNotifier
 
 RAW_EVENTS = Asset(name="recpipe_raw_events", uri="x-recpipe://warehouse/raw/events", group="recpipe")
@@ -52,9 +53,10 @@ def default_args(cfg: PlatformConfig) -> dict[str, Any]:
 
 
 def dag_kwargs(cfg: PlatformConfig, *, schedule: Any, tags: list[str]) -> dict[str, Any]:
-    """Keyword arguments common to every recpipe @dag."""
+    """Keyword arguments common to every recpipe @dag. In the closed loop the closed_loop DAG
+    triggers every other DAG once per simulated day: their own schedules are off."""
     return {
-        "schedule": schedule,
+        "schedule": None if is_closed_loop(cfg) else schedule,
         "start_date": dt.datetime.combine(cfg.airflow.start_date or cfg.simulator.start_date, dt.time(), tzinfo=dt.timezone.utc),
         "catchup": False,
         "default_args": default_args(cfg),

@@ -24,6 +24,7 @@ import pandas as pd
 from tasks.core.atomic import atomic_write
 from tasks.core.config import ALL, PlatformConfig
 from tasks.core.warehouse import connect, table_names
+from tasks.reports.experiments import experiments_section
 from tasks.reports.fragments import embed_png
 from tasks.reports.pools import pools_section
 from tasks.reports.ranking import ranking_section
@@ -62,8 +63,8 @@ def load_marts(cfg: PlatformConfig) -> dict[str, pd.DataFrame]:
 def write_report(cfg: PlatformConfig, now: dt.datetime | None = None) -> Path:
     """Render the report from the warehouse; return the path of `index.html` (the latest)."""
     marts = load_marts(cfg)
-    sections = [pools_section(cfg), social_section(cfg), retrieval_section(cfg), ranking_section(cfg),
-                serving_section(cfg)]
+    sections = [experiments_section(cfg), pools_section(cfg), social_section(cfg), retrieval_section(cfg),
+                ranking_section(cfg), serving_section(cfg)]
     page = render_report(marts, generated=now or dt.datetime.now(dt.timezone.utc), sections=sections)
     out = reports_metrics_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,29 @@
+{{ config(materialized='table') }}
+-- Short vs long term: the readout per week since the experiment started (week 1 = its first 7
+-- served days; the last week may be partial), for the experiment's configured metrics.
+with lifts as (
+    select * from {{ ref('int_experiment_lifts') }}
+    where week > 0
+),
+
+experiments as (
+    select experiment, metrics
+    from {{ experiment_source('experiments', [('experiment', 'varchar'), ('metrics', 'varchar')]) }}
+),
+
+windows as (
+    select experiment, week, window_start, window_end
+    from {{ ref('int_experiment_windows') }}
+)
+
+select
+    l.experiment,
+    l.week,
+    w.window_start,
+    w.window_end,
+    w.window_end - w.window_start + 1 as window_days,
+    l.* exclude (experiment, week)
+from lifts as l
+inner join experiments as e
+    on e.experiment = l.experiment and list_contains(string_split(e.metrics, ','), l.metric)
+inner join windows as w on w.experiment = l.experiment and w.week = l.week
