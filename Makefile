@@ -17,9 +17,10 @@ BENCH_METRICS_DAYS ?= 30
 BENCH_DIR ?= $(CURDIR)/bench-data
 ML_SRC ?= $(CURDIR)/../shared/data/movielens-100k
 ML_DIR ?= $(CURDIR)/movielens-data
+STUDY_DAYS ?= 14
 ML_SPLIT ?= 1998-03-31  # last training day: the last 10% of the ratings (1998-04-01..04-22) are the test
 
-.PHONY: install system-deps demo test airflow bench eval-movielens clean
+.PHONY: install system-deps demo test airflow bench eval-movielens study clean
 
 install: $(STAMP)
 
@@ -56,5 +57,9 @@ bench: $(STAMP)  ## benchmarks (not tests): simulator, loader, metric marts, Ite
 eval-movielens: $(STAMP)  ## MovieLens 100K through the input contract, then the offline retrieval and funnel evaluations (temporal split)
 	bash scripts/evaluate-movielens.sh $(ML_SRC) $(ML_DIR) $(ML_SPLIT)
 
+study: $(STAMP)  ## the playbook study: the closed loop, one arm per method against a baseline, then its readout (data-study/)
+	AIRFLOW_HOME=$(CURDIR)/data-study/.airflow $(BIN)/recpipe --config config/playbook-study.yaml experiment run playbook --days $(STUDY_DAYS)
+	AIRFLOW_HOME=$(CURDIR)/data-study/.airflow $(BIN)/recpipe --config config/playbook-study.yaml experiment readout playbook
+
 clean:
-	rm -rf data .airflow reports bench-data test-artifacts movielens-data
+	rm -rf data data-study .airflow reports bench-data test-artifacts movielens-data

@@ -28,6 +28,18 @@ def test_shipped_config_is_valid() -> None:
     assert cfg.simulator.experiment_buckets[0] == "control"
 
 
+def test_a_config_extends_another_and_changes_only_what_differs(tmp_path: Path) -> None:
+    study = load_config(DEFAULT_CONFIG.parent / "playbook-study.yaml")
+    shipped = load_config(DEFAULT_CONFIG)
+    assert study.simulator.exposure_policy == "recpipe" and study.data_root.name == "data-study"
+    assert study.simulator.model_copy(update={"exposure_policy": "default"}) == shipped.simulator
+    assert study.pools == shipped.pools and study.experiments == shipped.experiments
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends` cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
 def test_data_dir_env_moves_every_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECPIPE_DATA_DIR", str(tmp_path))
     cfg = load_config(DEFAULT_CONFIG)

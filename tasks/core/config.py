@@ -892,9 +892,11 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None) -> PlatformConfig:
-    """Read and validate the platform config; errors name the file and the offending key."""
-    path = Path(path or os.environ.get("RECPIPE_CONFIG") or DEFAULT_CONFIG)
+def _read_raw(path: Path, trail: tuple[Path, ...] = ()) -> dict:
+    """The file's mapping; with `extends: <file>` (relative to it), that file's mapping with this
+    one's keys merged over it (mappings merged key by key, anything else replaced)."""
+    if path.resolve() in trail:
+        raise ConfigError(f"{path}: `extends` cycle through {' -> '.join(str(t) for t in trail)}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as e:
@@ -903,6 +905,17 @@ def load_config(path: str | Path | None = None) -> PlatformConfig:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    return _merged(_read_raw(path.parent / str(base), (*trail, path.resolve())), raw)
+
+
+def load_config(path: str | Path | None = None) -> PlatformConfig:
+    """Read and validate the platform config; errors name the file and the offending key. A file
+    may start from another (`extends: recpipe.yaml`) and change only what differs."""
+    path = Path(path or os.environ.get("RECPIPE_CONFIG") or DEFAULT_CONFIG)
+    raw = _read_raw(path)
     try:
         return PlatformConfig.model_validate(raw)
     except ValidationError as e:
