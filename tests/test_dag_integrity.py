@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from tasks.core.config import get_config
+from tasks.core.config import DEFAULT_CONFIG, get_config
+from tasks.experiments.loop import CHAIN
 from tasks.ops.notifier import RecpipeNotifier
 from tasks.orchestration.wiring import WATCHER
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED_DAGS = {"ingest", "daily_metrics", "content_pools", "content_pools_hourly", "kol_scoring", "implicit_follows", "ann_refresh", "nightly_training", "architecture_comparison"}
+EXPECTED_DAGS = {"ingest", "daily_metrics", "content_pools", "content_pools_hourly", "kol_scoring", "implicit_follows", "ann_refresh", "nightly_training", "architecture_comparison", "closed_loop"}
 METRIC_MODELS = {
     "stg_events", "stg_users", "stg_items", "stg_follows", "int_user_day_activity", "int_user_day_segments",
     "int_user_day_retention", "int_ab_moments", "metrics_daily", "retention_daily", "ab_readout",
@@ -115,6 +116,31 @@ def test_dbt_models_and_their_tests_are_tasks_of_a_task_group(dagbag, dbt_manife
 def test_daily_metrics_is_scheduled_by_the_ingest_asset(dagbag) -> None:
     metrics = dagbag.dags["daily_metrics"]
     assert [a.name for a in metrics.timetable.asset_condition.objects] == ["recpipe_raw_events"]
+
+
+def test_the_closed_loop_drives_every_dag_only_in_closed_loop_mode(dagbag, tmp_path, monkeypatch) -> None:
+    assert dagbag.dags["closed_loop"].schedule is None  # organic: the DAGs keep their schedules
+    assert dagbag.dags["ingest"].schedule is not None
+    cfg_path = tmp_path / "loop.yaml"
+    cfg_path.write_text(f"extends: {DEFAULT_CONFIG}\nsimulator: {{exposure_policy: recpipe}}\n")
+    monkeypatch.setenv("RECPIPE_CONFIG", str(cfg_path))
+    bag = DagBag(dag_folder=str(DAGS_DIR), known_pools={"default_pool", get_config().airflow.warehouse_pool})
+    loop = bag.dags["closed_loop"]
+    assert loop.schedule == "@daily" and loop.catchup and loop.max_active_runs == 1
+    assert [d for d, dag in bag.dags.items() if d != "closed_loop" and dag.schedule is not None] == []
+    # The chain, in order: each trigger waits for its run, and only ingest runs on warm-up days.
+    chain, task = [], loop.get_task("run_ingest")
+    while task is not None:
+        chain.append(task.task_id)
+        nxt = [loop.get_task(t) for t in task.downstream_task_ids]
+        task = nxt[0] if nxt else None
+    assert chain == ["run_ingest", "runs_chain", *(f"run_{d}" for d in CHAIN[1:])]
+    assert all(loop.get_task(f"run_{d}").wait_for_completion for d in CHAIN)
+    assert land_batch_pool(bag) == get_config().airflow.warehouse_pool  # it reads the warehouse
+
+
+def land_batch_pool(bag: DagBag) -> str:
+    return bag.dags["ingest"].get_task("land_batch").pool
 
 
 @pytest.mark.parametrize(
