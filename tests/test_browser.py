@@ -276,7 +276,7 @@ def test_ui_login_trigger_ingest_and_see_the_data_quality_alert(airflow_ui: Airf
     )[1]
     states = {t["task_id"]: t["state"] for t in tasks["task_instances"]}
     assert run["state"] == "success", f"{states}\n{ui.log_tail()}"
-    assert states == dict.fromkeys(("land_batch", "load_batch", "publish_warehouse"), "success")
+    assert states == dict.fromkeys(("land_batch", "load_batch", "publish_warehouse", "assign_experiments"), "success")
     assert run["run_type"] == "manual"
 
     driver.get(f"{ui.url}/dags/ingest/runs/{run['dag_run_id']}")
