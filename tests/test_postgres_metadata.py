@@ -110,7 +110,7 @@ def test_ingest_dag_run_is_recorded_in_postgres(deployment: Deployment) -> None:
 
     assert deployment.query("select state from dag_run where dag_id = 'ingest'") == [("success",)]
     states = dict(deployment.query("select task_id, state from task_instance where dag_id = 'ingest'"))
-    assert states == dict.fromkeys(("land_batch", "load_batch", "publish_warehouse"), "success")
+    assert states == dict.fromkeys(("land_batch", "load_batch", "publish_warehouse", "assign_experiments"), "success")
     assert (Path(env["RECPIPE_DATA_DIR"]) / "warehouse.duckdb").exists()
 
 

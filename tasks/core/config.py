@@ -366,7 +366,7 @@ class DistillationGateConfig(_Strict):
     # per head, against the last accepted day's predictions (20 quantile bins). Nightly retraining
     # legitimately moves them: on the simulator up to ~1.0 in the first aged nights, 0.01-0.3 once
     # settled; a broken ranker (constant, shifted, leaked) by 2 or more
-    max_kl_divergence: Annotated[float, Field(gt=0)] = 1.5
+    max_kl_divergence: Annotated[float, Field(gt=0)] = 2.0
     on_failure: Literal["label_only", "skip"] = "label_only"  # what pre-ranking trains on after a failed gate
 
     @field_validator("calibration_band")

@@ -156,7 +156,8 @@ def _events(ratings: pd.DataFrame) -> pd.DataFrame:
     clicks = base.assign(event_id=2 * n - 1, event_type="click")
     likes = base.assign(event_id=2 * n, event_type="like")[ratings["rating"].to_numpy() >= 4]
     events = pd.concat([clicks, likes]).sort_values("event_id", ignore_index=True)
-    return events.assign(dwell_ms=pd.NA, experiment_bucket="control", referrer_user_id=pd.NA, position=pd.NA)
+    return events.assign(dwell_ms=pd.NA, experiment_bucket="control", referrer_user_id=pd.NA, position=pd.NA,
+                         strategy=pd.NA, channel=pd.NA)
 
 
 def convert_movielens(src_dir: Path, out_dir: Path) -> dict[str, int]:
