@@ -65,7 +65,7 @@ def _run_until_crash(env: dict[str, str], progress: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def loop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess, dict[str, str]]:
     tmp = tmp_path_factory.mktemp("closed-loop")
     env, data = _env(tmp)
     progress = data / "closed_loop" / "progress.json"
@@ -73,7 +73,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Com
     resumed = subprocess.run([str(BIN / "recpipe"), "experiment", "run", "explore", "--days", str(SERVED_DAYS)],
                              check=False, env=env, capture_output=True, text=True, timeout=1800)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
-    return data, resumed
+    return data, resumed, env
 
 
 def _events(data: Path) -> pd.DataFrame:
@@ -81,7 +81,7 @@ def _events(data: Path) -> pd.DataFrame:
 
 
 def test_a_crash_mid_day_resumes_without_a_repeated_or_missing_day(loop) -> None:
-    data, resumed = loop
+    data, resumed, _ = loop
     events = _events(data)
     days = sorted(pd.to_datetime(events.ts).dt.date.unique())
     assert days == [START + dt.timedelta(days=i) for i in range((LAST - START).days + 1)]
@@ -103,7 +103,7 @@ def test_a_crash_mid_day_resumes_without_a_repeated_or_missing_day(loop) -> None
 
 
 def test_served_days_follow_each_users_arm(loop) -> None:
-    data, _ = loop
+    data, _, _ = loop
     events = _events(data)
     events["day"] = pd.to_datetime(events.ts).dt.date
     imps = events[events.event_type == "impression"]
@@ -121,3 +121,28 @@ def test_served_days_follow_each_users_arm(loop) -> None:
     share = (from_feed.channel == "exploration").groupby(from_feed.arm).mean()
     assert share["none"] == 0.0
     assert share["more"] > share["control"] > 0.0
+
+
+def test_the_readout_of_the_served_day_matches_the_lake(loop) -> None:
+    """DAU per arm = users active on the served day / users assigned (signed up by then), from the
+    lake's Parquet and the assignments; and `recpipe experiment readout` prints every arm."""
+    data, _, env = loop
+    events = _events(data)
+    active = set(events.user_id[pd.to_datetime(events.ts).dt.date == FIRST_SERVED])
+    users = ds.dataset(data / "lake" / "users", format="parquet", partitioning="hive").to_table().to_pandas()
+    signed_up = set(users.user_id[pd.to_datetime(users.signup_ts).dt.date <= LAST])
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        arms = con.execute("select user_id, arm from experiment_assignments where experiment = 'explore'").df()
+        readout = con.execute("select arm, control_value, arm_value, n_control, n_arm from experiment_readout "
+                              "where experiment = 'explore' and metric = 'dau'").df().set_index("arm")
+    arms = arms[arms.user_id.isin(signed_up)]
+    dau = arms.assign(active=arms.user_id.isin(active)).groupby("arm").active.agg(["mean", "size"])
+    assert set(readout.index) == {"none", "more"}
+    for arm, row in readout.iterrows():
+        assert row.arm_value == pytest.approx(dau.loc[arm, "mean"], rel=1e-12) and row.n_arm == dau.loc[arm, "size"]
+        assert row.control_value == pytest.approx(dau.loc["control", "mean"], rel=1e-12)
+    printed = subprocess.run([str(BIN / "recpipe"), "experiment", "readout", "explore"], env=env, capture_output=True,
+                             text=True, check=False, timeout=300)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    rows = {tuple(line.split()[:2]) for line in printed.stdout.splitlines()[1:]}
+    assert {("dau", "none"), ("dau", "more"), ("clicks", "more")} <= rows, printed.stdout
