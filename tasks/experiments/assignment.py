@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.config import ExperimentConfig, PlatformConfig, StrategyConfig
+from tasks.core.hashing import splitmix64
 from tasks.core.warehouse import connect_writer
 
 NOT_ASSIGNED = -1
@@ -26,12 +27,7 @@ EXPERIMENTS_TABLE = "experiments"  # experiment, layer, start_day, end_day, traf
 def layer_unit(user_ids: np.ndarray, layer: str) -> np.ndarray:
     """u in [0, 1) of each user id in `layer`: splitmix64(user_id + salt(layer)), top 53 bits."""
     salt = int.from_bytes(hashlib.sha256(layer.encode()).digest()[:8], "little")
-    with np.errstate(over="ignore"):
-        z = np.asarray(user_ids, dtype=np.int64).astype(np.uint64) + np.uint64(salt)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return (splitmix64(user_ids, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def arm_index(cfg: PlatformConfig, experiment: ExperimentConfig, user_ids: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 
 from tasks.core.config import SimulatorConfig
 from tasks.core.contract import AGE_BUCKETS, GENDERS
+from tasks.core.hashing import splitmix64
 
 US_PER_DAY = 86_400_000_000
 EPOCH = dt.date(1970, 1, 1)
@@ -58,11 +59,7 @@ def day_start_us(day: dt.date) -> int:
 
 def experiment_bucket_index(user_ids: np.ndarray, n_buckets: int) -> np.ndarray:
     """Stable bucket of each user id: splitmix64(user_id) mod n_buckets (independent of the seed)."""
-    z = user_ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(n_buckets)).astype(np.int32)
+    return (splitmix64(user_ids, 0x9E3779B97F4A7C15) % np.uint64(n_buckets)).astype(np.int32)
 
 
 @dataclass(frozen=True)
