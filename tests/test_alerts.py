@@ -118,3 +118,33 @@ def test_notifier_turns_task_failure_into_alert(platform, webhook, monkeypatch: 
     assert record["details"]["error"] == "ValueError: bad file"
     assert record["links"]["log"] == "http://localhost:8080/log"
     assert "ingest.load_batch" in received[0]["body"]["text"]
+
+
+def test_notifier_adds_no_second_alert(platform) -> None:
+    """A task failed by a data-quality rejection has its gate's alert; a run failed by its tasks has
+    theirs: the notifier adds none. Any other failure is alerted."""
+    from tasks.ops.notifier import RecpipeNotifier
+    from tasks.pools.refresh import PoolRejected
+
+    ti = SimpleNamespace(dag_id="content_pools", task_id="publish_pool_1d", try_number=1)
+    RecpipeNotifier()({"ti": ti, "exception": PoolRejected("pool pool_1d: rejected version(s) 20260113T0000")})
+    run = {"ti": SimpleNamespace(dag_id="content_pools", task_id=None), "run_id": "manual__1"}
+    RecpipeNotifier(title="Airflow DAG run failed")({**run, "reason": "task_failure"})
+    assert read_alerts(platform) == []
+    RecpipeNotifier(title="Airflow DAG run failed")({**run, "reason": "timed_out"})
+    (record,) = read_alerts(platform)
+    assert record["source"] == "content_pools" and record["details"]["reason"] == "timed_out"
+
+
+def test_a_data_quality_rejection_is_not_retried(platform) -> None:
+    """Every task's retry policy fails a DataQualityRejected at once (whatever airflow.retries) and
+    leaves any other error to the retries."""
+    from airflow.sdk import RetryAction
+
+    from tasks.orchestration.wiring import default_args
+    from tasks.retrieval.nightly import ModelRejected
+
+    policy = default_args(platform)["retry_policy"]
+    assert policy.evaluate(ModelRejected("two_tower v2 failed its gate"), try_number=1, max_tries=3).action \
+        == RetryAction.FAIL
+    assert policy.evaluate(OSError("connection reset"), try_number=1, max_tries=3).action == RetryAction.DEFAULT

@@ -1,4 +1,5 @@
-"""Retrieval metrics on hand-made lists, each value worked out by hand in the comment beside it."""
+"""Retrieval metrics on hand-made lists, each value worked out by hand in the comment beside it; the
+per-user terms they average; the bootstrap CI over users against an independent numpy bootstrap."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import pytest
 
 from tasks.core.eval_metrics import (
     auc,
+    bootstrap_ci,
     coverage_at_k,
     hit_rate_at_k,
     ndcg_at_k,
     recall_at_k,
     tail_items,
     tail_recall_at_k,
+    user_hit,
+    user_ndcg,
+    user_recall,
+    user_tail_recall,
 )
 
 RETRIEVED = np.array([[3, 1, 4, -1], [2, 0, 5, 6]])
@@ -50,3 +56,35 @@ def test_auc_counts_ordered_pairs_and_half_ties() -> None:
     assert auc(labels, scores) == pytest.approx(4.5 / 6)
     assert auc(labels, -scores) == pytest.approx(1 - 4.5 / 6)
     assert np.isnan(auc(np.ones(3), np.arange(3)))
+
+
+def test_per_user_terms_average_to_the_metrics() -> None:
+    tail = np.zeros(10, bool)
+    tail[[6, 9]] = True
+    assert user_recall(RETRIEVED, TRUTH, 4).tolist() == [0.5, 1.0]
+    assert user_hit(RETRIEVED, TRUTH, 2).tolist() == [1.0, 0.0]
+    assert user_ndcg(RETRIEVED, TRUTH, 4).mean() == pytest.approx(ndcg_at_k(RETRIEVED, TRUTH, 4))
+    per_user = user_tail_recall(RETRIEVED, TRUTH, 4, tail)
+    assert per_user.tolist() == [0.0, 1.0]
+    tail[9] = False  # user 0 has no tail truth left: not counted
+    assert np.isnan(user_tail_recall(RETRIEVED, TRUTH, 4, tail)[0])
+    assert tail_recall_at_k(RETRIEVED, TRUTH, 4, tail) == pytest.approx(1.0)
+
+
+def test_bootstrap_ci_matches_an_independent_numpy_bootstrap() -> None:
+    """Percentile bootstrap over users: 500 resamples of 40 users' recalls (seed 11), 95%."""
+    values = np.random.default_rng(0).binomial(4, 0.3, 40) / 4
+    low, high = bootstrap_ci(values, resamples=500, alpha=0.05, seed=11)
+    rng = np.random.default_rng(11)
+    means = np.array([values[rng.integers(0, 40, 40)].mean() for _ in range(500)])
+    assert (float(low), float(high)) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-12)
+    assert low < values.mean() < high
+    # several columns: drawn together, one interval each; the same draws as one column alone
+    both_low, both_high = bootstrap_ci(np.column_stack([values, 1 - values]), 500, 0.05, seed=11)
+    assert both_low[0] == pytest.approx(float(low), abs=1e-12) and both_high[1] == pytest.approx(1 - float(low), abs=1e-12)
+    # a statistic of the resampled means (the model gate's paired relative drop)
+    drop_low, drop_high = bootstrap_ci(np.column_stack([0.5 * values, values]), 500, 0.05, seed=11,
+                                       statistic=lambda m: 1 - m[:, 0] / m[:, 1])
+    assert (float(drop_low), float(drop_high)) == pytest.approx((0.5, 0.5), abs=1e-12)
+    with pytest.raises(ValueError):
+        bootstrap_ci(np.zeros(0), 100, 0.05, seed=1)

@@ -1,6 +1,8 @@
 """Offline retrieval evaluation (docs/METHODS.md "Offline retrieval evaluation") on a simulation: every channel fitted on days <= 14
-beats the popularity baseline on Recall@50 of day 15's clicks; the popularity numbers match an
-independent pandas computation from the lake's Parquet files; the table and the CLI."""
+beats the popularity baseline on Recall@50 of day 15's clicks; the popularity numbers and their
+bootstrap CI match an independent pandas / numpy computation from the lake's Parquet files; segments
+are those of each user's scored day; the table keeps the history of runs (a re-run replaces its
+own); groups under evaluation.min_users are flagged; the CLI."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 from tasks.core.config import PlatformConfig, load_config
 from tasks.core.warehouse import connect
 from tasks.retrieval import evaluate
+from tasks.retrieval.evaluate import RESULT_COLUMNS
 
 pytestmark = pytest.mark.slow
 K = 50
@@ -85,13 +88,81 @@ def test_popularity_matches_an_independent_computation(cfg: PlatformConfig, day:
         hits_any.append(hits > 0)
     assert _overall(results, "recall")["popularity"] == pytest.approx(np.mean(recalls), abs=1e-12)
     assert _overall(results, "hit_rate")["popularity"] == pytest.approx(np.mean(hits_any), abs=1e-12)
+    # the CI: a percentile bootstrap of the users (numpy default_rng(gate_seed), gate_bootstrap resamples)
+    ev, recalls = cfg.evaluation, np.array(recalls)
+    idx = np.random.default_rng(ev.gate_seed).integers(0, len(recalls), (ev.gate_bootstrap, len(recalls)))
+    low, high = np.quantile(recalls[idx].mean(axis=1), [ev.ci_alpha / 2, 1 - ev.ci_alpha / 2])
+    row = results[(results.segment == "all") & (results.k == K) & (results.metric == "recall")
+                  & (results.channel == "popularity")].iloc[0]
+    assert (row.ci_low, row.ci_high, row.n_users) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12),
+                                                      len(recalls))
+
+
+def test_every_mean_over_users_has_a_ci_around_it(results: pd.DataFrame) -> None:
+    assert list(results.columns) == list(RESULT_COLUMNS)
+    means = results[(results.metric != "coverage") & (results.n_users > 0)]
+    assert ((means.ci_low <= means.value + 1e-12) & (means.value <= means.ci_high + 1e-12)).all()
+    varied = means[(means.n_users > 20) & (means.value > 0) & (means.value < 1)]
+    assert len(varied) and (varied.ci_high > varied.ci_low).all()
+    assert results[results.metric == "coverage"].ci_low.isna().all()  # not a mean over users: no CI
+    tail = results[results.metric == "tail_recall"].set_index(["channel", "segment", "k"]).n_users
+    recall = results[results.metric == "recall"].set_index(["channel", "segment", "k"]).n_users
+    assert (tail <= recall).all() and (tail < recall).any()  # over the users with a tail click only
+
+
+def test_segments_are_those_of_each_users_scored_day(cfg: PlatformConfig, day: dt.date) -> None:
+    """Two evaluation days: a user's segments are those of the first of them on which the user clicks."""
+    first_day = day - dt.timedelta(days=1)
+    data = evaluate.load_eval_data(cfg, first_day, eval_days=2)
+    clicks = _lake(cfg, "events", ["user_id", "item_id", "event_type", "dt"])
+    clicks["day"] = pd.to_datetime(clicks.dt.astype(str)).dt.date
+    clicks = clicks[(clicks.event_type == "click") & clicks.item_id.isin(data.catalogue.item_id)
+                    & (clicks.day > first_day) & (clicks.day <= day + dt.timedelta(days=1))]
+    scored = clicks.groupby("user_id").day.min().rename("day").reset_index()
+    assert (scored.day == day + dt.timedelta(days=1)).any()  # users whose first click is on the second day
+    with connect(cfg, read_only=True) as con:
+        memberships = con.execute("select user_id, day, segment from int_user_day_segments").df()
+    memberships["day"] = pd.to_datetime(memberships.day).dt.date
+    expected = scored.merge(memberships, on=["user_id", "day"])[["user_id", "segment"]]
+    got = data.segments.sort_values(["user_id", "segment"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected.sort_values(["user_id", "segment"]).reset_index(drop=True),
+                                  check_dtype=False)
+
+
+def test_runs_are_kept_as_history_and_a_rerun_replaces_its_own(cfg: PlatformConfig, day: dt.date,
+                                                               results: pd.DataFrame) -> None:
+    def stored() -> pd.DataFrame:
+        with connect(cfg, read_only=True) as con:
+            return con.execute("select * exclude (evaluated_at) from retrieval_eval where channel = 'popularity' "
+                               "and version = '' order by all").df()
+
+    earlier = evaluate.evaluate(cfg, day - dt.timedelta(days=1), ["popularity"], eval_days=2)
+    assert set(earlier.eval_days) == {2}
+    evaluate.write_results(cfg, earlier)
+    first = stored()
+    runs = first[["day", "eval_days", "train_window_days"]].drop_duplicates()
+    assert len(runs) == 2  # the fixture's run of `day` (1 evaluation day) is kept next to this one
+    evaluate.write_results(cfg, evaluate.evaluate(cfg, day - dt.timedelta(days=1), ["popularity"], eval_days=2))
+    pd.testing.assert_frame_equal(stored(), first)  # the same run again: its rows replaced, nothing added
+
+
+def test_groups_under_min_users_are_flagged_and_warned(cfg: PlatformConfig, day: dt.date,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    strict = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"min_users": 10**6})})
+    with caplog.at_level("WARNING", logger="tasks.retrieval.evaluate"):
+        out = evaluate.evaluate(strict, day, ["popularity"])
+    assert out.below_min_users.all()
+    assert "fewer users scored than evaluation.min_users = 1000000" in caplog.text
+    n_all = int(out[out.segment == "all"].n_users.max())
+    assert f"all ({n_all})" in evaluate.few_users_warning(out, 10**6)
+    assert evaluate.few_users_warning(out.assign(below_min_users=False), 1) is None
 
 
 def test_results_table_is_replaced_on_rerun(cfg: PlatformConfig, day: dt.date, results: pd.DataFrame) -> None:
     evaluate.write_results(cfg, results)
     with connect(cfg, read_only=True) as con:
-        stored = con.execute("select count(*), count(distinct channel) from retrieval_eval where day = ? and version = ''",
-                             [day]).fetchone()
+        stored = con.execute("select count(*), count(distinct channel) from retrieval_eval "
+                             "where day = ? and eval_days = 1 and version = ''", [day]).fetchone()
     assert stored == (len(results), len(evaluate.CHANNELS))
 
 

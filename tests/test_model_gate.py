@@ -15,11 +15,11 @@ from scipy.stats import norm
 
 from tasks.core import artifacts, registry
 from tasks.core.config import ALL, PlatformConfig
-from tasks.core.eval_metrics import recall_at_k
+from tasks.core.eval_metrics import recall_at_k, user_recall
 from tasks.core.warehouse import connect
-from tasks.ops.alerts import read_alerts
+from tasks.ops.alerts import DataQualityRejected, read_alerts
 from tasks.retrieval import nightly
-from tasks.retrieval.evaluate import user_recall, write_results, write_user_recall
+from tasks.retrieval.evaluate import write_results, write_user_recall
 
 MODEL, K = "two_tower", 50
 DS = dt.date(2026, 1, 20)
@@ -90,11 +90,11 @@ def _evaluation(cfg: PlatformConfig, recalls: dict[str, np.ndarray], popularity:
     """retrieval_eval and retrieval_eval_users rows of the night of DS for the given versions."""
     day = nightly.training_day(DS)
     users = np.arange(1, len(next(iter(recalls.values()))) + 1)
+    run = {"day": day, "eval_days": 1, "train_window_days": cfg.retrieval.train_window_days, "segment": ALL, "k": K,
+           "metric": "recall", "ci_low": None, "ci_high": None, "n_users": len(users), "below_min_users": False}
     write_results(cfg, pd.DataFrame(
-        [{"day": day, "channel": MODEL, "version": v, "segment": ALL, "k": K, "metric": "recall", "value": r.mean(),
-          "n_users": len(r)} for v, r in recalls.items()]
-        + [{"day": day, "channel": "popularity", "version": "", "segment": ALL, "k": K, "metric": "recall",
-            "value": popularity, "n_users": len(users)}]))
+        [{**run, "channel": MODEL, "version": v, "value": r.mean()} for v, r in recalls.items()]
+        + [{**run, "channel": "popularity", "version": "", "value": popularity}]))
     write_user_recall(cfg, pd.concat([pd.DataFrame({"day": day, "channel": MODEL, "version": v, "k": K, "user_id": users,
                                                     "recall": r}) for v, r in recalls.items()]))
 
@@ -138,5 +138,7 @@ def test_a_first_version_is_accepted_with_the_usual_checks(platform: PlatformCon
     assert row["passed"] and row["current"] is None and row["drop_ci_low"] is None and row["recall_floor"] == 0
     assert nightly.describe_gate(row) == "Recall@50 0.200 over 50 users: first version: no current version to compare with"
     _evaluation(platform, {candidate: np.full(50, 0.05)}, popularity=0.1)
-    with pytest.raises(nightly.ModelRejected, match="popularity"):
+    with pytest.raises(nightly.ModelRejected, match="popularity.*no previous version: two_tower has none yet") as e:
         nightly.gate(platform, MODEL, candidate, DS)
+    assert isinstance(e.value, DataQualityRejected)  # the DAGs fail it at once, without a retry
+    assert read_alerts(platform)[-1]["title"].endswith("rejected; no previous version: two_tower has none yet")

@@ -7,7 +7,9 @@ content_pools DAG."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +219,7 @@ def test_a_failing_version_is_rejected_and_the_previous_stays_current(built: Pla
     assert status.status.tolist() == ["rejected"]
     alert = read_alerts(cfg)[-1]
     assert alert["kind"] == "data_quality" and "female_18_24_pool" in alert["title"]
+    assert alert["title"].endswith(f"rejected; version {current} stays current")
     assert any("expect_table_row_count_to_be_between" in f for f in alert["details"]["failed_expectations"])
 
 
@@ -266,6 +269,44 @@ def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_pat
     assert len(got) > 0
     assert got.item_id.tolist() == expected.item_id.tolist()
     assert pools_without_version(load_config(path)) == []
+
+
+def test_a_rejected_pool_fails_at_once_with_one_alert(built: PlatformConfig, tmp_path: Path) -> None:
+    """The hourly content_pools DAG (`airflow dags test`, retries on) with a new pool no version can
+    pass: its publish task fails on its first try, not retried; one alert (the gate's) says the
+    pool has no previous version; no task or run failure alert repeats it."""
+    cfg = built
+    raw = cfg.model_dump(mode="json")
+    raw["airflow"]["retries"] = 2
+    template = next(p for p in raw["pools"] if p["name"] == "pool_6h")
+    raw["pools"].append({**template, "name": "never_enough", "min_size": template["max_size"],
+                         "score": {**template["score"], "min_impressions": 10**6}})  # no eligible item
+    path = tmp_path / "never.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
+    env.update(
+        AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__COSMOS__ENABLE_TELEMETRY="False",
+        RECPIPE_CONFIG=str(path),
+    )
+    setup = subprocess.run([str(BIN / "recpipe"), "airflow-setup"], env=env, capture_output=True, text=True, timeout=600)
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    before = len(read_alerts(cfg))
+    at = end_of_day(REFRESH_DAYS[-1])  # pool_6h's version of that time again: the same content
+    run = subprocess.run(
+        [str(BIN / "airflow"), "dags", "test", "content_pools_hourly", at.isoformat() + "+00:00",
+         "-c", json.dumps({"at": str(at)})],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
+        tries = dict(db.execute("select task_id, try_number || ' ' || state from task_instance "
+                                "where dag_id = 'content_pools_hourly'").fetchall())
+    assert tries["publish_never_enough"] == "1 failed", (tries, (run.stdout + run.stderr)[-3000:])
+    assert tries["publish_pool_6h"] == "1 success"
+    (alert,) = read_alerts(cfg)[before:]
+    assert alert["kind"] == "data_quality" and alert["source"] == "content_pools.never_enough"
+    assert alert["title"].endswith("rejected; no previous version: the pool has none yet")
+    assert pools_without_version(load_config(path)) == ["never_enough"]
 
 
 def test_refresh_times_of_daily_and_hourly_runs() -> None:

@@ -305,9 +305,14 @@ class EvaluationConfig(_Strict):
     # nightly gate (docs/METHODS.md "Nightly retrieval gate and publish"): reject a candidate only if the lower bound of
     # the paired bootstrap CI of its relative Recall@k[0] drop vs the current version exceeds max_recall_drop
     max_recall_drop: Annotated[float, Field(ge=0, le=1)] = 0.05  # the smallest relative drop that matters
+    # resamples and seed of every bootstrap over the evaluation users: the gate's paired CI and each metric's CI
     gate_bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000  # resamples of the evaluation users
     gate_alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.01  # the CI is two-sided, 1 - gate_alpha
     gate_seed: int = 7
+    # offline metrics (retrieval_eval, funnel_eval): a two-sided 1 - ci_alpha percentile bootstrap CI over users;
+    # a value over fewer than min_users users is flagged (below_min_users) and warned about
+    ci_alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    min_users: Annotated[int, Field(ge=1)] = 200
 
 
 RANKING_HEADS: tuple[str, ...] = ("click", "like", "favorite", "share", "comment", "follow", "long_view")
@@ -738,6 +743,10 @@ class AirflowConfig(_Strict):
     # the first logical date of the DAGs (default: simulator.start_date); with your own data, its
     # first day: a run for an earlier day has no task to run
     start_date: dt.date | None = None
+    # dbt in the DAGs: `per_model`, one task per model (its `dbt build`, so each model and its tests
+    # show in the UI), or `per_dag`, one `dbt build` of the DAG's selection (one dbt start instead
+    # of one per model: ~1.7 s per model less; config/demo.yaml)
+    dbt_tasks: Literal["per_model", "per_dag"] = "per_model"
 
 
 class PlatformConfig(_Strict):

@@ -2,15 +2,20 @@
 
 `retrieved` is an (n_users, k) int array of catalogue rows, best first, -1 padded; `truth` holds,
 per user, the catalogue rows the user clicked on the evaluation day (non-empty arrays). Every
-metric averages over users (macro), as recommender papers report Recall@K and NDCG@K.
+metric averages over users (macro), as recommender papers report Recall@K and NDCG@K: the
+`user_*` functions give the per-user terms, which `bootstrap_ci` resamples for a CI over users.
+The top-K cut of a list is its first K entries: lists are ordered by score descending, then
+catalogue row (= item_id) ascending (docs/METHODS.md "Offline retrieval evaluation").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
+
+BOOTSTRAP_CELLS = 1 << 22  # resampled per-user values held at once
 
 
 def _hits(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> np.ndarray:
@@ -19,28 +24,54 @@ def _hits(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> np.ndar
     return np.array([np.isin(row, t) & (row >= 0) for row, t in zip(top, truth)], dtype=bool).reshape(len(top), -1)
 
 
+def user_recall(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Per user, |top-k ∩ truth| / |truth| (distinct truth items)."""
+    sizes = np.array([len(np.unique(t)) for t in truth], dtype=np.float64)
+    return _hits(retrieved, truth, k).sum(axis=1) / sizes
+
+
+def user_hit(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Per user, 1.0 if a truth item is in the top k, else 0.0."""
+    return _hits(retrieved, truth, k).any(axis=1).astype(np.float64)
+
+
+def user_ndcg(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Per user, DCG@k / ideal DCG@k with binary gains."""
+    hits = _hits(retrieved, truth, k)
+    discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
+    ideal = np.array([discounts[: min(len(np.unique(t)), hits.shape[1])].sum() for t in truth])
+    return (hits * discounts).sum(axis=1) / ideal if len(hits) else np.zeros(0)
+
+
+def user_tail_recall(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int, tail_mask: np.ndarray) -> np.ndarray:
+    """Per user, Recall@k counting only truth items in the tail (tail_mask over catalogue rows);
+    NaN for a user who clicked no tail item."""
+    tail_truth = [np.unique(t[tail_mask[t]]) for t in truth]
+    keep = np.array([len(t) > 0 for t in tail_truth], dtype=bool)
+    out = np.full(len(truth), np.nan)
+    if keep.any():
+        out[keep] = user_recall(retrieved[keep], [t for t in tail_truth if len(t)], k)
+    return out
+
+
+def _mean(per_user: np.ndarray) -> float:
+    finite = per_user[np.isfinite(per_user)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
 def recall_at_k(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> float:
     """Mean over users of |top-k ∩ truth| / |truth|."""
-    hits = _hits(retrieved, truth, k).sum(axis=1)
-    sizes = np.array([len(np.unique(t)) for t in truth], dtype=np.float64)
-    return float(np.mean(hits / sizes)) if len(sizes) else float("nan")
+    return _mean(user_recall(retrieved, truth, k))
 
 
 def hit_rate_at_k(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> float:
     """Share of users with at least one truth item in their top k."""
-    hits = _hits(retrieved, truth, k)
-    return float(hits.any(axis=1).mean()) if len(hits) else float("nan")
+    return _mean(user_hit(retrieved, truth, k))
 
 
 def ndcg_at_k(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> float:
     """Mean over users of DCG@k / ideal DCG@k with binary gains."""
-    hits = _hits(retrieved, truth, k)
-    if not len(hits):
-        return float("nan")
-    discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
-    dcg = (hits * discounts).sum(axis=1)
-    ideal = np.array([discounts[: min(len(np.unique(t)), hits.shape[1])].sum() for t in truth])
-    return float(np.mean(dcg / ideal))
+    return _mean(user_ndcg(retrieved, truth, k))
 
 
 def tail_recall_at_k(
@@ -48,11 +79,28 @@ def tail_recall_at_k(
 ) -> float:
     """Recall@k counting only truth items in the tail (tail_mask over catalogue rows), over the
     users who clicked at least one tail item."""
-    tail_truth = [np.unique(t[tail_mask[t]]) for t in truth]
-    keep = [i for i, t in enumerate(tail_truth) if len(t)]
-    if not keep:
-        return float("nan")
-    return recall_at_k(retrieved[keep], [tail_truth[i] for i in keep], k)
+    return _mean(user_tail_recall(retrieved, truth, k, tail_mask))
+
+
+def bootstrap_ci(per_user: np.ndarray, resamples: int, alpha: float, seed: int,
+                 statistic: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CI (two-sided, 1 - alpha) over users: `resamples` draws of the n rows
+    of `per_user` ((n,) or (n, m): a user's values always drawn together) with replacement
+    (numpy default_rng(seed)), each reduced to its column means ((resamples,) or (resamples, m))
+    and then by `statistic` (default: the means themselves); returns the alpha/2 and 1 - alpha/2
+    quantiles of the statistic (scalars or arrays, as it gives)."""
+    values = np.asarray(per_user, np.float64)
+    n = len(values)
+    if n == 0:
+        raise ValueError("a bootstrap needs at least one user")
+    rng = np.random.default_rng(seed)
+    chunk = max(1, BOOTSTRAP_CELLS // values.size)
+    stats = []
+    for start in range(0, resamples, chunk):
+        means = values[rng.integers(0, n, (min(chunk, resamples - start), n))].mean(axis=1)
+        stats.append(means if statistic is None else statistic(means))
+    low, high = np.quantile(np.concatenate(stats), [alpha / 2, 1 - alpha / 2], axis=0)
+    return low, high
 
 
 def coverage_at_k(retrieved: np.ndarray, k: int, n_items: int) -> float:

@@ -2,6 +2,8 @@
 
 Every alert of the platform goes through `raise_alert`: task failures (through the Airflow
 notifier in tasks/ops/notifier.py) and data-quality findings (quarantine share, GX gates) alike.
+A gate that rejects data raises its data-quality alert, then a `DataQualityRejected`: the DAG
+wiring fails such a task at once (no retry) and the notifier adds no second alert for it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ log = logging.getLogger("recpipe.alerts")
 
 Severity = Literal["info", "warning", "critical"]
 _SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+class DataQualityRejected(RuntimeError):
+    """A deterministic data-quality rejection whose data-quality alert has been raised: retrying
+    cannot change it, and it needs no other alert."""
 
 
 @dataclass(frozen=True)

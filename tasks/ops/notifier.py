@@ -1,4 +1,9 @@
-"""The Airflow notifier of recpipe: every DAG's failure callback, routed through tasks.ops.alerts."""
+"""The Airflow notifier of recpipe: every DAG's failure callback, routed through tasks.ops.alerts.
+
+One alert per failure: it runs when a task has failed for good (Airflow calls it after the last
+try, never on a retry); it stays silent for a task failed by a data-quality rejection
+(`DataQualityRejected`: its gate has raised the failure's alert) and for a DAG run failed by its
+tasks (reason task_failure: each failed task has raised its own alert)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 import jinja2.sandbox
 from airflow.sdk import BaseNotifier
 
-from tasks.ops.alerts import Alert, raise_alert
+from tasks.ops.alerts import Alert, DataQualityRejected, raise_alert
 
 
 def _source(context: dict[str, Any]) -> str:
@@ -36,6 +41,10 @@ class RecpipeNotifier(BaseNotifier):
         super().render_template_fields(context, jinja_env)
 
     def notify(self, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), DataQualityRejected):
+            return  # the gate's data-quality alert is this failure's alert
+        if context.get("reason") == "task_failure":
+            return  # a DAG run failed by its tasks, which have alerted
         ti = context.get("ti") or context.get("task_instance")
         details: dict[str, Any] = {
             "run_id": context.get("run_id") or getattr(context.get("dag_run"), "run_id", None),

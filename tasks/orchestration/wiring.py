@@ -9,14 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, XComArg, dag, task
+from airflow.sdk import DAG, Asset, BaseOperator, ExceptionRetryPolicy, Param, RetryAction, RetryRule, XComArg, dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import InvocationMode, LoadMode, TestBehavior
+from cosmos.operators.local import DbtBuildLocalOperator
 
 from tasks.core import dbt_runner
 from tasks.core.config import PlatformConfig
 from tasks.core.days import resolve_days
 from tasks.experiments.loop import is_closed_loop
+from tasks.ops.alerts import DataQualityRejected
 from tasks.ops.notifier import RecpipeNotifier
 
 RAW_EVENTS = Asset(name="recpipe_raw_events", uri="x-recpipe://warehouse/raw/events", group="recpipe")
@@ -42,12 +44,24 @@ def pool_asset(pool: str) -> Asset:
     return Asset(name=f"recpipe_pool_{pool}", uri=f"x-recpipe://warehouse/pools/{pool}", group="recpipe")
 
 
+def fail_fast_policy() -> ExceptionRetryPolicy:
+    """Airflow's retry policy for recpipe tasks: a data-quality rejection (DataQualityRejected,
+    raised by a gate after its alert) fails the task at once, as AirflowFailException would;
+    any other error keeps the task's retries (a transient failure may pass on the next try)."""
+    return ExceptionRetryPolicy(rules=[RetryRule(
+        exception=DataQualityRejected, action=RetryAction.FAIL,
+        reason="data-quality rejection: deterministic, a retry would only repeat it and its alert",
+    )])
+
+
 def default_args(cfg: PlatformConfig) -> dict[str, Any]:
-    """Owner, retries and the failure alert for every task of every recpipe DAG."""
+    """Owner, retries (none for a data-quality rejection: fail_fast_policy) and the failure alert
+    for every task of every recpipe DAG."""
     return {
         "owner": cfg.airflow.owner,
         "retries": cfg.airflow.retries,
         "retry_delay": dt.timedelta(minutes=5),
+        "retry_policy": fail_fast_policy(),
         "on_failure_callback": RecpipeNotifier(),
     }
 
@@ -94,7 +108,7 @@ def write_report_task(cfg: PlatformConfig, **task_kwargs: Any) -> Any:
 
     @task(task_id="write_report", **writer_task_kwargs(cfg), **task_kwargs)
     def write_report() -> str:
-        from tasks.reports.page import write_report  # lazy: matplotlib: 2 s, kept out of DAG parsing
+        from tasks.reports.page import write_report  # lazy: altair + vl-convert, ~1.5 s, kept out of DAG parsing
 
         return str(write_report(cfg))
 
@@ -120,47 +134,62 @@ def resolve_days_task() -> Any:
     return days_of_run()
 
 
-def dbt_task_group(cfg: PlatformConfig, group_id: str, *, selector: str, window: XComArg) -> DbtTaskGroup:
-    """The models of YAML selector `selector` (dbt/selectors.yml) as a Cosmos task group rendered
-    from the prebuilt manifest (dbt_runner.build_manifest): one task per model running `dbt build`
-    (the model, then its tests) in this process, in the warehouse-writer pool. `window` is a task's
-    output holding the run's dbt_runner.dbt_vars arguments ({"ds_from", "ds"}, for pools also
-    "as_of" and "pools"); the task `<group_id>_vars` turns it into the dbt vars every model task
-    gets (templated: see them under Rendered Template)."""
+def dbt_task_group(cfg: PlatformConfig, group_id: str, *, selector: str, window: XComArg) -> DbtTaskGroup | BaseOperator:
+    """The models of YAML selector `selector` (dbt/selectors.yml), in the warehouse-writer pool, in
+    this process (dbtRunner). With airflow.dbt_tasks `per_model`: a Cosmos task group rendered from
+    the prebuilt manifest (dbt_runner.build_manifest), one task per model running `dbt build` (the
+    model, then its tests); with `per_dag`: one task `<group_id>` running `dbt build --selector`.
+    `window` is a task's output holding the run's dbt_runner.dbt_vars arguments ({"ds_from", "ds"},
+    for pools also "as_of" and "pools"); the task `<group_id>_vars` turns it into the dbt vars the
+    dbt tasks get (templated: see them under Rendered Template)."""
 
     @task(task_id=f"{group_id}_vars")
     def dbt_vars(window: dict[str, Any]) -> dict[str, Any]:
         return dbt_runner.dbt_vars(cfg, **window)
 
     run_vars = dbt_vars(window)
-    group = DbtTaskGroup(
-        group_id=group_id,
-        project_config=ProjectConfig(
-            dbt_project_path=dbt_runner.DBT_DIR,
-            manifest_path=dbt_runner.MANIFEST_PATH,
-            env_vars=dbt_runner.dbt_env(cfg),
-            install_dbt_deps=False,
-        ),
-        profile_config=ProfileConfig(
-            profile_name="recpipe", target_name="duckdb", profiles_yml_filepath=dbt_runner.PROFILES_PATH
-        ),
-        # dbt in the task's process (profiles.yml: keep_open false, so the file is released after it).
-        execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
-        render_config=RenderConfig(
-            load_method=LoadMode.DBT_MANIFEST,
-            test_behavior=TestBehavior.BUILD,
-            select=dbt_runner.selection(selector),
-        ),
-        operator_args={
-            # One JSON document (dbt reads --vars as YAML, which JSON is): a list such as the pools'
-            # as_of stays a list, where a templated dict value would render as a string.
-            "vars": f"{{{{ ti.xcom_pull(task_ids='{run_vars.operator.task_id}') | tojson }}}}",
-            "append_env": True,
-            **writer_task_kwargs(cfg),
-        },
+    profile_config = ProfileConfig(
+        profile_name="recpipe", target_name="duckdb", profiles_yml_filepath=dbt_runner.PROFILES_PATH
     )
-    run_vars >> group
-    return group
+    operator_args = {
+        # One JSON document (dbt reads --vars as YAML, which JSON is): a list such as the pools'
+        # as_of stays a list, where a templated dict value would render as a string.
+        "vars": f"{{{{ ti.xcom_pull(task_ids='{run_vars.operator.task_id}') | tojson }}}}",
+        "append_env": True,
+        **writer_task_kwargs(cfg),
+    }
+    if cfg.airflow.dbt_tasks == "per_dag":
+        built = DbtBuildLocalOperator(
+            task_id=group_id,
+            project_dir=str(dbt_runner.DBT_DIR),
+            profile_config=profile_config,
+            selector=selector,
+            env=dbt_runner.dbt_env(cfg),
+            invocation_mode=InvocationMode.DBT_RUNNER,
+            install_deps=False,
+            **operator_args,
+        )
+    else:
+        built = DbtTaskGroup(
+            group_id=group_id,
+            project_config=ProjectConfig(
+                dbt_project_path=dbt_runner.DBT_DIR,
+                manifest_path=dbt_runner.MANIFEST_PATH,
+                env_vars=dbt_runner.dbt_env(cfg),
+                install_dbt_deps=False,
+            ),
+            profile_config=profile_config,
+            # dbt in the task's process (profiles.yml: keep_open false, so the file is released after it).
+            execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
+            render_config=RenderConfig(
+                load_method=LoadMode.DBT_MANIFEST,
+                test_behavior=TestBehavior.BUILD,
+                select=dbt_runner.selection(selector),
+            ),
+            operator_args=operator_args,
+        )
+    run_vars >> built
+    return built
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ Tables (DuckDB warehouse, written here in one transaction per published version)
 
 A version is named by its refresh time (`20260130T0000`); refreshing the same time again replaces
 that version. A version fails when its GX suite fails: it is recorded as rejected, a data-quality
-alert names the failed expectations, and the pointer stays on the previous version.
+alert names the failed expectations and says which version stays current (or that the pool has
+none yet), and the pointer does not move.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tasks.core.config import PlatformConfig, PoolConfig
 from tasks.core.days import day_range
 from tasks.core.dbt_runner import run_dbt
 from tasks.core.warehouse import connect, connect_writer, table_names
-from tasks.ops.alerts import Alert, raise_alert
+from tasks.ops.alerts import Alert, DataQualityRejected, raise_alert
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,13 +184,15 @@ def publish_version(cfg: PlatformConfig, pool: PoolConfig, as_of: dt.datetime) -
                 [pool.name, version, as_of],
             )
         con.execute("commit")
+        current = con.execute("select version from pool_current where pool = ?", [pool.name]).fetchone()
     result = PublishOutcome(pool.name, version, as_of, outcome.success, len(members), adds, removes, outcome.failed)
     if outcome.success:
         log.info("pool %s: version %s published, %d members (+%d / -%d)", pool.name, version, len(members), adds, removes)
     else:
         alert_failure(
             cfg, outcome, source=f"content_pools.{pool.name}",
-            title=f"Pool {pool.name}: version {version} rejected, the previous version stays current",
+            title=f"Pool {pool.name}: version {version} rejected; "
+                  + (f"version {current[0]} stays current" if current else "no previous version: the pool has none yet"),
             details={"pool": pool.name, "version": version, "as_of": str(as_of), "members": len(members)},
         )
     return result
@@ -229,8 +232,8 @@ def refresh_pools(
     return [publish_version(cfg, cfg.pool(name), t) for t in sorted(times) for name in names]
 
 
-class PoolRejected(RuntimeError):
-    """A refresh produced a version that failed its GX suite (the previous version stays current)."""
+class PoolRejected(DataQualityRejected):
+    """A refresh produced a version that failed its GX suite (the pointer does not move)."""
 
 
 def daily_refresh_times(days: dict[str, str]) -> list[dt.datetime]:
@@ -273,14 +276,26 @@ def pools_without_version(cfg: PlatformConfig) -> list[str]:
     return [p.name for p in cfg.pools if p.name not in current]
 
 
+def last_rejected(cfg: PlatformConfig) -> set[str]:
+    """The pools whose latest refresh was rejected (its rejection has raised an alert)."""
+    with connect(cfg, read_only=True) as con:
+        if "pool_versions" not in table_names(con):
+            return set()
+        return {r[0] for r in con.execute(
+            "select pool, status from pool_versions "
+            "qualify row_number() over (partition by pool order by as_of desc) = 1").fetchall() if r[1] == "rejected"}
+
+
 def check_every_pool_current(cfg: PlatformConfig) -> list[str]:
-    """One data-quality alert naming every declared pool without a current version; their names."""
+    """One data-quality alert naming every declared pool without a current version, but those whose
+    latest refresh was rejected (that rejection alerted already); the names of all without one."""
     missing = pools_without_version(cfg)
-    if missing:
+    unalerted = [p for p in missing if p not in last_rejected(cfg)]
+    if unalerted:
         raise_alert(Alert(
             kind="data_quality", severity="warning", source="content_pools.check_every_pool_current",
-            title=f"declared pools without a current version: {', '.join(missing)}",
-            details={"pools": missing, "what to do": "refresh them (recpipe pools) or fix their filters; "
+            title=f"declared pools without a current version: {', '.join(unalerted)}",
+            details={"pools": unalerted, "what to do": "refresh them (recpipe pools) or fix their filters; "
                      "consumers of pool_current_members get no items from them"},
         ), cfg)
     return missing

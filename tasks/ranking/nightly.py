@@ -23,6 +23,7 @@ from typing import Any
 
 from tasks.core import artifacts, registry
 from tasks.core.config import ALL, PlatformConfig
+from tasks.ops.alerts import DataQualityRejected
 from tasks.ranking import evaluate, full, pre
 from tasks.ranking.data import build_exposures, load_exposures
 from tasks.ranking.distillation import FULL_RANKING, Skipped, gate_day, score_day, scorer_for, teacher
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 PRERANKING = "preranking"
 
 
-class DistillationRejected(RuntimeError):
+class DistillationRejected(DataQualityRejected):
     """The full ranker's predictions failed their GX gate."""
 
 

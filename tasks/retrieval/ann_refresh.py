@@ -30,7 +30,7 @@ from models.retrieval.two_tower_retriever import catalogue_vectors
 from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import connect, table_names
-from tasks.ops.alerts import Alert, raise_alert
+from tasks.ops.alerts import Alert, DataQualityRejected, raise_alert
 from tasks.retrieval.data import connect_read, load_catalogue
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ IDS_FILE = "item_ids.npy"
 Status = Literal["published", "rejected", "up_to_date", "skipped"]
 
 
-class AnnRecallRejected(RuntimeError):
+class AnnRecallRejected(DataQualityRejected):
     """A rebuilt index missed `ann.min_recall`; the previous index stays current."""
 
 

@@ -36,12 +36,15 @@ from models.retrieval.retriever import Retriever
 from models.retrieval.two_tower_retriever import TwoTowerRetriever
 from tasks.core import artifacts, registry
 from tasks.core.config import ALL, PlatformConfig
+from tasks.core.eval_metrics import bootstrap_ci
 from tasks.core.warehouse import connect, replace_rows
+from tasks.ops.alerts import DataQualityRejected
 from tasks.retrieval import i2i
 from tasks.retrieval import two_tower as train_two_tower
 from tasks.retrieval.data import connect_read
 from tasks.retrieval.evaluate import (
     EvalData,
+    few_users_warning,
     load_eval_data,
     popularity,
     score_channel,
@@ -55,10 +58,7 @@ log = logging.getLogger(__name__)
 BASELINE = "popularity"
 
 
-BOOTSTRAP_CELLS = 1 << 22  # resampled user indices held at once
-
-
-class ModelRejected(RuntimeError):
+class ModelRejected(DataQualityRejected):
     """A candidate version failed its evaluation gate."""
 
 
@@ -86,13 +86,8 @@ def paired_drop_ci(candidate: np.ndarray, current: np.ndarray, resamples: int, a
     n = len(current)
     if n == 0 or len(candidate) != n:
         raise ValueError(f"paired comparison needs the same users on both sides: {len(candidate)} vs {n}")
-    rng = np.random.default_rng(seed)
-    drops = np.empty(resamples)
-    chunk = max(1, BOOTSTRAP_CELLS // n)
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n, (min(chunk, resamples - start), n))
-        drops[start : start + len(idx)] = relative_drop(candidate[idx].mean(axis=1), current[idx].mean(axis=1))
-    low, high = np.quantile(drops, [alpha / 2, 1 - alpha / 2])
+    low, high = bootstrap_ci(np.column_stack([candidate, current]), resamples, alpha, seed,
+                             statistic=lambda means: relative_drop(means[:, 0], means[:, 1]))
     return PairedDrop(float(relative_drop(candidate.mean(), current.mean())), float(low), float(high), n)
 
 
@@ -160,13 +155,14 @@ def evaluate_candidate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.d
     current = artifacts.current(store)
     if current and current.name != candidate:
         versions[current.name] = current
-    frames, per_user = [score_channel(data, popularity(cfg, data), ks)], []
+    frames, per_user = [score_channel(data, popularity(cfg, data), cfg.evaluation)], []
     for name, version in versions.items():
         retrieved = NIGHTLY_MODELS[model].retriever(cfg, version, data).retrieve(data.users, max(ks))
-        frames.append(score_retrieved(data, retrieved, ks, model, name))
+        frames.append(score_retrieved(data, retrieved, cfg.evaluation, model, name))
         per_user.append(user_recall_rows(data, retrieved, ks[0], model, name))
     results = pd.concat(frames, ignore_index=True)
-    results.insert(0, "day", data.day)
+    if warning := few_users_warning(results, cfg.evaluation.min_users):
+        log.warning("%s evaluation on %s: %s", model, ds, warning)
     write_results(cfg, results)
     write_user_recall(cfg, pd.concat(per_user, ignore_index=True))
     recall = results[(results.segment == ALL) & (results.k == ks[0]) & (results.metric == "recall")]
@@ -202,10 +198,10 @@ def _gate_row(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> d
         rows = con.execute(
             """
             select channel, version, value, n_users from retrieval_eval
-            where day = ? and segment = ? and k = ? and metric = 'recall'
+            where day = ? and eval_days = 1 and train_window_days = ? and segment = ? and k = ? and metric = 'recall'
               and (channel = ? or (channel = ? and version = ''))
             """,
-            [day, ALL, k, model, BASELINE],
+            [day, cfg.retrieval.train_window_days, ALL, k, model, BASELINE],
         ).df()
 
     def recall(channel: str, version: str) -> float | None:
@@ -245,7 +241,8 @@ def describe_gate(row: dict[str, Any]) -> str:
 
 def gate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> dict[str, Any]:
     """Run the GX gate on the candidate's evaluation; record it in `model_gate` and the version's
-    meta; on failure raise the data-quality alert, then ModelRejected."""
+    meta; on failure raise the data-quality alert, then ModelRejected (not retried: the alert is the
+    failure's one alert)."""
     row = _gate_row(cfg, model, candidate, ds)
     frame = pd.DataFrame([row]).astype({"candidate_recall": float, "popularity_recall": float})
     outcome = validate_frame(frame, "model_gate", model_gate_expectations())
@@ -258,13 +255,15 @@ def gate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> dict[s
         "popularity_recall", "n_users", "gate_reason", "passed")}})
     summary = describe_gate(row)
     if not outcome.success:
-        alert_failure(cfg, outcome, source="nightly_training.gate", title=f"{model} version {candidate} rejected",
+        kept = (f"{row['current']} stays current" if row["current"]
+                else f"no previous version: {model} has none yet")
+        alert_failure(cfg, outcome, source="nightly_training.gate", title=f"{model} version {candidate} rejected; {kept}",
                       details={"summary": summary, **{k: row[k] for k in (
                           "day", "current", "candidate_recall", "current_recall", "recall_drop", "drop_ci_low",
                           "drop_ci_high", "n_users", "recall_floor", "popularity_recall", "gate_reason")}})
         raise ModelRejected(f"{model} {candidate} failed its gate on {row['day']}: {', '.join(failed)} ({summary}; "
                             f"floor {row['recall_floor']:.5f}, popularity {row['popularity_recall']}); "
-                            f"{row['current'] or 'no version'} stays current")
+                            f"{kept}")
     log.info("%s %s passed its gate on %s: %s", model, candidate, row["day"], summary)
     return {k: (str(v) if isinstance(v, dt.date) else v) for k, v in row.items()}
 

@@ -22,6 +22,7 @@ from models.serving.diversity import spacing_violations
 from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import replace_rows
+from tasks.ops.alerts import DataQualityRejected
 from tasks.serving.context import ServingContext, load_context, seen_matrix
 from tasks.serving.funnel import recommend
 
@@ -31,7 +32,7 @@ FILE = "feeds.parquet"
 BLOCK_USERS = 500
 
 
-class FeedsRejected(RuntimeError):
+class FeedsRejected(DataQualityRejected):
     """The night's feeds failed their GX suite; yesterday's feeds stay current."""
 
 

@@ -22,8 +22,12 @@ diversity: 1 − mean pairwise cosine of the items' two-tower vectors), category
 log, of category_l1) and length (mean list length; for the whole candidate set at its K); for the
 feed also recall_ceiling (mean over users of min(|truth neither seen nor expired|, K) / |truth|:
 what any feed can reach past the seen filter). User groups as in the retrieval evaluation: all,
-with_history / without_history, each segment on d + 1. Every value carries the users it averages.
-Rows in `funnel_eval`; a re-run replaces the rows of the same day and strategy. A current artifact
+with_history / without_history, each segment (on the user's first evaluation day with a click).
+Every value carries the users it averages (`n_users`), a percentile bootstrap CI over them
+(`ci_low`, `ci_high`; none for coverage) and `below_min_users` (fewer than evaluation.min_users: a
+warning is logged). Lists are cut at K after ordering by score descending, then catalogue row
+(= item_id) ascending. Rows in `funnel_eval`, one run per (day, eval_days, train_window_days,
+strategy): other runs are kept (the history), a re-run of the same one replaces its rows. A current artifact
 that saw data after d (a model trained through a later day, a pool refreshed later) is named in a
 warning: the numbers would be optimistic.
 """
@@ -39,29 +43,29 @@ import pandas as pd
 
 from tasks.core import artifacts, registry
 from tasks.core import eval_metrics as m
-from tasks.core.config import ALL, PlatformConfig, StrategyConfig
+from tasks.core.config import EvaluationConfig, PlatformConfig, StrategyConfig
 from tasks.core.warehouse import replace_rows, table_names
 from tasks.pools.refresh import end_of_day
 from tasks.retrieval.data import connect_read
-from tasks.retrieval.evaluate import COLD, WARM, EvalData, load_eval_data, popularity
+from tasks.retrieval.evaluate import (
+    RUN_KEY,
+    EvalData,
+    few_users_warning,
+    intervals,
+    load_eval_data,
+    popularity,
+    user_groups,
+)
 from tasks.serving.batch import BLOCK_USERS
 from tasks.serving.context import ServingContext, load_context, seen_matrix
 from tasks.serving.funnel import exposures_for, prerank_scores, recommend, retrieve
 
 log = logging.getLogger(__name__)
 TABLE = "funnel_eval"
-RESULT_COLUMNS = ("day", "strategy", "what", "segment", "k", "metric", "value", "n_users")
+RESULT_COLUMNS = (*RUN_KEY, "strategy", "what", "segment", "k", "metric", "value", "ci_low", "ci_high", "n_users",
+                  "below_min_users")
 FEED, CANDIDATES, POPULARITY, FUNNEL, CHANNEL = "feed", "candidates", "popularity", "funnel", "channel:"
 STAGES = ("retrieved", "merged", "filtered", "preranked", "feed", "exploration")
-
-
-def user_groups(data: EvalData) -> dict[str, np.ndarray]:
-    """Rows of data.users per group: all, with / without a positive in the window, each segment."""
-    warm = np.isin(data.users, data.train.user_id)
-    groups = {ALL: np.arange(len(data.users)), WARM: np.flatnonzero(warm), COLD: np.flatnonzero(~warm)}
-    for segment, ids in data.segments.groupby("segment").user_id:
-        groups[str(segment)] = np.flatnonzero(np.isin(data.users, ids.to_numpy()))
-    return {name: rows for name, rows in groups.items() if len(rows) or name == ALL}
 
 
 def prerank_relevance(ctx: ServingContext, s: StrategyConfig, user_ids: np.ndarray,
@@ -74,7 +78,8 @@ def prerank_relevance(ctx: ServingContext, s: StrategyConfig, user_ids: np.ndarr
 
 
 def ranked_lists(rows: np.ndarray, items: np.ndarray, score: np.ndarray, n_rows: int, width: int) -> np.ndarray:
-    """(n_rows, width) catalogue rows per list row, best score first (ties: lower row), -1 padded."""
+    """(n_rows, width) catalogue rows per list row, -1 padded: the top `width` by score descending,
+    then catalogue row (= item_id) ascending, so ties at the cut are broken by that rule."""
     order = np.lexsort((items, -score, rows))
     rows, items = rows[order], items[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n_rows))[rows]
@@ -150,19 +155,20 @@ def recall_ceiling(ctx: ServingContext, data: EvalData, k: int) -> np.ndarray:
     return np.minimum(reachable, k) / np.array([len(t) for t in data.truth], dtype=np.float64)
 
 
-def _rows(what: str, segment: str, k: int, values: dict[str, tuple[float, int]]) -> list[dict]:
-    return [{"what": what, "segment": segment, "k": k, "metric": metric, "value": float(v), "n_users": int(n)}
-            for metric, (v, n) in values.items()]
+def _rows(what: str, segment: str, k: int, values: dict[str, tuple[float, float, float, int]]) -> list[dict]:
+    return [{"what": what, "segment": segment, "k": k, "metric": metric, "value": v, "ci_low": lo, "ci_high": hi,
+             "n_users": n} for metric, (v, lo, hi, n) in values.items()]
 
 
-def _mean(per_user: np.ndarray) -> tuple[float, int]:
-    finite = np.isfinite(per_user)
-    return (float(per_user[finite].mean()) if finite.any() else float("nan")), int(finite.sum())
+def _means(per_user: dict[str, np.ndarray], ev: EvaluationConfig) -> dict[str, tuple[float, float, float, int]]:
+    """Each per-user measure's mean and CI over the users for whom it is defined (finite)."""
+    return {metric: intervals(v, ev)[0] for metric, v in per_user.items()}
 
 
 def score_lists(what: str, lists: np.ndarray, ks: tuple[int, ...], data: EvalData,
                 groups: dict[str, np.ndarray], ctx: ServingContext, list_k: int) -> list[dict]:
     """Recall, NDCG and coverage at each K, and at `list_k` the list measures, per user group."""
+    ev = ctx.cfg.evaluation
     per_user = {"length": (lists[:, : max(ks)] >= 0).sum(axis=1).astype(np.float64)}
     if list_k in ks:
         per_user["category_entropy"] = category_entropy(lists[:, :list_k], ctx.catalogue.category_l1)
@@ -171,14 +177,14 @@ def score_lists(what: str, lists: np.ndarray, ks: tuple[int, ...], data: EvalDat
     out = []
     for segment, rows in groups.items():
         got, truth = lists[rows], [data.truth[i] for i in rows]
+        means = iter(intervals(np.column_stack([f(got, truth, k) for k in ks for f in (m.user_recall, m.user_ndcg)]), ev))
         for k in ks:
             out += _rows(what, segment, k, {
-                "recall": (m.recall_at_k(got, truth, k), len(rows)),
-                "ndcg": (m.ndcg_at_k(got, truth, k), len(rows)),
-                "coverage": (m.coverage_at_k(got, k, len(data.catalogue)), len(rows))})
-        out += _rows(what, segment, max(ks), {"length": _mean(per_user["length"][rows])})
-        out += _rows(what, segment, list_k, {metric: _mean(v[rows]) for metric, v in per_user.items()
-                                             if metric != "length"})
+                "recall": next(means), "ndcg": next(means),
+                "coverage": (m.coverage_at_k(got, k, len(data.catalogue)), float("nan"), float("nan"), len(rows))})
+        out += _rows(what, segment, max(ks), _means({"length": per_user["length"][rows]}, ev))
+        out += _rows(what, segment, list_k, _means({metric: v[rows] for metric, v in per_user.items()
+                                                    if metric != "length"}, ev))
     return out
 
 
@@ -214,10 +220,8 @@ def evaluate_funnel(cfg: PlatformConfig, day: dt.date, strategy: str | None = No
     groups = user_groups(data)
     ks = tuple(sorted({k for k in cfg.evaluation.k if k <= s.feed_length} | {s.feed_length}))
     lists, funnel = funnel_lists(ctx, name, data.users)
-    # retrieved at the retrieval evaluation's largest K, so both score the same lists: top_k_rows
-    # breaks ties at the cut by argpartition's order, not by row
-    popular = popularity(cfg, data).retrieve(data.users, max(*cfg.evaluation.k, s.feed_length))
-    lists[POPULARITY] = popular[:, : s.feed_length]
+    # the retrieval evaluation's list (clicks desc, then row asc), cut at the feed length
+    lists[POPULARITY] = popularity(cfg, data).retrieve(data.users, s.feed_length)
     rows = []
     for what, got in lists.items():
         at = (*ks, s.total_quota) if what == CANDIDATES else ks
@@ -225,18 +229,23 @@ def evaluate_funnel(cfg: PlatformConfig, day: dt.date, strategy: str | None = No
     ceiling = recall_ceiling(ctx, data, s.feed_length)
     stages = [st for st in STAGES if st in funnel]
     for segment, r in groups.items():
-        rows += _rows(FEED, segment, s.feed_length, {"recall_ceiling": _mean(ceiling[r])})
-        rows += _rows(FUNNEL, segment, 0, {st: _mean(funnel[st].to_numpy(np.float64)[r]) for st in stages})
+        rows += _rows(FEED, segment, s.feed_length, _means({"recall_ceiling": ceiling[r]}, cfg.evaluation))
+        rows += _rows(FUNNEL, segment, 0, _means({st: funnel[st].to_numpy(np.float64)[r] for st in stages},
+                                                 cfg.evaluation))
     out = pd.DataFrame.from_records(rows)
-    out.insert(0, "strategy", name)
-    out.insert(0, "day", day)
+    out = out.assign(day=day, eval_days=data.eval_days, train_window_days=data.train_window_days, strategy=name,
+                     below_min_users=out.n_users < cfg.evaluation.min_users)[list(RESULT_COLUMNS)]
+    if warning := few_users_warning(out, cfg.evaluation.min_users):
+        log.warning("funnel evaluation of %s (%s): %s", day, name, warning)
     log.info("funnel evaluation of %s (%s): %d users with clicks in the next %d day(s), %.0f s", day, name,
              len(data.users), eval_days, time.perf_counter() - started)
     return out
 
 
 def write_results(cfg: PlatformConfig, results: pd.DataFrame) -> None:
-    """Store results in `funnel_eval`, replacing the rows of the same days and strategies."""
-    replace_rows(cfg, TABLE, results[list(RESULT_COLUMNS)], ["day", "strategy"],
-                 columns="day date, strategy varchar, what varchar, segment varchar, k integer, metric varchar, "
-                         "value double, n_users bigint, evaluated_at timestamp", stamp="evaluated_at")
+    """Store results in `funnel_eval`: the rows of each run (RUN_KEY, strategy) replace those of the
+    same run; other runs, earlier ones included, are kept (the history)."""
+    replace_rows(cfg, TABLE, results[list(RESULT_COLUMNS)], [*RUN_KEY, "strategy"],
+                 columns="day date, eval_days integer, train_window_days integer, strategy varchar, what varchar, "
+                         "segment varchar, k integer, metric varchar, value double, ci_low double, ci_high double, "
+                         "n_users bigint, below_min_users boolean, evaluated_at timestamp", stamp="evaluated_at")

@@ -18,12 +18,13 @@ from tasks.core.config import PlatformConfig
 from tasks.core.days import day_range
 from tasks.core.dbt_runner import run_dbt
 from tasks.core.warehouse import connect
+from tasks.ops.alerts import DataQualityRejected
 
 log = logging.getLogger(__name__)
 TABLE = "implicit_follows"
 
 
-class ImplicitFollowsRejected(RuntimeError):
+class ImplicitFollowsRejected(DataQualityRejected):
     """A day of implicit_follows failed its GX suite."""
 
 

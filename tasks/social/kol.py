@@ -27,6 +27,7 @@ from tasks.core.config import PlatformConfig
 from tasks.core.days import day_range
 from tasks.core.dbt_runner import run_dbt
 from tasks.core.warehouse import connect_writer, upsert
+from tasks.ops.alerts import DataQualityRejected
 
 log = logging.getLogger(__name__)
 TABLE = "kol_scores"
@@ -45,7 +46,7 @@ _COLUMNS = """
 _MIN_PRIOR_CV = 1e-3
 
 
-class KolScoresRejected(RuntimeError):
+class KolScoresRejected(DataQualityRejected):
     """A day's KOL scores failed their GX suite; the day's previous scores stay."""
 
 
