@@ -43,7 +43,7 @@ def daily_metrics_dag() -> None:
     # pool and social DAGs which days are ready.
     @task(outlets=[METRICS], **writer_task_kwargs(cfg))
     def write_report(days: dict[str, str], outlet_events=None) -> str:
-        from tasks.reports.page import write_report  # matplotlib: 2 s, kept out of DAG parsing
+        from tasks.reports.page import write_report  # altair + vl-convert, ~1.5 s: kept out of DAG parsing
 
         outlet_events[METRICS].extra = days
         return str(write_report(cfg))

@@ -20,6 +20,7 @@ from tasks.core.warehouse import refresh_views
 from tasks.ingest.load import load_dir
 from tasks.ops.alerts import read_alerts
 from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
+from tasks.reports.fragments import CHART, embedded_specs
 from tasks.reports.social import social_section
 from tasks.simulator import simulate
 from tasks.social import implicit_follows
@@ -197,4 +198,8 @@ def test_the_report_section_shows_implicit_vs_explicit(built, lake) -> None:
     pairs = _pairs(cfg).query("day == @last")
     explicit = len(_followed(lake["follows"], last))
     assert f"{len(pairs)} implicit pairs for {pairs.user_id.nunique()} users vs {explicit} explicit" in page
-    assert page.count("<img") == 1 and "KOL scores: not built yet" in page
+    per_user, edges = embedded_specs(page)  # implicit follows per user; implicit vs explicit edges per day
+    assert page.count(CHART) == 2 and "KOL scores: not built yet" in page
+    assert sum(b["count"] for b in per_user["data"]["values"]) == pairs.user_id.nunique()
+    last_day = {v["series"]: v["value"] for v in edges["data"]["values"] if v["day"].startswith(f"{last}")}
+    assert last_day == {"implicit (user, author) pairs": len(pairs), "explicit follow edges": explicit}

@@ -20,6 +20,7 @@ from tasks.core.warehouse import connect_writer, refresh_views
 from tasks.ingest.load import load_dir
 from tasks.ops.alerts import read_alerts
 from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
+from tasks.reports.fragments import CHART, embedded_specs
 from tasks.reports.social import social_section
 from tasks.simulator import read_ground_truth, simulate
 from tasks.social import kol
@@ -178,8 +179,11 @@ def test_the_report_section_shows_the_kols(built, tmp_path) -> None:
     page = social_section(built)
     scores = _scores(built, LAST)
     best = scores.nlargest(1, "kol_score").user_id.item()
-    assert page.count("<img") == 1 and f"<td>{best}</td>" in page
+    histogram = embedded_specs(page)
+    assert page.count(CHART) == len(histogram) == 1 and f"<td>{best}</td>" in page
+    positive = scores.kol_score[scores.kol_score > 0]  # log bins: every positive score counted once
+    assert sum(b["count"] for b in histogram[0]["data"]["values"]) == len(positive)
     assert f"{int(scores.is_kol.sum())} users flagged is_kol; {len(scores)} scored" in page
     assert "Implicit follows: not built yet" in page
     nothing = load_config(write_config(tmp_path / "recpipe.yaml", tmp_path / "empty"))
-    assert "not built yet" in social_section(nothing) and "<img" not in social_section(nothing)
+    assert "not built yet" in social_section(nothing) and CHART not in social_section(nothing)

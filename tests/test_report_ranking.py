@@ -9,10 +9,12 @@ import json
 import re
 
 import pandas as pd
+import pytest
 
 from tasks.core import artifacts, registry
 from tasks.core.config import RANKING_HEADS, PlatformConfig
 from tasks.core.warehouse import connect_writer
+from tasks.reports.fragments import CHART, embedded_specs
 from tasks.reports.page import write_report
 from tasks.reports.ranking import ranking_section
 
@@ -143,7 +145,20 @@ def test_ranking_section(platform: PlatformConfig) -> None:
     assert versions.index("label_only") < versions.index("distilled")  # newest first
     warn = re.findall(r'<tr class="warn">.*?</tr>', versions)
     assert len(warn) == 1 and "<td>True</td>" in warn[0] and "<td>label_only</td>" in warn[0]  # current
-    assert section.count("data:image/png;base64,") == 3  # AUC and calibration over days, fault drill
+    auc, calibration, drill_chart = embedded_specs(section)  # AUC and calibration over days, fault drill
+    assert section.count(CHART) == 3
+    overall = _eval_rows().query("segment == 'all'")
+    assert {(v["day"][:10], v["series"]): v["value"] for v in auc["data"]["values"]} == {
+        (f"{r.day}", r.head): r.auc for r in overall.itertuples()}
+    assert {(v["day"][:10], v["series"]): v["value"] for v in calibration["data"]["values"]} == pytest.approx({
+        (f"{r.day}", r.head): r.mean_prediction / r.observed_rate for r in overall.itertuples()})
+    band = platform.ranking.gate.calibration_band
+    assert {"low": band[0], "high": band[1]} in [layer.get("data", {}).get("values", [None])[0]
+                                                 for layer in calibration["vconcat"][0]["layer"]]  # the gate band
+    bars = {(v["fault"], v["model"]): v["auc"] for v in drill_chart["data"]["values"]}
+    assert bars == {(r.fault, m): getattr(r, f"auc_{m}")
+                    for r in _drill_rows().itertuples() for m in ("gated", "ungated")}
+    assert {"datum": 0.70} in [layer["encoding"].get("y") for layer in drill_chart["layer"]]  # the clean AUC line
 
     page = write_report(platform).read_text()
     assert "<h2>Ranking</h2>" in page and html.escape(FAILED) in page
@@ -156,5 +171,5 @@ def test_ranking_section_not_built(platform: PlatformConfig) -> None:
     for what in ("Full-ranking evaluation", "Distillation gate", "Distillation set", "Fault drill",
                  "Special user groups", "Pre-ranking versions"):
         assert f"{what}: not built yet" in section
-    assert "recpipe train --day D" in section and "recpipe fault-drill --day D" in section and "<img" not in section
+    assert "recpipe train --day D" in section and "recpipe fault-drill --day D" in section and CHART not in section
     assert "Full-ranking evaluation: not built yet" in write_report(platform).read_text()

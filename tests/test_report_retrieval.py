@@ -1,4 +1,6 @@
-"""The report's retrieval section over hand-written retrieval_eval and model_gate rows."""
+"""The report's retrieval section over hand-written retrieval_eval and model_gate rows: the latest
+run's table (with the users scored and, when the rows carry them, Recall@K's CIs), the charts as
+Vega-Lite specs whose data equal the rows, and the history of every run."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import html
 import re
 
 import pandas as pd
+import pytest
 
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import connect_writer
+from tasks.reports.fragments import CHART, embedded_specs
 from tasks.reports.page import write_report
 from tasks.reports.retrieval import retrieval_section
 
@@ -17,6 +21,8 @@ DAYS = (dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 VERSION = "20240302T010000-two-tower"  # shown as its first 15 characters
 RECALL_AT_50 = {"popularity": 0.16, "itemcf": 0.20, "two_tower": 0.24}  # latest day, segment all
 FAILED = "candidate_recall >= recall_floor: 0.09 < 0.10 <b>"
+RERUN = 0.26  # two_tower's Recall@50 in a later run of the latest day
+EVALUATED = dt.datetime(2024, 3, 3)
 
 
 def _eval_rows() -> pd.DataFrame:
@@ -29,9 +35,20 @@ def _eval_rows() -> pd.DataFrame:
                     for metric in ("recall", "ndcg", "hit_rate", "coverage", "tail_recall"):
                         value = recall if metric == "recall" and k == 50 else 0.3 + k / 1000
                         value = value if day == DAYS[-1] and segment == "all" else value / 2
-                        rows.append((day, channel, version, segment, k, metric, value, 400, dt.datetime(2024, 3, 3)))
+                        rows.append((day, channel, version, segment, k, metric, value, 400, EVALUATED))
     return pd.DataFrame(rows, columns=["day", "channel", "version", "segment", "k", "metric", "value", "n_users",
                                        "evaluated_at"])
+
+
+def _with_ci_and_a_rerun(evals: pd.DataFrame) -> pd.DataFrame:
+    """CIs of +-0.05 on every row, and a later run of the latest day's two_tower (Recall@50 RERUN, 390
+    users: fewer than evaluation.min_users, say)."""
+    evals = evals.assign(ci_low=evals.value - 0.05, ci_high=evals.value + 0.05)
+    rerun = evals[(evals.day == DAYS[-1]) & (evals.channel == "two_tower")].copy()
+    recall = (rerun.metric == "recall") & (rerun.k == 50) & (rerun.segment == "all")
+    rerun.loc[recall, ["value", "ci_low", "ci_high"]] = [RERUN, RERUN - 0.05, RERUN + 0.05]
+    rerun = rerun.assign(n_users=390, evaluated_at=EVALUATED + dt.timedelta(hours=5))
+    return pd.concat([evals, rerun]).assign(below_min_users=lambda r: r.n_users < 400)
 
 
 def _gate_rows() -> pd.DataFrame:
@@ -45,12 +62,12 @@ def _gate_rows() -> pd.DataFrame:
     )
 
 
-def _write_tables(cfg: PlatformConfig) -> None:
-    evals, gate = _eval_rows(), _gate_rows()
+def _write_tables(cfg: PlatformConfig, evals: pd.DataFrame) -> None:
+    ci = ", ci_low double, ci_high double, below_min_users boolean" if "ci_low" in evals else ""
     with connect_writer(cfg) as con:
         con.execute(
             "create table retrieval_eval (day date, channel varchar, version varchar, segment varchar, k integer, "
-            "metric varchar, value double, n_users bigint, evaluated_at timestamp)"
+            f"metric varchar, value double, n_users bigint, evaluated_at timestamp{ci})"
         )
         con.execute("insert into retrieval_eval select * from evals")
         con.execute(
@@ -58,7 +75,8 @@ def _write_tables(cfg: PlatformConfig) -> None:
             "candidate_recall double, current_recall double, recall_floor double, popularity_recall double, "
             "n_users bigint, passed boolean, failed_expectations varchar, checked_at timestamp)"
         )
-        con.execute("insert into model_gate select * from gate")
+        con.register("gate_rows", _gate_rows())
+        con.execute("insert into model_gate select * from gate_rows")
 
 
 def _row(page: str, first_cell: str) -> str:
@@ -67,8 +85,21 @@ def _row(page: str, first_cell: str) -> str:
     return match.group(0)
 
 
+def _params(spec: object) -> dict[str, dict]:
+    """Every selection parameter of a spec, by name."""
+    found = {}
+    if isinstance(spec, dict):
+        found |= {p["name"]: p for p in spec.get("params", []) if "select" in p}
+        for value in spec.values():
+            found |= _params(value)
+    elif isinstance(spec, list):
+        for value in spec:
+            found |= _params(value)
+    return found
+
+
 def test_retrieval_section(platform: PlatformConfig) -> None:
-    _write_tables(platform)
+    _write_tables(platform, _eval_rows())
     section = retrieval_section(platform)
 
     assert section.startswith("<h2>Retrieval</h2>")
@@ -81,10 +112,44 @@ def test_retrieval_section(platform: PlatformConfig) -> None:
     failed = re.search(r'<tr class="warn">.*?</tr>', section, re.S)
     assert failed and html.escape(FAILED) in failed.group(0) and FAILED not in section
     assert section.count('<tr class="warn">') == 1
-    assert section.count("data:image/png;base64,") == 3  # per channel, per segment, over days
+    assert "95% CI" not in section  # rows without ci_low / ci_high: no CI column, no failure
+
+    specs = embedded_specs(section)  # recall and tail recall per channel, per segment, the runs' history
+    assert section.count(CHART) == len(specs) == 4
+    by_channel = {(v["label"], v["K"]): v["value"] for v in specs[0]["data"]["values"]}
+    assert by_channel[(labels[2], "@50")] == RECALL_AT_50["two_tower"] and by_channel[("itemcf", "@100")] == 0.4
+    history = specs[3]
+    expected = _eval_rows().query("metric == 'recall' and k == 50 and segment == 'all'")  # every run, both days
+    got = {(v["day"][:10], v["series"]): v["value"] for v in history["data"]["values"]}
+    assert got == pytest.approx({
+        (f"{r.day}", r.channel + (" (nightly)" if r.version else "")): r.value for r in expected.itertuples()})
+    params = _params(history)
+    assert params["range"]["select"]["type"] == "interval" and params["range"]["value"]["x"]  # the range selector
+    assert any(p.get("bind") == "scales" for p in params.values())  # zoom / pan
+    assert "Evaluation runs: the last 6 of 6, newest first" in section
 
     page = write_report(platform).read_text()
-    assert "<h2>Retrieval</h2>" in page and html.escape(FAILED) in page and page.count("data:image/png") >= 3
+    assert "<h2>Retrieval</h2>" in page and html.escape(FAILED) in page and page.count(CHART) >= 4
+    assert page.count("window.vegaEmbed=") == 1 and "cdn.jsdelivr" not in page  # the JS inlined once: offline
+
+
+def test_the_latest_run_with_its_ci_and_every_run_in_the_history(platform: PlatformConfig) -> None:
+    evals = _with_ci_and_a_rerun(_eval_rows())
+    _write_tables(platform, evals)
+    section = retrieval_section(platform)
+
+    two_tower = re.search(rf'<tr class="warn"><td>{re.escape(f"two_tower ({VERSION[:15]})")}</td>.*?</tr>', section)
+    assert two_tower, "the later run of the latest day, highlighted: fewer users than evaluation.min_users"
+    two_tower = two_tower.group(0)
+    assert f"<td>{RERUN:.4g}</td>" in two_tower and f"<td>[{RERUN - 0.05:.4g}, {RERUN + 0.05:.4g}]</td>" in two_tower
+    assert "<td>390</td>" in two_tower and "Recall@50 95% CI" in section and "Recall@100 95% CI" in section
+    history = embedded_specs(section)[3]["data"]["values"]
+    runs = [v for v in history if v["series"] == "two_tower (nightly)" and v["day"].startswith(f"{DAYS[-1]}")]
+    assert sorted(v["value"] for v in runs) == [RECALL_AT_50["two_tower"], RERUN]  # both runs of the day kept
+    assert all(v["high"] - v["low"] == pytest.approx(0.1) for v in history)
+    assert "Evaluation runs: the last 7 of 7, newest first" in section
+    assert "Fewer users scored than evaluation.min_users in 3 group(s): " in section  # all, low_activity, heavy
+    assert {v["status"] for v in runs} == {"final", "fewer users than evaluation.min_users"}
 
 
 def test_retrieval_section_not_built(platform: PlatformConfig) -> None:
@@ -92,5 +157,5 @@ def test_retrieval_section_not_built(platform: PlatformConfig) -> None:
         con.execute("create table unrelated (x integer)")
     section = retrieval_section(platform)
     assert "Retrieval evaluation: not built yet" in section and "Evaluation gate: not built yet" in section
-    assert "recpipe evaluate --day D" in section and "<img" not in section
+    assert "recpipe evaluate --day D" in section and CHART not in section
     assert "Retrieval evaluation: not built yet" in write_report(platform).read_text()

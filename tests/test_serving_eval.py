@@ -1,7 +1,8 @@
 """The offline funnel evaluation on a copy of the served world (the nightly feeds and the
 evaluation written into it): the feed's and popularity's Recall/NDCG against an independent
-computation from the lake's events and the feeds, the merged set against every channel, the
-table's re-run, and the report section."""
+computation from the lake's events and the feeds, the merged set against every channel, every
+value's CI over users and min_users flag, ties at the top-K cut, the table's history and re-run,
+and the report section."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import yaml
 
 from tasks.core.config import PlatformConfig, load_config
 from tasks.core.warehouse import connect, refresh_views
+from tasks.reports.fragments import embedded_specs
 from tasks.reports.serving import serving_section
 from tasks.serving import batch
 from tasks.serving.context import load_context
-from tasks.serving.evaluate import TABLE, evaluate_funnel, write_results
+from tasks.serving.evaluate import RESULT_COLUMNS, TABLE, evaluate_funnel, ranked_lists, write_results
 from tasks.serving.funnel import recommend
 
 pytestmark = pytest.mark.slow
@@ -156,13 +158,39 @@ def test_the_merged_set_holds_every_channels_top_k(world, results: pd.DataFrame)
     assert funnel["feed"] == s.feed_length
 
 
-def test_a_rerun_replaces_the_days_rows(world, results: pd.DataFrame) -> None:
+def test_every_value_has_a_ci_over_its_users_and_a_min_users_flag(world, results: pd.DataFrame) -> None:
+    cfg, _ = world
+    assert list(results.columns) == list(RESULT_COLUMNS) and set(results.eval_days) == {1}
+    means = results[(results.metric != "coverage") & (results.n_users > 0)]
+    assert ((means.ci_low <= means.value + 1e-9) & (means.value <= means.ci_high + 1e-9)).all()
+    feed = _value(results, "feed", "recall", cfg.serving.strategy(cfg.serving.default_strategy).feed_length)
+    assert feed.ci_low < feed.value < feed.ci_high
+    assert results[results.metric == "coverage"].ci_low.isna().all()  # not a mean over users
+    assert (results.below_min_users == (results.n_users < cfg.evaluation.min_users)).all()
+
+
+def test_ties_at_the_cut_go_to_the_lower_item() -> None:
+    """Score descending, then catalogue row (= item_id) ascending: of four items tied at 0.5 for
+    the last two places, rows 2 and 5 are kept, whatever the input order."""
+    rows = np.array([0, 0, 0, 0, 0, 1, 1])
+    items = np.array([9, 5, 7, 2, 1, 4, 3])
+    score = np.array([0.5, 0.5, 0.9, 0.5, 0.5, 0.2, 0.2])
+    assert ranked_lists(rows, items, score, 2, 3).tolist() == [[7, 1, 2], [3, 4, -1]]
+    flip = np.arange(len(rows))[::-1]
+    assert ranked_lists(rows[flip], items[flip], score[flip], 2, 3).tolist() == [[7, 1, 2], [3, 4, -1]]
+
+
+def test_runs_are_kept_and_a_rerun_replaces_its_own(world, results: pd.DataFrame) -> None:
     cfg, day = world
-    write_results(cfg, results)
-    with connect(cfg, read_only=True) as con:
-        stored = con.execute(f"select count(*) from {TABLE} where day = ? and strategy = ?",
-                             [day, cfg.serving.default_strategy]).fetchone()[0]
-    assert stored == len(results)
+
+    def stored() -> pd.DataFrame:
+        with connect(cfg, read_only=True) as con:
+            return con.execute(f"select eval_days, count(*) as n from {TABLE} where day = ? and strategy = ? "
+                               "group by all order by all", [day, cfg.serving.default_strategy]).df()
+
+    write_results(cfg, results.assign(eval_days=2))  # another run of the day (two evaluation days)
+    write_results(cfg, results)  # the first one again
+    assert stored().values.tolist() == [[1, len(results)], [2, len(results)]]
 
 
 def test_the_report_section_shows_the_funnel(world, results: pd.DataFrame) -> None:
@@ -174,7 +202,12 @@ def test_the_report_section_shows_the_funnel(world, results: pd.DataFrame) -> No
                     "<h3>Funnel evaluation, data through", f"<h3>Recall@{k} per user group",
                     "<h3>Funnel of the evaluated users"):
         assert heading in page, heading
-    assert "not built yet" not in page
+    assert "not built yet" not in page and "<h3>Funnel evaluation history</h3>" in page
+    feed = _value(results, "feed", "recall", k)
+    history = embedded_specs(page)[-1]["data"]["values"]  # Recall@k per run: the feed, candidates, popularity
+    assert {v["series"] for v in history} == {"feed", "candidates", "popularity"}
+    assert [v["value"] for v in history if v["series"] == "feed"] == pytest.approx([feed.value])
+    assert f"<td>feed</td><td>{feed.value:.4g}</td><td>{feed.n_users}</td>" in page  # the users scored
 
 
 def test_the_report_section_says_what_is_not_built(platform: PlatformConfig) -> None:

@@ -97,8 +97,11 @@ def print_summary(cfg: PlatformConfig) -> None:
     print("\nDaily metrics (dbt mart metrics_daily, everyone) and quarantined rows:")
     print(df.to_string(index=False))
     print("\nRows in the lake: " + ", ".join(f"{k}={v:,}" for k, v in totals.items()))
-    print(f"\nCore metrics on {last_complete}, the last day whose LT7 window has landed (dbt marts):")
-    print(metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if last_complete is None:
+        print("\nCore metrics with LT7: no day's 7-day window has landed yet (the first comes 7 days after the first day)")
+    else:
+        print(f"\nCore metrics on {last_complete}, the last day whose LT7 window has landed (dbt marts):")
+        print(metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if pools is not None:
         print("\nContent pools, latest refresh (published versions become current; see the report):")
         print(pools.to_string(index=False))

@@ -4,13 +4,13 @@
 experiment_guardrails (read-only). Per experiment: the sample-ratio test and the guardrail flags,
 the readout table (metric, arm, values, diff, relative lift, 95% CI, p, CUPED estimate and CI, n),
 an interactive forest plot (one row per metric x arm, plain and CUPED estimates with their CIs)
-and the weekly lifts (short vs long term), both Vega-Lite (altair) drawn by vega-embed.
+and the weekly lifts (short vs long term), both Vega-Lite (altair) embedded by
+tasks/reports/fragments.py (the page that shows the section ends with its `chart_scripts`).
 """
 
 from __future__ import annotations
 
 import html
-import json
 
 import altair as alt
 import duckdb
@@ -19,14 +19,17 @@ import pandas as pd
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import table_names
 from tasks.experiments.readout import readout_rows, sample_ratio_summary
-from tasks.reports.fragments import html_table, not_built, warehouse_parts
+from tasks.reports.fragments import (
+    ci_text,
+    embed_chart,
+    html_table,
+    interval_chart,
+    not_built,
+    records,
+    warehouse_parts,
+)
 
 HINT = ("Experiment readout", "configure `experiments`, publish the assignments and run daily_metrics")
-_SCRIPTS = "".join(
-    f'<script src="https://cdn.jsdelivr.net/npm/{lib}@{version}"></script>'
-    for lib, version in (("vega", alt.VEGA_VERSION), ("vega-lite", alt.VEGALITE_VERSION),
-                         ("vega-embed", alt.VEGAEMBED_VERSION))
-)
 _GUARDRAILS = {
     "dau_up_lt7_down": "DAU significantly up while LT7 is down: not an improvement",
     "lt_up_from_fewer_low_activity": "LT7 / next-day retention up while significantly fewer low-activity users "
@@ -34,13 +37,7 @@ _GUARDRAILS = {
 }
 
 
-def embed_chart(chart: alt.TopLevelMixin, chart_id: str) -> str:
-    """`chart` as a <div> drawn by vega-embed (the section loads vega, vega-lite and vega-embed)."""
-    spec = json.dumps(chart.to_dict()).replace("</", "<\\/")
-    return f'<div id="{chart_id}"></div><script>vegaEmbed("#{chart_id}", {spec}, {{"actions": false}});</script>'
-
-
-def forest_plot(readout: pd.DataFrame) -> alt.FacetChart:
+def forest_plot(readout: pd.DataFrame) -> str:
     """One row per metric x arm: the plain and the CUPED difference to control with their 95% CIs,
     one panel per metric (own x scale), a dashed line at 0; tooltips carry the numbers."""
     points = pd.concat([
@@ -48,29 +45,17 @@ def forest_plot(readout: pd.DataFrame) -> alt.FacetChart:
                        p=readout.p_value),
         readout.assign(estimator="CUPED", estimate=readout.cuped_diff, low=readout.cuped_ci_low,
                        high=readout.cuped_ci_high, p=readout.cuped_p_value),
-    ])[["metric", "arm", "estimator", "estimate", "low", "high", "p", "rel_lift", "n_arm", "n_control"]]
-    y = alt.Y("arm:N", title=None)
-    color = alt.Color("estimator:N", scale=alt.Scale(domain=["plain", "CUPED"], range=["#0969da", "#cf222e"]))
-    tooltip = ["metric:N", "arm:N", "estimator:N", alt.Tooltip("estimate:Q", format=".4g"),
-               alt.Tooltip("low:Q", format=".4g"), alt.Tooltip("high:Q", format=".4g"),
-               alt.Tooltip("p:Q", format=".3g"), alt.Tooltip("rel_lift:Q", format=".2%"), "n_arm:Q", "n_control:Q"]
-    bars = alt.Chart().mark_rule(strokeWidth=2).encode(
-        x=alt.X("low:Q", title="arm - control (95% CI)"), x2="high:Q", y=y, yOffset="estimator:N", color=color,
-        tooltip=tooltip)
-    dots = alt.Chart().mark_point(filled=True, size=60).encode(
-        x="estimate:Q", y=y, yOffset="estimator:N", color=color, tooltip=tooltip)
-    zero = alt.Chart().mark_rule(strokeDash=[4, 4], color="grey").encode(x=alt.datum(0))
-    return (
-        alt.layer(bars, dots, zero, data=points)
-        .properties(width=520, height=alt.Step(14))
-        .facet(row=alt.Row("metric:N", title=None, sort=list(dict.fromkeys(readout.metric))))
-        .resolve_scale(x="independent")
-    )
+    ]).rename(columns={"metric": "panel", "arm": "row"})
+    points = points[["panel", "row", "estimator", "estimate", "low", "high", "p", "rel_lift", "n_arm", "n_control"]]
+    return interval_chart(points, "arm - control (95% CI)", color="estimator", colors=["#0969da", "#cf222e"],
+                          panels=list(dict.fromkeys(readout.metric)),
+                          tooltip=[alt.Tooltip("p:Q", format=".3g"), alt.Tooltip("rel_lift:Q", format=".2%"),
+                                   "n_arm:Q", "n_control:Q"])
 
 
 def weekly_chart(weekly: pd.DataFrame) -> alt.FacetChart:
     """Per metric, each arm's difference to control per week since start with its 95% CI band:
-    the short-term vs the long-term effect."""
+    the short-term vs the long-term effect (a few rows per experiment: embed_chart checks them all)."""
     data = weekly[["metric", "arm", "week", "diff", "ci_low", "ci_high", "p_value"]]
     x = alt.X("week:O", title="week since start")
     band = alt.Chart().mark_area(opacity=0.2).encode(x=x, y="ci_low:Q", y2="ci_high:Q", color="arm:N")
@@ -81,7 +66,7 @@ def weekly_chart(weekly: pd.DataFrame) -> alt.FacetChart:
                  alt.Tooltip("p_value:Q", format=".3g")])
     zero = alt.Chart().mark_rule(strokeDash=[4, 4], color="grey").encode(y=alt.datum(0))
     return (
-        alt.layer(band, line, zero, data=data)
+        alt.layer(band, line, zero, data=alt.Data(values=records(data)))
         .properties(width=220, height=140)
         .facet(facet=alt.Facet("metric:N", title=None, sort=list(dict.fromkeys(data.metric))), columns=4)
         .resolve_scale(y="independent")
@@ -115,8 +100,7 @@ def _experiment_part(con: duckdb.DuckDBPyConnection, experiment: str, srm: pd.Se
         "where experiment = ?", [experiment]).fetchone()
     flagged = set(guardrails[guardrails[list(_GUARDRAILS)].any(axis=1)].arm)
     table = readout.assign(
-        ci=[f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(readout.ci_low, readout.ci_high)],
-        cuped_ci=[f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(readout.cuped_ci_low, readout.cuped_ci_high)],
+        ci=ci_text(readout.ci_low, readout.ci_high), cuped_ci=ci_text(readout.cuped_ci_low, readout.cuped_ci_high),
     )[["metric", "arm", "control_arm", "control_value", "arm_value", "diff", "rel_lift", "ci", "p_value",
        "cuped_diff", "cuped_ci", "n_control", "n_arm"]].rename(columns={
            "control_arm": "control", "arm_value": "arm value", "control_value": "control value",
@@ -129,8 +113,8 @@ def _experiment_part(con: duckdb.DuckDBPyConnection, experiment: str, srm: pd.Se
         + _srm_line(srm) + _guardrail_lines(guardrails)
         + html_table(table, warn=[a in flagged or bool(srm is not None and srm.is_mismatch) for a in table.arm])
         + "<h4>Forest plot: arm - control, plain and CUPED, 95% CI</h4>"
-        + embed_chart(forest_plot(readout), f"forest-{experiment}")
-        + ("<h4>Weekly lifts: short vs long term</h4>" + embed_chart(weekly_chart(mine), f"weekly-{experiment}")
+        + forest_plot(readout)
+        + ("<h4>Weekly lifts: short vs long term</h4>" + embed_chart(weekly_chart(mine))
            if not mine.empty else '<p class="muted">Weekly lifts: no week yet.</p>')
     )
 
@@ -148,7 +132,7 @@ def _experiments_part(con: duckdb.DuckDBPyConnection) -> str:
               if "experiment_weekly" in tables else pd.DataFrame(columns=["experiment"]))
     parts = [_experiment_part(con, e, srm.loc[e] if e in srm.index else None,
                               guardrails[guardrails.experiment == e], weekly) for e in experiments]
-    return _SCRIPTS + "".join(parts)
+    return "".join(parts)
 
 
 def experiments_section(cfg: PlatformConfig) -> str:

@@ -6,42 +6,60 @@ gate and fault drill (tasks/reports/ranking.py) and the feeds and funnel evaluat
 `write_report(cfg)` reads metrics_daily, retention_daily and ab_readout from the warehouse
 (read-only) and writes `<reports>/metrics/metrics-<timestamp>.html`, then switches
 `<reports>/metrics/index.html` to it (written aside, then renamed: never half-written).
-Charts: DAU, LT7, LT30, next-day retention and publishing penetration over time, overall and per
-segment (incomplete retention windows drawn hollow), the A/B readout with 95% confidence
-intervals, and the caveats (docs/METHODS.md "Nightly report") (DAU up while LT7 down; the low-activity share of DAU).
+Charts (interactive Vega-Lite, tasks/reports/fragments.py; the JavaScript inlined once, so the page
+works offline): DAU, LT7, LT30, next-day retention, publishing penetration and CTR over time,
+overall and per segment (values whose retention window is not complete yet drawn hollow, off the
+line, over a grey band), the A/B readout with 95% confidence intervals, and the caveats
+(docs/METHODS.md "Nightly report") (DAU up while LT7 down; the low-activity share of DAU; a CTR of
+exactly 1.0, a sign of a mapping problem).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
+import altair as alt
 import pandas as pd
 
 from tasks.core.atomic import atomic_write
 from tasks.core.config import ALL, PlatformConfig
 from tasks.core.warehouse import connect, table_names
 from tasks.reports.experiments import experiments_section
-from tasks.reports.fragments import embed_png
+from tasks.reports.fragments import FINAL, chart_scripts, html_table, interval_chart, time_chart
 from tasks.reports.pools import pools_section
 from tasks.reports.ranking import ranking_section
 from tasks.reports.retrieval import retrieval_section
 from tasks.reports.serving import serving_section
 from tasks.reports.social import social_section
 
-RETENTION_METRICS = (("lt7", "lt7_complete", "LT7 (days active in [d, d+6])"),
-                     ("lt30", "lt30_complete", "LT30 (days active in [d, d+29])"),
-                     ("next_day_retention", "next_day_complete", "Next-day retention"))
+Panel = tuple[str, str, str | None, str]  # mart, value column, completeness flag (None: always final), title
+OPEN_WINDOW = "not final (window still open)"
+CORE_PANELS: tuple[Panel, ...] = (
+    ("metrics_daily", "dau", None, "DAU"),
+    ("metrics_daily", "penetration_rate", None, "Publishing penetration (publishers / DAU)"),
+    ("metrics_daily", "ctr", None, "CTR (clicks / impressions)"),
+    ("retention_daily", "lt7", "lt7_complete", "LT7 (days active in [d, d+6])"),
+    ("retention_daily", "lt30", "lt30_complete", "LT30 (days active in [d, d+29])"),
+    ("retention_daily", "next_day_retention", "next_day_complete", "Next-day retention"),
+)
+SEGMENT_PANELS: tuple[Panel, ...] = (
+    ("metrics_daily", "dau", None, "DAU"),
+    ("metrics_daily", "penetration_rate", None, "Penetration"),
+    ("retention_daily", "lt7", "lt7_complete", "LT7"),
+    ("retention_daily", "next_day_retention", "next_day_complete", "Next-day retention"),
+)
 AB_METRICS = ("dau", "lt7", "next_day_retention", "ctr", "penetration_rate", "session_duration_s_per_dau")
+AB_OVER_TIME = ("dau", "lt7")
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#1f2328}
 h1{font-size:1.5rem} h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
 table{border-collapse:collapse;font-size:.85rem} th,td{border-bottom:1px solid #d0d7de;padding:.25rem .5rem;text-align:right}
-th{background:#f6f8fa} .warn{background:#fff8c5;padding:.5rem 1rem;border-radius:.4rem}
-img{max-width:100%} .muted{color:#656d76}
+th{background:#f6f8fa;position:sticky;top:0} .warn{background:#fff8c5;padding:.5rem 1rem;border-radius:.4rem}
+.scroll{overflow:auto;max-width:100%;max-height:32rem;margin:.5rem 0} .chart{overflow-x:auto;margin:1rem 0}
+.muted{color:#656d76}
 """
 
 
@@ -82,55 +100,30 @@ def _by_segment(df: pd.DataFrame) -> pd.DataFrame:
     return df[df.experiment_bucket == ALL].sort_values("day")
 
 
-def line_with_open_window(ax: plt.Axes, days: pd.Series, values: pd.Series, complete: pd.Series | None, label: str) -> None:
-    """The final values as a line; values whose window has not fully landed (complete false) as
-    hollow markers apart from it, over a shaded "not final" band, so a partial window never reads
-    as a drop."""
-    final = complete.to_numpy(bool) if complete is not None else np.ones(len(days), bool)
-    (line,) = ax.plot(days[final], values[final], label=label)
-    if (~final).any():
-        ax.scatter(days[~final], values[~final], facecolors="none", edgecolors=line.get_color(), zorder=3)
-        first = days[~final].min()
-        ax.axvspan(first - pd.Timedelta(hours=12), days[~final].max() + pd.Timedelta(hours=12), color="0.9",
-                   zorder=0, label="not final (window still open)" if not _has_band(ax) else None)
-
-
-def _has_band(ax: plt.Axes) -> bool:
-    return any(t == "not final (window still open)" for t in ax.get_legend_handles_labels()[1])
+def panel_points(marts: dict[str, pd.DataFrame], panels: Sequence[Panel], series: str | None) -> pd.DataFrame:
+    """The time_chart points (day, panel, series, value, status) of `panels` over the marts' rows:
+    one series per value of the column `series` (or "all users"); a retention value whose window
+    has not fully landed (its flag false) gets the status OPEN_WINDOW."""
+    frames = []
+    for mart, column, flag, title in panels:
+        rows = marts[mart]
+        final = rows[flag].astype("boolean").fillna(False).astype(bool) if flag else pd.Series(True, index=rows.index)
+        frames.append(pd.DataFrame({
+            "day": rows.day, "panel": title, "series": rows[series] if series else "all users",
+            "value": rows[column].astype(float), "status": final.map({True: FINAL, False: OPEN_WINDOW})}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _over_time(metrics: pd.DataFrame, retention: pd.DataFrame) -> str:
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=True)
-    m, r = _overall(metrics), _overall(retention)
-    panels = [
-        (axes[0, 0], m, "dau", None, "DAU"),
-        (axes[0, 1], m, "penetration_rate", None, "Publishing penetration (publishers / DAU)"),
-        (axes[0, 2], m, "ctr", None, "CTR (clicks / impressions)"),
-    ] + [(ax, r, col, flag, title) for ax, (col, flag, title) in zip(axes[1], RETENTION_METRICS)]
-    for ax, frame, col, flag, title in panels:
-        line_with_open_window(ax, frame.day, frame[col], frame[flag] if flag else None, "all users")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.text(0.01, -0.02, "Hollow markers: the retention window has not fully landed yet (incomplete).", fontsize=8)
-    return embed_png(fig)
+    marts = {"metrics_daily": _overall(metrics), "retention_daily": _overall(retention)}
+    return time_chart(panel_points(marts, CORE_PANELS, None), "Core metrics, all users",
+                      panels=[p[3] for p in CORE_PANELS], apart=OPEN_WINDOW, shade_apart=True)
 
 
 def _per_segment(metrics: pd.DataFrame, retention: pd.DataFrame) -> str:
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4), sharex=True)
-    m, r = _by_segment(metrics), _by_segment(retention)
-    for seg in sorted(m.segment.unique()):
-        ms, rs = m[m.segment == seg], r[r.segment == seg]
-        axes[0].plot(ms.day, ms.dau, label=seg)
-        axes[1].plot(ms.day, ms.penetration_rate, label=seg)
-        line_with_open_window(axes[2], rs.day, rs.lt7, rs.lt7_complete, seg)
-        line_with_open_window(axes[3], rs.day, rs.next_day_retention, rs.next_day_complete, seg)
-    for ax, title in zip(axes, ("DAU", "Penetration", "LT7", "Next-day retention")):
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.autofmt_xdate()
-    return embed_png(fig)
+    marts = {"metrics_daily": _by_segment(metrics), "retention_daily": _by_segment(retention)}
+    return time_chart(panel_points(marts, SEGMENT_PANELS, "segment"), "Per segment",
+                      panels=[p[3] for p in SEGMENT_PANELS], apart=OPEN_WINDOW, shade_apart=True, columns=2)
 
 
 def _latest_complete(ab: pd.DataFrame) -> pd.DataFrame:
@@ -141,52 +134,47 @@ def _latest_complete(ab: pd.DataFrame) -> pd.DataFrame:
 
 def _ab_chart(ab: pd.DataFrame) -> str:
     rows = _latest_complete(ab)
-    metrics = [m for m in AB_METRICS if m in set(rows.metric)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 2.6), sharey=True, squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        sub = rows[rows.metric == metric].sort_values("experiment_bucket")
-        y = list(range(len(sub)))
-        ax.errorbar(sub["diff"], y, xerr=[sub["diff"] - sub.ci_low, sub.ci_high - sub["diff"]], fmt="o", capsize=4)
-        ax.axvline(0, color="grey", lw=1)
-        ax.set_yticks(y, sub.experiment_bucket)
-        ax.set_title(f"{metric}\n(on {sub.day.max():%Y-%m-%d})", fontsize=9)
-        ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle("Bucket - control, latest complete day, 95% CI", fontsize=10, y=1.08)
-    return embed_png(fig)
+    points = pd.DataFrame({
+        "panel": [f"{m} (on {d:%Y-%m-%d})" for m, d in zip(rows.metric, rows.day)], "row": rows.experiment_bucket,
+        "estimate": rows["diff"], "low": rows.ci_low, "high": rows.ci_high, "rel_lift": rows.rel_lift})
+    order = [m for m in AB_METRICS if m in set(rows.metric)]
+    points = points.iloc[rows.metric.map(order.index).argsort(kind="stable")]
+    return interval_chart(points, "bucket - control, latest complete day (95% CI)",
+                          tooltip=[alt.Tooltip("rel_lift:Q", format="+.2%")])
 
 
 def _ab_over_time(ab: pd.DataFrame) -> str:
-    metrics = ("dau", "lt7")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(12, 3.2))
-    for ax, metric in zip(axes, metrics):
-        sub = ab[(ab.metric == metric) & ab.is_complete].sort_values("day")
-        for bucket, rows in sub.groupby("experiment_bucket"):
-            (line,) = ax.plot(rows.day, rows["diff"], label=bucket)
-            ax.fill_between(rows.day, rows.ci_low, rows.ci_high, color=line.get_color(), alpha=0.15)
-        ax.axhline(0, color="grey", lw=1)
-        ax.set_title(f"{metric}: bucket - control over time (95% CI band)", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.autofmt_xdate()
-    return embed_png(fig)
+    rows = ab[ab.metric.isin(AB_OVER_TIME) & ab.is_complete].sort_values("day")
+    points = pd.DataFrame({"day": rows.day, "panel": rows.metric + ": bucket - control (95% CI)",
+                           "series": rows.experiment_bucket, "value": rows["diff"], "low": rows.ci_low,
+                           "high": rows.ci_high})
+    return time_chart(points, "A/B readout over time", columns=2,
+                      panels=[f"{m}: bucket - control (95% CI)" for m in AB_OVER_TIME])
 
 
 def _ab_table(ab: pd.DataFrame) -> str:
     rows = _latest_complete(ab).sort_values(["metric", "experiment_bucket"])
-    rows["day"] = rows.day.dt.strftime("%Y-%m-%d")
     cols = ["metric", "day", "experiment_bucket", "control_value", "bucket_value", "diff", "rel_lift", "ci_low", "ci_high"]
-    return rows[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+    return html_table(rows[cols])
 
 
 def _caveats(metrics: pd.DataFrame, ab: pd.DataFrame) -> str:
     notes = []
-    latest = _latest_complete(ab)
+    latest = _latest_complete(ab) if not ab.empty else pd.DataFrame(columns=["metric", "experiment_bucket", "diff"])
     for bucket, sub in latest[latest.metric.isin(["dau", "lt7"])].groupby("experiment_bucket"):
         lift = dict(zip(sub.metric, sub["diff"]))
         if lift.get("dau", 0) > 0 and lift.get("lt7", 0) < 0:
             notes.append(f"{html.escape(str(bucket))}: DAU up but LT7 down against control — not an improvement.")
+    overall = _overall(metrics)
+    saturated = overall[overall.ctr == 1.0]
+    if len(saturated):
+        notes.append(
+            f"CTR is exactly 1.0 on {len(saturated)} of {len(overall)} day(s) (last {saturated.day.max():%Y-%m-%d}): "
+            "every impression was clicked, a sign of a mapping problem (clicks logged without their impressions, "
+            "or impressions mapped from clicks; docs/CONTRACT.md) — check the event mapping before reading CTR.")
     m = _by_segment(metrics)
     low = m[m.segment == "low_activity"].set_index("day").dau
-    total = _overall(metrics).set_index("day").dau
+    total = overall.set_index("day").dau
     if len(low):
         share = (low / total).dropna()
         notes.append(
@@ -200,13 +188,13 @@ def _caveats(metrics: pd.DataFrame, ab: pd.DataFrame) -> str:
 def render_report(
     marts: dict[str, pd.DataFrame], generated: dt.datetime, sections: list[str] | tuple[str, ...] = ()
 ) -> str:
-    """The HTML page (charts inlined as PNG) for the given marts, then the given HTML sections
-    (content pools, KOLs and implicit follows, retrieval, ranking)."""
+    """The HTML page for the given marts, then the given HTML sections (content pools, KOLs and
+    implicit follows, retrieval, ranking); when it has charts, the scripts drawing them at the end."""
     metrics, retention, ab = marts["metrics_daily"], marts["retention_daily"], marts["ab_readout"]
     if metrics.empty:
         body = "<p>No metrics yet: run the ingest and daily_metrics DAGs.</p>"
     else:
-        has_ab = bool(ab.is_complete.any())
+        has_ab = not ab.empty and bool(ab.is_complete.any())
         latest = _overall(metrics).iloc[-1]
         lt7_done = _overall(retention)
         lt7_done = lt7_done[lt7_done.lt7_complete]
@@ -226,8 +214,10 @@ def render_report(
                 else "<h2>A/B readout</h2><p>No complete readout yet.</p>"
             )
         )
+    content = body + "".join(sections)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>recpipe metrics</title><style>{_STYLE}</style>"
         f"</head><body><h1>recpipe — nightly report</h1><p class='muted'>generated {generated:%Y-%m-%d %H:%M} UTC"
-        f" from the warehouse's marts, pools, social, retrieval and ranking tables</p>{body}{''.join(sections)}</body></html>"
+        f" from the warehouse's marts, pools, social, retrieval and ranking tables</p>{content}"
+        f"{chart_scripts(content)}</body></html>"
     )

@@ -23,12 +23,11 @@ import urllib.parse
 from collections.abc import Callable
 
 import duckdb
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from tasks.core import artifacts, registry
 from tasks.core.config import ALL, FAULTS, RANKING_HEADS, PlatformConfig
-from tasks.reports.fragments import embed_png, html_table, latest_day, lines_over_days, not_built, warehouse_parts
+from tasks.reports.fragments import bar_chart, html_table, latest_day, not_built, time_chart, warehouse_parts
 
 ROWS = 14
 PRERANKING = "preranking"
@@ -61,19 +60,19 @@ def _eval_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> str:
     table = latest[["head", "segment", "version", "n", "positives", "auc", "mean_prediction", "observed_rate",
                     "calibration"]].rename(columns=lambda c: c.replace("_", " ")).rename(columns={"auc": "AUC"})
     overall = ev[ev.segment == ALL]
-
-    def wide(value: str) -> pd.DataFrame:
-        return overall.pivot(index="day", columns="head", values=value).reindex(columns=heads)
-
+    points = pd.DataFrame({"day": overall.day, "series": overall["head"], "version": overall.version,
+                           "n": overall.n, "positives": overall.positives})
     band = cfg.ranking.gate.calibration_band
     return (
         f"<h3>Full ranker, evaluated on {last:%Y-%m-%d} (calibration = mean prediction / observed rate;"
         f" highlighted: outside the gate band [{band[0]:g}, {band[1]:g}] with at least"
         f" {cfg.ranking.gate.calibration_min_positives} positives)</h3>"
         + html_table(table, _off_band(cfg, latest.calibration, latest.positives))
-        + lines_over_days(wide("auc"), "AUC per head, segment all", "evaluated day")
-        + lines_over_days(wide("calibration"), "Calibration (mean prediction / observed rate) per head, segment all",
-                          "evaluated day", band)
+        + time_chart(points.assign(value=overall.auc), "AUC per head, segment all (x: evaluated day)",
+                     tooltip=["version", "n", "positives"])
+        + time_chart(points.assign(value=overall.calibration), "Calibration (mean prediction / observed "
+                     f"rate) per head, segment all; green: the gate band [{band[0]:g}, {band[1]:g}]",
+                     band=band, tooltip=["version", "n", "positives"])
     )
 
 
@@ -124,18 +123,13 @@ def _predictions_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> st
 
 
 def _drill_chart(drill: pd.DataFrame) -> str:
-    aucs = drill.set_index("fault")[["auc_gated", "auc_ungated"]].rename(columns=lambda c: c.removeprefix("auc_"))
-    fig, ax = plt.subplots(figsize=(13, 3.8))
-    aucs.plot.bar(ax=ax, rot=0, xlabel="", color=["#2da44e", "#cf222e"],
-                  title="Pre-ranking AUC on the next day (mean over targets), gated vs ungated, per planted fault")
+    aucs = pd.concat([drill[["fault"]].assign(model=name, auc=drill[f"auc_{name}"]) for name in ("gated", "ungated")])
     clean = drill[drill.fault == "none"]
-    if len(clean):
-        ax.axhline(clean.auc_ungated.iloc[0], color="#1f2328", ls="--", lw=1, label="clean (fault none)")
-    values = aucs.to_numpy()
-    ax.set_ylim(min(0.5, values.min() - 0.02), min(1.0, values.max() + 0.02))
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
-    return embed_png(fig)
+    return bar_chart(
+        aucs, "fault", "auc",
+        "Pre-ranking AUC on the next day (mean over targets), gated vs ungated, per planted fault",
+        group="model", value_title="pre-ranking AUC", rule=clean.auc_ungated.iloc[0] if len(clean) else None,
+        rule_label="clean (fault none)", domain=(min(0.5, aucs.auc.min() - 0.02), min(1.0, aucs.auc.max() + 0.02)))
 
 
 def _drill_part(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig) -> str:

@@ -3,9 +3,11 @@
 `serving_section(cfg)` reads the current feeds artifact's funnel.parquet (candidates per user after
 each stage and per channel, per strategy), the `feeds` table's latest day (the channel mix of the
 final feeds per segment; exploration share, spacing relaxed share, distinct items and categories per
-strategy) and `funnel_eval`'s latest day (the offline funnel evaluation: the feed next to its merged
-candidates, popularity and each channel, per user group; its diversity measures). A part not built
-yet says so.
+strategy) and `funnel_eval` (the offline funnel evaluation: for the latest day's last run per
+strategy, Recall@<feed length> with the users scored and its 95% CI where the rows carry ci_low /
+ci_high, the feed next to its merged candidates, popularity and each channel, per user group, its
+diversity measures; then Recall@<feed length> of the feed, the candidates and popularity over every
+day's last run). A part not built yet says so.
 """
 
 from __future__ import annotations
@@ -14,18 +16,32 @@ import html
 from dataclasses import dataclass
 
 import duckdb
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from tasks.core import artifacts, registry
 from tasks.core.config import ALL, PlatformConfig
 from tasks.core.warehouse import table_names
-from tasks.reports.fragments import embed_png, html_table, latest_day, not_built, warehouse_parts
+from tasks.reports.fragments import (
+    FEW_USERS,
+    FINAL,
+    bar_chart,
+    ci_text,
+    few_users,
+    few_users_note,
+    has_ci,
+    html_table,
+    latest_day,
+    no_rows,
+    not_built,
+    time_chart,
+    warehouse_parts,
+)
 
 FEEDS_HINT = ("Feeds", "run the feeds DAG: `recpipe feeds --day D`")
 EVAL_HINT = ("Funnel evaluation", "run `recpipe evaluate --day D --funnel`")
 STAGES = ("retrieved", "merged", "filtered", "preranked", "feed", "exploration")
 WARM, COLD = "with_history", "without_history"
+HISTORY_WHATS = ("candidates", "popularity")  # drawn next to the feed in the history
 METRICS = ("recall", "ndcg", "recall_ceiling", "coverage", "ild", "category_entropy", "length")
 
 
@@ -82,7 +98,7 @@ def _mix_part(con: duckdb.DuckDBPyConnection) -> str:
     return (
         f"<h3>Channel mix of the final feeds for {served:%Y-%m-%d}, per segment (share of feed slots each channel "
         "found; an item found by several channels counts for each)</h3>"
-        + mix.to_html(index=False, float_format=lambda v: f"{v:.1%}", border=0)
+        + html_table(mix.assign(**{c: mix[c].map(lambda v: f"{v:.1%}") for c in mix.columns[3:]}))
         + "<h3>Feeds: exploration and diversity</h3>" + html_table(items, [False] * len(items))
     )
 
@@ -135,34 +151,67 @@ def funnel_tables(rows: pd.DataFrame) -> FunnelTables:
 
 
 def _groups_chart(recall: pd.DataFrame, whats: list[str], k: int, day: str) -> str:
-    wide = recall.pivot_table(index="segment", columns="what", values="value", aggfunc="last")[whats]
-    fig, ax = plt.subplots(figsize=(13, 3.8))
-    wide.plot.bar(ax=ax, rot=0, xlabel="", title=f"Recall@{k} per user group, {day}")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
-    return embed_png(fig)
+    rows = recall[recall.what.isin(whats)].assign(order=lambda r: r.what.map(whats.index)).sort_values("order")
+    return bar_chart(rows[["segment", "what", "value", "n_users"]], "segment", "value",
+                     f"Recall@{k} per user group, {day}", group="what", value_title=f"Recall@{k}",
+                     tooltip=["n_users:Q"])
+
+
+def _ci_table(rows: pd.DataFrame, t: FunnelTables) -> str:
+    """Recall@k of each what (segment all) with the users scored and, where the rows carry one, its 95% CI
+    (highlighted: fewer users than evaluation.min_users)."""
+    recall = rows[(rows.metric == "recall") & (rows.k == t.k) & (rows.segment == ALL)]
+    recall = recall.set_index("what").reindex(t.order)
+    table = pd.DataFrame({"what": t.order, f"recall@{t.k}": recall.value.to_numpy(),
+                          "users": recall.n_users.to_numpy()})
+    if has_ci(recall):
+        table["95% CI"] = ci_text(recall.ci_low, recall.ci_high)
+    return html_table(table, few_users(recall).to_numpy())
+
+
+def _history(ev: pd.DataFrame) -> str:
+    """Recall@<feed length> of the feed, the merged candidates and popularity (segment all) per
+    day's last run, the run's settings (when stored) in the tooltip."""
+    strategies = ev.strategy.nunique()
+    feed_k = ev[ev.what == "feed"].groupby(["day", "strategy"], as_index=False).k.max()
+    rows = ev[ev.what.isin(("feed", *HISTORY_WHATS)) & (ev.metric == "recall") & (ev.segment == ALL)]
+    rows = rows.merge(feed_k, on=["day", "strategy", "k"])
+    settings = [c for c in ("eval_days", "train_window_days") if c in rows]
+    points = pd.DataFrame({
+        "day": rows.day, "value": rows.value, "users": rows.n_users, "evaluated_at": rows.evaluated_at, "k": rows.k,
+        **{c: rows[c] for c in settings}, "status": few_users(rows).map({False: FINAL, True: FEW_USERS}),
+        "series": [f"{w} ({s})" if strategies > 1 else w for w, s in zip(rows.what, rows.strategy)]})
+    if has_ci(rows):
+        points = points.assign(low=rows.ci_low, high=rows.ci_high)
+    return time_chart(points.sort_values("evaluated_at"),
+                      "Recall@<feed length> per funnel evaluation run, segment all (x: data through)",
+                      apart=FEW_USERS, tooltip=["k", "users", "evaluated_at", *settings])
 
 
 def _eval_part(con: duckdb.DuckDBPyConnection) -> str:
-    ev = latest_day(con, "funnel_eval")
+    ev = con.execute("select * from funnel_eval").df()
     if ev.empty:
-        return not_built(*EVAL_HINT)
-    day, parts = f"{ev.day.iloc[0]:%Y-%m-%d}", []
-    for strategy, rows in ev.groupby("strategy"):
+        return no_rows(EVAL_HINT[0])
+    ev = ev[ev.evaluated_at == ev.groupby(["day", "strategy"]).evaluated_at.transform("max")]  # a day's last run
+    last = ev[ev.day == ev.day.max()]
+    day, parts = f"{last.day.iloc[0]:%Y-%m-%d}", []
+    for strategy, rows in last.groupby("strategy"):
         t = funnel_tables(rows)
         recall = rows[(rows.metric == "recall") & (rows.k == t.k)]
         parts.append(
             f"<h3>Funnel evaluation, data through {day}, strategy {strategy}: the feeds for the next day scored on its "
             "clicks (candidates and channels ordered by pre-rank relevance)</h3>"
             + "<ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in t.checks) + "</ul>"
-            + html_table(t.overall.reset_index(), [False] * len(t.overall))
+            + few_users_note(rows[rows.what != "funnel"])
+            + _ci_table(rows, t)
+            + html_table(t.overall.reset_index())
             + f"<h3>Recall@{t.k} per user group (users), strategy {strategy}</h3>"
-            + html_table(t.groups.reset_index(), [False] * len(t.groups))
+            + html_table(t.groups.reset_index())
             + _groups_chart(recall, t.order[:4], t.k, day)
             + f"<h3>Funnel of the evaluated users, strategy {strategy}: mean candidates per user after each stage</h3>"
-            + html_table(t.funnel.reset_index(names="stage"), [False] * len(t.funnel))
+            + html_table(t.funnel.reset_index(names="stage"))
         )
-    return "".join(parts)
+    return "".join(parts) + "<h3>Funnel evaluation history</h3>" + _history(ev)
 
 
 def serving_section(cfg: PlatformConfig) -> str:

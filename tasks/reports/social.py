@@ -2,7 +2,9 @@
 
 `social_section(cfg)` reads kol_scores and implicit_follows from the warehouse (read-only) at
 their latest day: the KOL score distribution (log scale) and the top 20 KOLs; implicit follows
-per user and implicit vs explicit follow edges per day. A part whose table is not built yet says so.
+per user and implicit vs explicit follow edges per day (interactive charts: tasks/reports/fragments.py).
+A part whose table is not built yet says so; one whose table is empty (its last run found no rows)
+says that.
 """
 
 from __future__ import annotations
@@ -10,12 +12,10 @@ from __future__ import annotations
 import datetime as dt
 
 import duckdb
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from tasks.core.config import PlatformConfig
-from tasks.reports.fragments import embed_png, latest_day, not_built, warehouse_parts
+from tasks.reports.fragments import histogram, html_table, latest_day, no_rows, time_chart, warehouse_parts
 
 TOP_KOLS = 20
 KOL_HINT = ("KOL scores", "run the kol_scoring DAG or `recpipe kol --day D`")
@@ -27,17 +27,14 @@ def _score_histogram(scores: pd.Series, day: dt.date) -> str:
     positive = scores[scores > 0]
     if positive.empty:
         return '<p class="muted">No share brought a visit in the window: every score is 0.</p>'
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.hist(positive, bins=np.geomspace(positive.min(), positive.max() * 1.001, 40), color="#0969da")
-    ax.set(xscale="log", yscale="log", xlabel="KOL score (smoothed visits per share)", ylabel="users",
-           title=f"KOL score distribution, {day} ({len(positive)} users with a score > 0)")
-    return embed_png(fig)
+    return histogram(positive, f"KOL score distribution, {day} ({len(positive)} users with a score > 0)",
+                     "KOL score (smoothed visits per share)", log=True)
 
 
 def _kol_part(con: duckdb.DuckDBPyConnection) -> str:
     scores = latest_day(con, "kol_scores")
     if scores.empty:
-        return not_built(*KOL_HINT)
+        return no_rows(KOL_HINT[0])
     day = scores.day.max().date()
     top = scores.nlargest(TOP_KOLS, ["kol_score", "visits"])[
         ["user_id", "shares", "visits", "visits_per_share", "kol_score", "percentile", "is_kol"]
@@ -46,7 +43,7 @@ def _kol_part(con: duckdb.DuckDBPyConnection) -> str:
         f"<h3>KOLs, {day}</h3>"
         f"<p>{int(scores.is_kol.sum())} users flagged is_kol; {len(scores)} scored.</p>"
         f"{_score_histogram(scores.kol_score, day)}<h4>Top {TOP_KOLS} by KOL score</h4>"
-        f"{top.to_html(index=False, float_format=lambda v: f'{v:.3f}', border=0)}"
+        f"{html_table(top)}"
     )
 
 
@@ -78,23 +75,21 @@ def _implicit_part(con: duckdb.DuckDBPyConnection) -> str:
         "select day, count(*) as implicit, count(distinct user_id) as users from implicit_follows group by day order by day"
     ).df()
     if per_day.empty:
-        return not_built(*IMPLICIT_HINT)
+        return no_rows(IMPLICIT_HINT[0])
     day = per_day.day.max()
     per_user = con.execute("select user_id, count(*) as n from implicit_follows where day = ? group by user_id", [day]).df()
     counts = per_day.merge(_explicit_per_day(con, list(per_day.day)), on="day")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3))
-    left.hist(per_user.n, bins=np.arange(1, per_user.n.max() + 2) - 0.5, color="#0969da")
-    left.set(xlabel="implicit follows per user", ylabel="users", title=f"Implicit follows per user, {day.date()}")
-    right.plot(counts.day, counts.implicit, marker="o", label="implicit (user, author) pairs")
-    right.plot(counts.day, counts.explicit, marker="o", label="explicit follow edges")
-    right.set(title="Implicit vs explicit follows", ylabel="edges")
-    right.legend()
-    fig.autofmt_xdate()
+    edges = pd.concat([
+        pd.DataFrame({"day": counts.day, "series": "implicit (user, author) pairs", "value": counts.implicit}),
+        pd.DataFrame({"day": counts.day, "series": "explicit follow edges", "value": counts.explicit}),
+    ])
     last = counts.iloc[-1]
     return (
         f"<h3>Implicit follows (U2A2I), {day.date()}</h3>"
         f"<p>{int(last.implicit)} implicit pairs for {int(last.users)} users vs {int(last.explicit)} explicit "
-        f"follow edges.</p>{embed_png(fig)}"
+        "follow edges.</p>"
+        + histogram(per_user.n, f"Implicit follows per user, {day.date()}", "implicit follows per user")
+        + time_chart(edges, "Implicit vs explicit follows (edges)")
     )
 
 
