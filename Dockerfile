@@ -13,6 +13,7 @@ ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV RECPIPE_CONFIG=/opt/recpipe/config/recpipe.yaml \
     RECPIPE_DATA_DIR=/opt/recpipe/data \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/recpipe/dags \
+    AIRFLOW__CORE__PLUGINS_FOLDER=/opt/recpipe/plugins \
     AIRFLOW__CORE__LOAD_EXAMPLES=False
 
 USER root
@@ -34,6 +35,7 @@ RUN pip install --no-cache-dir -c constraints.txt -e ".[deploy]"
 # Files read at run time (compose mounts the working tree's dags/ and config/ over them, and dbt/
 # on /opt/recpipe/dbt).
 COPY --chown=airflow:0 dags/ dags/
+COPY --chown=airflow:0 plugins/ plugins/
 COPY --chown=airflow:0 dbt/ dbt/
 COPY --chown=airflow:0 config/ config/
 COPY --chown=airflow:0 scripts/airflow-init.sh scripts/airflow-init.sh

@@ -15,6 +15,7 @@ from tasks.core.dbt_runner import build_manifest
 
 log = logging.getLogger(__name__)
 DAGS_DIR = REPO_ROOT / "dags"
+PLUGINS_DIR = REPO_ROOT / "plugins"  # the recpipe UI plugin (plugins/recpipe_ui.py)
 
 
 def airflow_env(home: Path | None = None) -> dict[str, str]:
@@ -23,6 +24,7 @@ def airflow_env(home: Path | None = None) -> dict[str, str]:
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_DIR),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
     }
