@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from tasks.core.config import ALL, ConfigError, PlatformConfig, load_config
@@ -45,14 +46,23 @@ def _cmd_simulate(cfg: PlatformConfig, args: argparse.Namespace) -> int:
 
 
 def _cmd_load(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Load a batch folder or a dump of dt=* folders: a progress bar, each batch's summary (JSON) in
+    <data>/logs/load.log (on the terminal with --verbose), then one line of totals."""
+    from tasks.core.console import progress, quiet
     from tasks.core.warehouse import refresh_views
     from tasks.ingest.load import load_dir
 
-    results = load_dir(Path(args.dir), cfg, day=args.day)
-    for r in results:
-        print(json.dumps(r.summary(), default=str))
-    refresh_views(cfg)
-    print(f"lake: {cfg.lake_dir}  warehouse: {cfg.warehouse_path} (views raw.*, raw.quarantine)")
+    started = time.perf_counter()
+    with quiet(cfg.data_root / "logs" / "load.log", args.verbose):
+        results = load_dir(Path(args.dir), cfg, day=args.day)
+        for r in results:
+            print(json.dumps(r.summary(), default=str))
+        refresh_views(cfg)
+        days = sorted(r.day for r in results if r.day is not None)
+        span = f", {days[0]} .. {days[-1]}" if days else ""
+        progress(f"loaded {len(results):,} batches{span}: {sum(r.valid_rows for r in results):,} rows valid, "
+                 f"{sum(r.quarantined_rows for r in results):,} quarantined, in {time.perf_counter() - started:.0f}s; "
+                 f"lake {cfg.lake_dir}, warehouse {cfg.warehouse_path} (views raw.*, raw.quarantine)")
     return 0
 
 
@@ -71,75 +81,70 @@ def _cmd_airflow_setup(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-RECENT_DEMO_DAYS = 7
-DEMO_TRAINING_NIGHTS = 2
-
-
 def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
-    from tasks.orchestration.local_airflow import DagRunFailed, run_dag_for_days, setup_metadata
+    """The closed loop at demo size (config/demo.yaml): the organic warm-up, then the config's first
+    experiment served by the recommendation path for --days days, through every DAG; its readout
+    table and the platform summary at the end."""
+    from tasks.experiments.readout import readout_brief, readout_table
     from tasks.reports.demo_summary import print_summary
 
-    days = args.days or cfg.simulator.days
-    start = cfg.simulator.start_date
-    day_list = [start + dt.timedelta(days=i) for i in range(days)]
-    print(
-        f"recpipe demo: {days} simulated days from {start} through the ingest DAG, then daily_metrics "
-        f"over them, then content_pools, kol_scoring, implicit_follows, nightly_training, ann_refresh and feeds "
-        f"(data in {cfg.data_root})"
-    )
-    setup_metadata(cfg)
-    run_dag_for_days("ingest", day_list)
-    run_dag_for_days("daily_metrics", [day_list[0]], conf={"through": day_list[-1].isoformat()})
-    # What follows daily_metrics, over the last RECENT_DEMO_DAYS days (a history to look at): pool
-    # refreshes at the end of each day, KOL scores and implicit follows per day.
-    recent = day_list[max(0, len(day_list) - RECENT_DEMO_DAYS)]
-    # Nightly retrieval training for the last DEMO_TRAINING_NIGHTS days (one night each: cold,
-    # then aged), then the ANN indexes of the published two-tower over the current pools. A run
-    # failed by a data-quality gate (a rejected pool or model version) is reported, not fatal:
-    # its alert says what failed and the previous version stays current.
-    failed = []
-    for dag_id, days, conf in (
-        *((d, [recent], {"through": day_list[-1].isoformat()}) for d in ("content_pools", "kol_scoring", "implicit_follows")),
-        ("nightly_training", day_list[-DEMO_TRAINING_NIGHTS:], None),
-        ("ann_refresh", [day_list[-1]], None),
-        ("feeds", [day_list[-1]], None),
-    ):
-        try:
-            run_dag_for_days(dag_id, days, conf=conf)
-        except DagRunFailed as e:
-            failed.append(str(e))
-    print_summary(cfg)
-    for message in failed:
-        print(f"FAILED: {message}")
+    if not cfg.experiments:
+        print("recpipe: the demo runs the config's first experiment; `experiments:` is empty", file=sys.stderr)
+        return 2
+    experiment = cfg.experiments[0]
+    status = _run_experiment(cfg, experiment.name, args.days, args.verbose)
+    if status:
+        return status
+    table = readout_table(cfg, experiment.name)
+    with pd_options():
+        print_summary(cfg)
+        print(f"\nexperiment {experiment.name} ({args.days} served days; lift = arm / control - 1, 95% CI):")
+        print(readout_brief(table).to_string(index=False))
+    print(f"full readout: recpipe --config {os.environ.get('RECPIPE_CONFIG', 'config/recpipe.yaml')} "
+          f"experiment readout {experiment.name}")
     return 0
+
+
+def _run_dag(cfg: PlatformConfig, args: argparse.Namespace, dag_id: str, day: dt.date,
+             conf: dict[str, str] | None = None) -> bool:
+    """One DAG run for `day` (conf "through": the last day of a range), quietly: the Airflow, dbt and
+    task logs go to <data>/logs/<dag_id>.log unless --verbose, the terminal gets one line with the
+    days, the outcome and the seconds. False if the run failed."""
+    from tasks.core.console import progress, quiet
+    from tasks.orchestration.local_airflow import DagRunFailed, run_dag_for_days, setup_metadata
+
+    through = dt.date.fromisoformat(conf["through"]) if conf and conf.get("through") else day
+    n = (through - day).days + 1
+    span = f"{day} .. {through} ({n:,} days)" if n > 1 else str(day)
+    started = time.perf_counter()
+    with quiet(cfg.data_root / "logs" / f"{dag_id}.log", args.verbose):
+        setup_metadata(cfg)
+        try:
+            run_dag_for_days(dag_id, [day], conf=conf)
+        except DagRunFailed as e:
+            progress(f"{dag_id} {span}: FAILED after {time.perf_counter() - started:.0f}s: {e}")
+            return False
+        progress(f"{dag_id} {span}: success in {time.perf_counter() - started:.0f}s")
+    return True
 
 
 def _cmd_metrics(cfg: PlatformConfig, args: argparse.Namespace) -> int:
-    from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
-
-    setup_metadata(cfg)
     through = (args.end or args.start).isoformat()
-    run_dag_for_days("daily_metrics", [args.start], conf={"through": through})
-    return 0
+    return 0 if _run_dag(cfg, args, "daily_metrics", args.start, {"through": through}) else 1
 
 
 def _cmd_pools(cfg: PlatformConfig, args: argparse.Namespace) -> int:
-    from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
-
-    setup_metadata(cfg)
     through = (args.end or args.start).isoformat()
-    run_dag_for_days("content_pools", [args.start], conf={"through": through})
-    return 0
+    return 0 if _run_dag(cfg, args, "content_pools", args.start, {"through": through}) else 1
 
 
 def _cmd_social(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     """Run the kol_scoring or implicit_follows DAG over --day .. --through, then print the last day."""
     from tasks.core.warehouse import connect
-    from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
 
-    setup_metadata(cfg)
     last = args.through or args.day
-    run_dag_for_days(args.dag_id, [args.day], conf={"through": last.isoformat()})
+    if not _run_dag(cfg, args, args.dag_id, args.day, {"through": last.isoformat()}):
+        return 1
     query = {
         "kol_scoring": "select user_id, shares, visits, round(kol_score, 3) as kol_score, is_kol from kol_scores "
         "where day = ? order by kol_score desc, user_id limit 10",
@@ -155,7 +160,7 @@ def _cmd_evaluate(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     """Fit the channels on the window ending on --day, score them on the following days' clicks,
     store the rows in retrieval_eval, print segment 'all' and rewrite the report."""
     from tasks.reports.page import write_report
-    from tasks.retrieval.evaluate import evaluate, write_results
+    from tasks.retrieval.evaluate import evaluate, few_users_warning, write_results
 
     if args.train_window_days:
         cfg = cfg.model_copy(update={"retrieval": cfg.retrieval.model_copy(update={"train_window_days": args.train_window_days})})
@@ -174,6 +179,11 @@ def _cmd_evaluate(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     users = recall.groupby("segment").n_users.max()
     groups.columns = [f"{g} ({users[g]})" for g in groups.columns]
     print(f"Recall@{k0} per user group (users):\n{groups.round(4).to_string()}")
+    ci = recall[recall.segment == ALL].set_index("channel")
+    print(f"Recall@{k0}, {1 - cfg.evaluation.ci_alpha:.0%} bootstrap CI over users:\n" + "\n".join(
+        f"  {c}: {r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] over {r.n_users} users" for c, r in ci.iterrows()))
+    if warning := few_users_warning(results, cfg.evaluation.min_users):
+        print(f"WARNING: {warning}")
     print(f"rows in retrieval_eval; report: {write_report(cfg)}")
     return 0
 
@@ -183,6 +193,7 @@ def _evaluate_funnel(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     the merged candidates, popularity and each channel; rows in funnel_eval, the report rewritten."""
     from tasks.reports.page import write_report
     from tasks.reports.serving import funnel_tables
+    from tasks.retrieval.evaluate import few_users_warning
     from tasks.serving.evaluate import evaluate_funnel, write_results
 
     results = evaluate_funnel(cfg, args.day, args.strategy, args.eval_days)
@@ -194,6 +205,8 @@ def _evaluate_funnel(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         print(f"segment all:\n{t.overall.round(4).to_string()}\nRecall@{t.k} per user group (users):\n"
               f"{t.groups.round(4).to_string()}\nmean candidates per user after each stage:\n{t.funnel.round(1).to_string()}")
     print("\n".join(t.checks))
+    if warning := few_users_warning(results, cfg.evaluation.min_users):
+        print(f"WARNING: {warning}")
     print(f"rows in funnel_eval; report: {write_report(cfg)}")
     return 0
 
@@ -248,11 +261,10 @@ def _cmd_feeds(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     """Run the feeds DAG for the data through --day (default: the latest loaded), then print the
     published version's summary."""
     from tasks.core import artifacts, registry
-    from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
     from tasks.serving.context import last_data_day
 
-    setup_metadata(cfg)
-    run_dag_for_days("feeds", [args.day or last_data_day(cfg)])
+    if not _run_dag(cfg, args, "feeds", args.day or last_data_day(cfg)):
+        return 1
     version = artifacts.require_current(registry.feed_store(cfg))
     print(f"feeds {version.name}: {json.dumps(version.meta, default=str)}")
     return 0
@@ -261,10 +273,8 @@ def _cmd_feeds(cfg: PlatformConfig, args: argparse.Namespace) -> int:
 def _cmd_train(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     """Run the nightly_training DAG for the data through --day, then print its gate rows."""
     from tasks.core.warehouse import connect
-    from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
 
-    setup_metadata(cfg)
-    run_dag_for_days("nightly_training", [args.day], conf={"day": args.day.isoformat()})
+    trained = _run_dag(cfg, args, "nightly_training", args.day, {"day": args.day.isoformat()})
     with connect(cfg, read_only=True) as con:
         gates = con.execute(
             "select model, candidate, current, round(candidate_recall, 4) as recall, round(current_recall, 4) as current_recall, "
@@ -273,7 +283,8 @@ def _cmd_train(cfg: PlatformConfig, args: argparse.Namespace) -> int:
             "order by model", [args.day - dt.timedelta(days=1)]
         ).df()
     print(f"nightly_training {args.day} (trained through the day before):\n{gates.to_string(index=False)}")
-    return _cmd_models(cfg, argparse.Namespace(action="list", model=None, version=None))
+    _cmd_models(cfg, argparse.Namespace(action="list", model=None, version=None))
+    return 0 if trained else 1
 
 
 def _cmd_fault_drill(cfg: PlatformConfig, args: argparse.Namespace) -> int:
@@ -348,9 +359,13 @@ def _cmd_alerts(cfg: PlatformConfig, args: argparse.Namespace) -> int:
 
 def _cmd_experiment(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     """`experiment run NAME`: the closed loop through the experiment's first --days served days;
-    `experiment readout NAME`: its readout table."""
-    from tasks.experiments.loop import first_served_day, is_closed_loop
-
+    `experiment readout NAME`: its readout table; `experiment validity`: the readout's A/A coverage
+    and a planted effect."""
+    if args.action == "validity":
+        return _experiment_validity(cfg, args)
+    if args.name is None:
+        print(f"recpipe: experiment {args.action} needs an experiment name", file=sys.stderr)
+        return 2
     try:
         experiment = cfg.experiment(args.name)
     except KeyError as e:
@@ -362,6 +377,30 @@ def _cmd_experiment(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         with pd_options():
             print(readout_table(cfg, experiment.name).to_string(index=False))
         return 0
+    return _run_experiment(cfg, experiment.name, args.days, args.verbose)
+
+
+def _experiment_validity(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """`experiment validity`: A/A coverage over --seeds organic simulations with --experiments A/A
+    layers each, and a planted effect against its ground truth (docs/METHODS.md "Readout validity")."""
+    from tasks.core.console import quiet, terminal
+    from tasks.experiments.validity import run_validity, validity_dir
+
+    print(f"recpipe experiment validity: {args.seeds} seeds x {args.experiments} A/A experiments + a planted "
+          f"effect, {args.users:,} users, 14 + {args.days} days; results in {validity_dir(cfg)}")
+    with quiet(validity_dir(cfg) / "validity.log", args.verbose):
+        run_validity(cfg, args.seeds, args.experiments, args.users, args.items, args.days, args.planted, terminal())
+    return 0
+
+
+def _run_experiment(cfg: PlatformConfig, name: str, days: int, verbose: bool) -> int:
+    """The closed loop through experiment `name`'s first `days` served days: one progress line per
+    simulated day, the Airflow/dbt/task logs in the loop's log file (on the terminal if `verbose`)."""
+    from tasks.core.console import progress, quiet, terminal
+    from tasks.experiments.loop import first_served_day, is_closed_loop, log_path, run_loop
+    from tasks.orchestration.local_airflow import DagRunFailed, run_dag_for_days, setup_metadata
+
+    experiment = cfg.experiment(name)
     if not is_closed_loop(cfg):
         print("recpipe: the closed loop needs `simulator.exposure_policy: recpipe` in the config "
               "(the simulator is then served by the recommendation path)", file=sys.stderr)
@@ -370,24 +409,21 @@ def _cmd_experiment(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         print(f"recpipe: experiment {experiment.name!r} starts {experiment.start}, before the first served day "
               f"{first_served_day(cfg)} (simulator.start_date + organic_days)", file=sys.stderr)
         return 2
-    from tasks.core.console import logs_to_file
-    from tasks.experiments.loop import log_path, run_loop
-    from tasks.orchestration.local_airflow import DagRunFailed, run_dag_for_days, setup_metadata
-
-    through = experiment.start + dt.timedelta(days=args.days - 1)
+    through = experiment.start + dt.timedelta(days=days - 1)
     if experiment.end is not None:
         through = min(through, experiment.end)
-    print(f"recpipe experiment {experiment.name}: simulated days {cfg.simulator.start_date} .. {through} "
-          f"(served by the recommendation path from {first_served_day(cfg)}), logs in {log_path(cfg)}")
-    with logs_to_file(log_path(cfg)) as terminal:
+    print(f"recpipe experiment {experiment.name}: simulated days {cfg.simulator.start_date} .. {through}, "
+          f"{cfg.simulator.users:,} users (served by the recommendation path from {first_served_day(cfg)})")
+    started = time.perf_counter()
+    with quiet(log_path(cfg), verbose):
         setup_metadata(cfg)
         done = run_loop(cfg, through, lambda dag_id, day, conf: run_dag_for_days(dag_id, [day], conf=conf),
-                        (DagRunFailed,), terminal)
-    failed = {k: v for k, v in done.items() if v != "success"}
-    for key, message in sorted(failed.items()):
-        print(f"FAILED {key}: {message}")
-    print(f"{len(done)} DAG runs done ({len(failed)} failed by a gate); "
-          f"readout: recpipe experiment readout {experiment.name}")
+                        (DagRunFailed,), terminal())
+        failed = {k: v for k, v in done.items() if v != "success"}
+        for key, message in sorted(failed.items()):
+            progress(f"FAILED {key}: {message}")
+        progress(f"{len(done)} DAG runs over {(through - cfg.simulator.start_date).days + 1} simulated days "
+                 f"({len(failed)} failed by a gate) in {time.perf_counter() - started:.0f}s")
     return 0
 
 
@@ -426,8 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_airflow_setup
     )
 
-    d = sub.add_parser("demo", help="simulate and ingest N days through the ingest DAG, print a summary")
-    d.add_argument("--days", type=int, help="number of days (default: simulator.days)")
+    d = sub.add_parser("demo", help="the closed loop (make demo: config/demo.yaml): organic warm-up, then the "
+                       "config's first experiment served by the recommendation path; its readout at the end")
+    d.add_argument("--days", type=int, default=2, help="served days of the experiment (default: 2)")
     d.set_defaults(func=_cmd_demo)
 
     m = sub.add_parser("metrics", help="run the daily_metrics DAG over a day or a range of days (backfill)")
@@ -513,9 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("experiment", help="the closed loop: run an experiment day by day through the DAGs, "
                         "or print its readout")
-    ex.add_argument("action", choices=["run", "readout"])
-    ex.add_argument("name", help="an experiment of the config's `experiments:`")
-    ex.add_argument("--days", type=int, default=14, help="served days of the experiment to simulate (run)")
+    ex.add_argument("action", choices=["run", "readout", "validity"])
+    ex.add_argument("name", nargs="?", help="an experiment of the config's `experiments:` (run, readout)")
+    ex.add_argument("--days", type=int, default=14,
+                    help="served days to simulate (run; validity: days after the 14-day CUPED pre-period)")
+    ex.add_argument("--seeds", type=int, default=20, help="validity: simulations (seeds simulator.seed, +1, ..)")
+    ex.add_argument("--experiments", type=int, default=50, help="validity: A/A experiments per simulation, one layer each")
+    ex.add_argument("--users", type=int, default=4000, help="validity: simulated users")
+    ex.add_argument("--items", type=int, default=2000, help="validity: simulated items")
+    ex.add_argument("--planted", type=float, default=0.3, help="validity: satisfaction shift planted in a treatment arm")
     ex.set_defaults(func=_cmd_experiment)
     return p
 
@@ -527,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("faiss.loader").setLevel(logging.DEBUG if args.verbose else logging.WARNING)  # 8 lines per start
     if args.config:  # DAGs loaded in this process read the same file
         os.environ["RECPIPE_CONFIG"] = str(Path(args.config).resolve())
     try:

@@ -1,12 +1,16 @@
 """The closed loop end to end (docs/METHODS.md "Closed loop"): `recpipe experiment run` drives the
 real DAGs one simulated day at a time, the simulator is served by the recommendation path with each
-arm's strategy, and a crash in the middle of a day resumes without a repeated or missing day."""
+arm's strategy, and a crash in the middle of a day resumes without a repeated or missing day. The
+resumed run is the README's main job, `recpipe demo` (the config's first experiment, quiet, its
+readout at the end); DAU is recomputed from the lake's Parquet files, and one day rebuilt with the
+real `airflow dags test daily_metrics` changes nothing."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +23,10 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
+from tasks.reports.fragments import CHART
 from tests.conftest import write_config
+
+MARTS = ("metrics_daily", "retention_daily", "ab_readout", "experiment_readout")
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -36,7 +43,8 @@ CRASH_AFTER = f"content_pools@{FIRST_SERVED.isoformat()}:{FIRST_SERVED.isoformat
 def _env(tmp: Path) -> tuple[dict[str, str], Path]:
     data = tmp / "data"
     cfg_path = write_config(tmp / "recpipe.yaml", data,
-                            simulator={"exposure_policy": "recpipe", "organic_days": ORGANIC_DAYS})
+                            simulator={"exposure_policy": "recpipe", "organic_days": ORGANIC_DAYS},
+                            airflow={"dbt_tasks": "per_dag"})  # as config/demo.yaml
     raw = yaml.safe_load(cfg_path.read_text())
     raw["experiments"] = [{"name": "explore", "start": FIRST_SERVED.isoformat(), "arms": ARMS}]
     cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -70,7 +78,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Com
     env, data = _env(tmp)
     progress = data / "closed_loop" / "progress.json"
     _run_until_crash(env, progress)
-    resumed = subprocess.run([str(BIN / "recpipe"), "experiment", "run", "explore", "--days", str(SERVED_DAYS)],
+    resumed = subprocess.run([str(BIN / "recpipe"), "demo", "--days", str(SERVED_DAYS)],
                              check=False, env=env, capture_output=True, text=True, timeout=1800)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
     return data, resumed, env
@@ -93,7 +101,7 @@ def test_a_crash_mid_day_resumes_without_a_repeated_or_missing_day(loop) -> None
     assert CRASH_AFTER in progress  # done once (a small world's pool may be rejected by its gate: recorded)
     assert all(f"{d}@{LAST}:{LAST}" in progress for d in ("ingest", "ann_refresh"))
     # The resumed run only did what was left: the rest of the crashed day's chain.
-    lines = [ln for ln in resumed.stdout.splitlines() if ln.startswith("2026-")]
+    lines = [ln for ln in resumed.stdout.splitlines() if re.match(r"\d{4}-\d\d-\d\d \[", ln)]  # one per day
     assert [ln[:10] for ln in lines] == [FIRST_SERVED.isoformat()], resumed.stdout
     assert "ingest" not in lines[0] and "pools" not in lines[0] and "training" in lines[0], lines[0]
     # The warehouse holds every day once.
@@ -146,3 +154,43 @@ def test_the_readout_of_the_served_day_matches_the_lake(loop) -> None:
     assert printed.returncode == 0, printed.stderr[-2000:]
     rows = {tuple(line.split()[:2]) for line in printed.stdout.splitlines()[1:]}
     assert {("dau", "none"), ("dau", "more"), ("clicks", "more")} <= rows, printed.stdout
+
+
+def _marts(warehouse: Path) -> dict[str, pd.DataFrame]:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return {t: con.execute(f"select * from {t} order by all").df() for t in MARTS}
+
+
+def test_the_demo_is_quiet_and_ends_with_the_readout(loop) -> None:
+    data, resumed, _ = loop
+    out = resumed.stdout.splitlines()
+    # One line per simulated day and a closing summary; the Airflow, dbt and task logs are in the file.
+    logged = [ln for ln in out if re.search(r" (INFO|WARNING|ERROR) |\[(info|warning|error) ", ln)]
+    assert len(out) < 150 and not logged, resumed.stdout
+    log = data / "closed_loop" / "loop.log"
+    assert f"full logs: {log}" in resumed.stdout and "dag_id=daily_metrics" in log.read_text()
+    table = out[out.index(next(ln for ln in out if ln.startswith("experiment explore"))) + 1:]
+    arms = {tuple(ln.split()[:2]) for ln in table[1:] if ln.strip()}
+    assert {("dau", "none"), ("dau", "more"), ("clicks", "more")} <= arms, resumed.stdout
+
+
+def test_dau_per_day_matches_the_lake(loop) -> None:
+    data, _, _ = loop
+    events = _events(data)
+    events["day"] = pd.to_datetime(events.ts).dt.date
+    expected = events.groupby("day").user_id.nunique()
+    metrics = _marts(data / "warehouse.duckdb")["metrics_daily"].query("segment == 'all' and experiment_bucket == 'all'")
+    assert list(metrics.day.dt.date) == list(expected.index) == [START + dt.timedelta(d) for d in range(len(expected))]
+    assert metrics.dau.tolist() == expected.tolist()
+    assert (data / "reports" / "metrics" / "index.html").read_text().count(CHART) >= 3
+
+
+def test_rebuilding_one_day_with_dags_test_changes_nothing(loop) -> None:
+    data, _, env = loop
+    before = _marts(data / "warehouse.duckdb")
+    run = subprocess.run([str(BIN / "airflow"), "dags", "test", "daily_metrics", FIRST_SERVED.isoformat()], env=env,
+                         capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    after = _marts(data / "warehouse.duckdb")
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(frame, after[name], check_exact=False, rtol=1e-12)

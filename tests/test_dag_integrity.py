@@ -113,6 +113,29 @@ def test_dbt_models_and_their_tests_are_tasks_of_a_task_group(dagbag, dbt_manife
             assert task.upstream_task_ids == {f"{group}_vars"}, task.task_id
 
 
+SELECTORS = {"daily_metrics": "metrics", "content_pools": "pools", "content_pools_hourly": "pools",
+             "kol_scoring": "kol", "implicit_follows": "implicit_follows", "nightly_training": "ranking"}
+
+
+def test_per_dag_dbt_runs_one_build_of_the_dags_selector(tmp_path, monkeypatch) -> None:
+    """airflow.dbt_tasks per_dag: in place of the task group, one task `dbt build --selector <the
+    DAG's selector>` (dbt/selectors.yml), with the same vars, pool and position."""
+    cfg_path = tmp_path / "per-dag.yaml"
+    cfg_path.write_text(f"extends: {DEFAULT_CONFIG}\nairflow: {{dbt_tasks: per_dag}}\n")
+    monkeypatch.setenv("RECPIPE_CONFIG", str(cfg_path))
+    pool = get_config().airflow.warehouse_pool
+    bag = DagBag(dag_folder=str(DAGS_DIR), known_pools={"default_pool", pool})
+    assert bag.import_errors == {}
+    for dag_id, (group, _) in DBT_GROUPS.items():
+        dag = bag.dags[dag_id]
+        assert not [t for t in dag.tasks if t.task_id.endswith("_model_build")], dag_id
+        task = dag.get_task(group)
+        assert task.base_cmd == ["build"] and task.selector == SELECTORS[dag_id], dag_id
+        assert task.pool == pool and task.pool_slots == 1, dag_id
+        assert task.vars == f"{{{{ ti.xcom_pull(task_ids='{group}_vars') | tojson }}}}", dag_id
+        assert task.upstream_task_ids == {f"{group}_vars"}, dag_id
+
+
 def test_daily_metrics_is_scheduled_by_the_ingest_asset(dagbag) -> None:
     metrics = dagbag.dags["daily_metrics"]
     assert [a.name for a in metrics.timetable.asset_condition.objects] == ["recpipe_raw_events"]

@@ -1,5 +1,5 @@
 """Quiet long commands: the full logs of Airflow, dbt and the tasks go to a log file, the terminal
-gets one progress line per step."""
+gets one progress line per step (`progress`); `--verbose` keeps the logs on the terminal."""
 
 from __future__ import annotations
 
@@ -10,6 +10,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+_TERMINALS: list[TextIO] = []  # the terminal streams of the active logs_to_file blocks, innermost last
+
+
+def progress(line: str) -> None:
+    """Write one progress line to the terminal, also while the logs go to a file."""
+    stream = _TERMINALS[-1] if _TERMINALS else sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def terminal() -> TextIO:
+    """The terminal stream (for a progress bar), also while the logs go to a file."""
+    return _TERMINALS[-1] if _TERMINALS else sys.stdout
+
 
 @contextlib.contextmanager
 def logs_to_file(path: Path) -> Iterator[TextIO]:
@@ -19,12 +33,13 @@ def logs_to_file(path: Path) -> Iterator[TextIO]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    stream = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    _TERMINALS.append(stream)
     with open(path, "ab", buffering=0) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            yield terminal
+            yield stream
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -32,4 +47,19 @@ def logs_to_file(path: Path) -> Iterator[TextIO]:
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
-            terminal.close()
+            _TERMINALS.remove(stream)
+            stream.close()
+
+
+@contextlib.contextmanager
+def quiet(path: Path, verbose: bool = False) -> Iterator[None]:
+    """A long command's body: its logs go to `path` (named on the terminal at the end) unless
+    `verbose`, when they stay on the terminal."""
+    if verbose:
+        yield
+        return
+    try:
+        with logs_to_file(path):
+            yield
+    finally:
+        progress(f"full logs: {path}")

@@ -86,3 +86,20 @@ def readout_table(cfg: PlatformConfig, experiment: str) -> pd.DataFrame:
     estimate with its CI, both CI widths and the users per arm (see readout_rows)."""
     with connect(cfg, read_only=True) as con:
         return readout_rows(con, experiment)
+
+
+def readout_brief(table: pd.DataFrame) -> pd.DataFrame:
+    """The readout for a terminal: per metric and arm, the users, both values, the relative lift and
+    its 95% CI (the difference's CI over the control value) and the p-value, rounded."""
+    control = table.control_value.where(table.control_value != 0)
+    return pd.DataFrame({
+        "metric": table.metric,
+        "arm": table.arm,
+        "users": table.n_arm,
+        "control": table.control_value.round(4),
+        "value": table.arm_value.round(4),
+        "lift": (table.rel_lift * 100).round(1).astype(str) + "%",
+        "95% CI": "[" + (table.ci_low / control * 100).round(1).astype(str) + "%, "
+                  + (table.ci_high / control * 100).round(1).astype(str) + "%]",
+        "p": table.p_value.round(3),
+    })

@@ -19,9 +19,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from tasks.core import lake
 from tasks.core.config import PlatformConfig
+from tasks.core.console import terminal
 from tasks.ingest.batch import Batch, BatchError, folder_day, open_batch
 from tasks.ingest.validate import TableCheck, Validator
 from tasks.ops.alerts import Alert, raise_alert
@@ -327,7 +329,9 @@ def load_dir(
     if day is not None:
         raise BatchError(f"{path}: holds dt=* batch folders; --day applies to a single batch folder")
     futures: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer") as writer:
+    bar = tqdm(total=len(days), desc="load", unit="batch", file=terminal(), mininterval=1.0, disable=len(days) < 2)
+    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer") as writer:
         for _, batch_dir in days:
             futures.append(_load(batch_dir, cfg, None, now, writer, futures[-1] if futures else None))
+            futures[-1].add_done_callback(lambda _: bar.update())
         return [f.result() for f in futures]
