@@ -118,6 +118,17 @@ def _expected_members(cfg: PlatformConfig, pool: PoolConfig, as_of: dt.datetime)
 
 
 @pytest.mark.parametrize("name", ["pool_1d", "female_18_24_pool", "follow_promoting"])
+def _airflow_env(tmp_path: Path, config: Path) -> dict[str, str]:
+    """The environment of a `recpipe` / `airflow` subprocess: its own Airflow home, the config `config`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
+    env.update(
+        AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__COSMOS__ENABLE_TELEMETRY="False",
+        RECPIPE_CONFIG=str(config),
+    )
+    return env
+
+
 def test_members_match_an_independent_computation(built: PlatformConfig, name: str) -> None:
     cfg = built
     pool = cfg.pool(name)
@@ -254,12 +265,7 @@ def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_pat
     )
     path = tmp_path / "added.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
-    env.update(
-        AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__COSMOS__ENABLE_TELEMETRY="False",
-        RECPIPE_CONFIG=str(path),
-    )
+    env = _airflow_env(tmp_path, path)
     day = REFRESH_DAYS[-1].isoformat()
     done = subprocess.run([str(BIN / "recpipe"), "pools", "--start", day], env=env, capture_output=True,
                           text=True, timeout=900)
@@ -283,12 +289,7 @@ def test_a_rejected_pool_fails_at_once_with_one_alert(built: PlatformConfig, tmp
                          "score": {**template["score"], "min_impressions": 10**6}})  # no eligible item
     path = tmp_path / "never.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
-    env.update(
-        AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__COSMOS__ENABLE_TELEMETRY="False",
-        RECPIPE_CONFIG=str(path),
-    )
+    env = _airflow_env(tmp_path, path)
     setup = subprocess.run([str(BIN / "recpipe"), "airflow-setup"], env=env, capture_output=True, text=True, timeout=600)
     assert setup.returncode == 0, setup.stderr[-3000:]
     before = len(read_alerts(cfg))
