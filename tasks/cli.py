@@ -66,6 +66,23 @@ def _cmd_load(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compact(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    """Merge the lake's day files of every month that ends before --before (default: today) into one
+    file per table and month, refresh the raw views; one line of totals."""
+    from tasks.core.console import progress
+    from tasks.core.lake import compact
+    from tasks.core.warehouse import refresh_views
+
+    started = time.perf_counter()
+    before = args.before or dt.datetime.now(dt.UTC).date()
+    done = compact(cfg.lake_dir, before)
+    refresh_views(cfg)
+    files = sum(1 for _ in cfg.lake_dir.glob("*/*/*.parquet"))
+    progress(f"compacted {sum(c.day_files for c in done):,} day files into {len(done):,} month files (months "
+             f"before {before:%Y-%m}) in {time.perf_counter() - started:.0f}s; lake {cfg.lake_dir}: {files:,} files")
+    return 0
+
+
 def _cmd_convert_movielens(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     from tasks.ingest.movielens import convert_movielens
 
@@ -451,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("dir", help="a batch folder, or a folder of dt=YYYY-MM-DD batch folders")
     ld.add_argument("--day", type=dt.date.fromisoformat, help="treat the folder as this day's batch")
     ld.set_defaults(func=_cmd_load)
+
+    cp = sub.add_parser("compact", help="merge the lake's day files of every month that ends before --before "
+                        "into one file per table and month (docs/CONTRACT.md, The lake)")
+    cp.add_argument("--before", type=dt.date.fromisoformat,
+                    help="compact the months that end before this day (default: today)")
+    cp.set_defaults(func=_cmd_compact)
 
     ml = sub.add_parser("convert-movielens", help="turn MovieLens 100K (u.user, u.item, u.data) into a contract "
                         "dump (docs/CONTRACT.md)")

@@ -23,6 +23,7 @@ from tests.conftest import write_config
 pytestmark = pytest.mark.slow
 DAYS = 10
 START = dt.date(2026, 1, 1)
+GAP = START + dt.timedelta(days=4)  # its events are not delivered: a day without activity
 MARTS = ("metrics_daily", "retention_daily", "ab_readout")
 KEYS = {
     "metrics_daily": ["day", "segment", "experiment_bucket"],
@@ -45,10 +46,13 @@ def _lake(cfg: PlatformConfig, table: str, columns: list[str]) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[PlatformConfig, dict[str, pd.DataFrame]]:
-    """600 users x 10 days simulated, loaded, and one full `dbt build` (tests included)."""
+    """600 users x 10 days simulated, loaded without the GAP day's events, and one full `dbt build`
+    (tests included)."""
     tmp = tmp_path_factory.mktemp("dbt-metrics")
     cfg = load_config(write_config(tmp / "recpipe.yaml", tmp / "data", simulator={"users": 600, "days": DAYS}))
     simulate(cfg.simulator, cfg.landing_dir, cfg.ground_truth_dir)
+    for events in (cfg.landing_dir / f"dt={GAP.isoformat()}").glob("events.*"):
+        events.unlink()
     load_dir(cfg.landing_dir, cfg)
     refresh_views(cfg)
     run_dbt(cfg, ["build"])
@@ -104,18 +108,31 @@ def expected(built) -> dict[str, pd.DataFrame]:
     out["next_day_complete"] = [d + dt.timedelta(days=1) <= last for d in out.day]
     out["lt7_complete"] = [d + dt.timedelta(days=6) <= last for d in out.day]
     out["lt30_complete"] = [d + dt.timedelta(days=29) <= last for d in out.day]
+    # Every day from the first to the last day of events has an ('all', 'all') and a (segment, 'all')
+    # row; where no one was active: dau 0, no rates, no retention row (a left merge gives NaN).
+    first = min(d for _, d in active)
+    spine = pd.MultiIndex.from_product(
+        [[first + dt.timedelta(days=i) for i in range((last - first).days + 1)], ["all", *member], ["all"]],
+        names=["day", "segment", "bucket"],
+    )
+    out = out.set_index(["day", "segment", "bucket"])
+    out = out.reindex(out.index.union(spine)).reset_index()
+    out[["dau", "new_users"]] = out[["dau", "new_users"]].fillna(0)
     return {"slices": out.rename(columns={"bucket": "experiment_bucket"}), "user_days": act}
 
 
 def test_metrics_match_an_independent_pandas_computation(built, expected) -> None:
     cfg, marts = built
     want = expected["slices"].sort_values(KEYS["metrics_daily"]).reset_index(drop=True)
-    got = marts["metrics_daily"].merge(marts["retention_daily"], on=KEYS["metrics_daily"])
+    got = marts["metrics_daily"].merge(marts["retention_daily"], on=KEYS["metrics_daily"], how="left")
     got["day"] = got.day.dt.date
     got = got.sort_values(KEYS["metrics_daily"]).reset_index(drop=True)
     assert set(got.segment) == {"all", *(s.name for s in cfg.segments)}
     assert set(got.experiment_bucket) == {"all", *cfg.simulator.experiment_buckets}
-    assert len(got.day.unique()) == DAYS and (got.dau > 0).all()
+    assert len(got.day.unique()) == DAYS and set(got.day[got.dau == 0]) == {GAP}
+    gap = got[got.day == GAP]
+    assert sorted(gap.segment) == sorted(["all", *(s.name for s in cfg.segments)])
+    assert (gap.experiment_bucket == "all").all() and gap.ctr.isna().all() and gap.penetration_rate.isna().all()
     pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
     assert want.lt7_complete.any() and not want.lt7_complete.all() and not want.lt30_complete.any()
 
@@ -145,6 +162,7 @@ def test_ab_readout_against_control(built, expected) -> None:
 
     (r_c, v_c), (r_b, v_b) = ctr_var(control), ctr_var(other)
     assert row.loc["ctr", "control_value"] == pytest.approx(r_c)
+    assert row.loc["ctr", "bucket_value"] == pytest.approx(r_b)
     assert row.loc["ctr", "se_diff"] == pytest.approx(np.sqrt(v_c + v_b))
 
     # DAU per assigned user: active on the day / users of the bucket seen so far.

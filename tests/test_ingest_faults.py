@@ -227,3 +227,101 @@ def test_parquet_text_that_is_not_utf8_is_quarantined_by_row(platform: PlatformC
     assert json.loads(got[3]["raw_record"])["category_l2"] == "music/\\xff"
     lake = duckdb.sql(f"SELECT item_id FROM read_parquet('{platform.lake_dir}/items/*/*.parquet') ORDER BY 1")
     assert lake.fetchall() == [(10,), (13,)]  # and the lake stays readable
+
+
+DATE_ONLY = "is a date without a time of day, not a TIMESTAMP (YYYY-MM-DD HH:MM:SS)"
+
+
+def test_date_only_timestamps_are_wrong_types(platform: PlatformConfig) -> None:
+    """The contract's timestamps are date-times: `2026-01-03` alone (CSV text, or a Parquet DATE
+    column) is quarantined as wrong_type with the file, row and field; date-times load."""
+    batch = platform.landing_dir / "dt=2026-01-03"
+    batch.mkdir(parents=True)
+    (batch / "users.csv").write_text(
+        "user_id,signup_ts,gender,age_bucket,city_tier\n"
+        "1,2026-01-03 08:00:00,f,<18,1\n"
+        "2,2026-01-03,m,<18,1\n"
+        "3,2026-01-03T09:30:00Z,u,unknown,0\n"
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": [10, 11],
+                "author_id": [1, 1],
+                "category_l1": ["music", "music"],
+                "category_l2": ["music/pop", "music/pop"],
+                "content_cluster": [1, 1],
+                "publish_ts": pa.array([dt.date(2026, 1, 3)] * 2, pa.date32()),
+            }
+        ),
+        batch / "items.parquet",
+    )
+    (batch / "events.csv").write_text(
+        "event_id,ts,user_id,session_id,event_type,experiment_bucket\n"
+        "1,2026-01-03 10:00:00,1,1,session_start,control\n"
+        "2,2026-01-03,3,2,session_start,control\n"
+    )
+
+    result = load_batch(batch, platform, now=NOW)
+
+    want = {
+        ("users", 2): ("signup_ts", '"2026-01-03"', "csv"),
+        ("items", 1): ("publish_ts", '"2026-01-03"', "parquet"),
+        ("items", 2): ("publish_ts", '"2026-01-03"', "parquet"),
+        ("events", 2): ("ts", '"2026-01-03"', "csv"),
+    }
+    got = quarantine(platform)
+    assert set(got) == set(want)
+    for (table, row), (field, value, fmt) in want.items():
+        r = got[(table, row)]
+        assert (r["reason"], r["field"]) == ("wrong_type", field)
+        assert r["message"] == f"landing/dt=2026-01-03/{table}.{fmt} row {row}, field {field}: {value} {DATE_ONLY}"
+    assert sorted(u["user_id"] for u in lake_rows(platform, "users")) == [1, 3]
+    assert [e["event_id"] for e in lake_rows(platform, "events")] == [1]
+    assert result.quarantined_by_reason == {"wrong_type": 4}
+    (alert,) = read_alerts(platform)
+    assert alert["severity"] == "warning" and alert["details"]["by_reason"] == {"wrong_type": 4}
+
+
+def test_a_category_l2_belongs_to_one_category_l1(platform: PlatformConfig) -> None:
+    """category_l2 is unique across all category_l1: an item putting an l2 under another l1 than
+    the lake's (or than the first item of its batch with that l2) is quarantined as invalid_value."""
+    first = platform.landing_dir / "dt=2026-01-03"
+    first.mkdir(parents=True)
+    (first / "users.csv").write_text(
+        "user_id,signup_ts,gender,age_bucket,city_tier\n1,2026-01-03 08:00:00,f,<18,1\n"
+    )
+    (first / "items.csv").write_text(
+        "item_id,author_id,category_l1,category_l2,content_cluster,publish_ts\n"
+        "10,1,music,music/pop,1,2026-01-03 09:00:00\n"
+    )
+    second = platform.landing_dir / "dt=2026-01-04"
+    second.mkdir(parents=True)
+    (second / "items.csv").write_text(
+        "item_id,author_id,category_l1,category_l2,content_cluster,publish_ts\n"
+        "11,1,music,music/rock,1,2026-01-04 09:00:00\n"
+        "12,1,food,music/pop,1,2026-01-04 09:00:00\n"  # the lake has music/pop under music
+        "13,1,food,food/street,1,2026-01-04 09:00:00\n"
+        "14,1,sports,food/street,1,2026-01-04 09:00:00\n"  # row 3 of this batch has it under food
+        "15,1,music,music/rock,1,2026-01-04 09:00:00\n"
+        "16,1,music,music/pop,-1,2026-01-04 09:00:00\n"  # an earlier rule comes first
+    )
+
+    assert load_batch(first, platform, now=NOW).quarantined_rows == 0
+    result = load_batch(second, platform, now=NOW)
+
+    got = {k: (r["reason"], r["field"], r["message"]) for k, r in quarantine(platform).items()}
+    source = "landing/dt=2026-01-04/items.csv"
+    taken = "is already under category_l1 {} (an l2 belongs to one l1)"
+    assert got == {
+        ("items", 2): ("invalid_value", "category_l2", f'{source} row 2, field category_l2: "music/pop" '
+                       + taken.format('"music"')),
+        ("items", 4): ("invalid_value", "category_l2", f'{source} row 4, field category_l2: "food/street" '
+                       + taken.format('"food"')),
+        ("items", 6): ("invalid_value", "content_cluster", f"{source} row 6, field content_cluster: "
+                       + "negative content cluster (-1)"),
+    }
+    assert sorted(i["item_id"] for i in lake_rows(platform, "items")) == [10, 11, 13, 15]
+    assert result.tables["items"].quarantined == {"invalid_value": 3}
+    (alert,) = read_alerts(platform)
+    assert alert["details"]["by_table"] == {"items": {"invalid_value": 3}}

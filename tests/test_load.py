@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +18,7 @@ from airflow.sdk.execution_time.context import set_current_context
 
 from tasks.core.config import PlatformConfig, load_config
 from tasks.core.contract import LOAD_ORDER, QUARANTINE_REASONS, TABLES
-from tasks.core.lake import QUARANTINE_SCHEMA
+from tasks.core.lake import QUARANTINE_SCHEMA, compact, drop_batch
 from tasks.core.warehouse import WarehouseWriterError, connect, connect_writer, refresh_views
 from tasks.ingest.batch import BatchError
 from tasks.ingest.load import load_batch, load_dir
@@ -295,7 +296,7 @@ def test_csv_values_are_converted_strictly(cfg: PlatformConfig, tmp_path: Path) 
     batch = write_batch(
         tmp_path / "dt=2026-01-03",
         {
-            "users.csv": "user_id,signup_ts,gender,age_bucket,city_tier\n1,2026-01-03,f,<18,1",
+            "users.csv": "user_id,signup_ts,gender,age_bucket,city_tier\n1,2026-01-03 08:00:00,f,<18,1",
             "events.csv": "event_id,ts,user_id,session_id,event_type,dwell_ms,experiment_bucket\n"
             "1,2026-01-03T10:00:00+02:00,1,1,session_end,5.5,control\n"
             "2,2026-01-03T10:00:00+02:00,1,1,session_end, 7 ,control\n"
@@ -465,3 +466,119 @@ def test_warehouse_writer_only_in_the_warehouse_pool(cfg: PlatformConfig) -> Non
     connect_writer(cfg).close()  # outside any task: allowed
     with pytest.raises(duckdb.Error), connect(cfg) as con:
         con.execute("CREATE TABLE x (a INT)")
+
+
+HISTORY_START = dt.date(2023, 1, 1)
+HISTORY_DAYS = 730
+
+
+def write_history_dump(folder: Path) -> Path:
+    """Two years of a tiny platform as one dump: 5 users from the first day and one more every 90
+    days, an item a month, a follow every 60 days, one or two events a day except every 10th day,
+    and a negative dwell every 50th day (quarantined)."""
+    days = [HISTORY_START + dt.timedelta(days=i) for i in range(HISTORY_DAYS)]
+    users = [(u, HISTORY_START) for u in range(1, 6)] + [(5 + i, d) for i, d in enumerate(days[90::90], 1)]
+    items = [(100 + i, d) for i, d in enumerate(d for d in days if d.day == 1)]
+    lines = {
+        "users.csv": ["user_id,signup_ts,gender,age_bucket,city_tier"]
+        + [f"{u},{d} 08:00:00,u,unknown,0" for u, d in users],
+        "items.csv": ["item_id,author_id,category_l1,category_l2,content_cluster,publish_ts"]
+        + [f"{i},1,c{i % 3},c{i % 3}/x,1,{d} 09:00:00" for i, d in items],
+        "follows.csv": ["user_id,author_id,ts,action"] + [f"2,1,{d} 11:00:00,follow" for d in days[::60]],
+        "events.csv": ["event_id,ts,user_id,session_id,item_id,event_type,dwell_ms,experiment_bucket"],
+    }
+    for i, d in enumerate(days):
+        if i % 10 == 9:
+            continue
+        item = max(n for n, published in items if published <= d)
+        lines["events.csv"].append(f"{2 * i},{d} 12:00:00,{i % 5 + 1},{i},,session_start,,control")
+        if i % 3 == 0:
+            dwell = -5 if i % 50 == 3 else 1000
+            lines["events.csv"].append(f"{2 * i + 1},{d} 12:01:00,{i % 5 + 1},{i},{item},click,{dwell},control")
+    return write_batch(folder, {name: "\n".join(rows) for name, rows in lines.items()})
+
+
+def raw_views(cfg: PlatformConfig) -> dict[str, pd.DataFrame]:
+    """Every raw view as pandas, rows in one order."""
+    refresh_views(cfg)
+    with connect(cfg) as con:
+        frames = {t: con.sql(f"SELECT * FROM raw.{t}").df() for t in (*LOAD_ORDER, "quarantine")}
+    return {t: f.sort_values(list(f.columns)).reset_index(drop=True) for t, f in frames.items()}
+
+
+def assert_same_views(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame]) -> None:
+    for table, frame in want.items():
+        pd.testing.assert_frame_equal(got[table], frame, obj=f"raw.{table}")
+
+
+def lake_files(cfg: PlatformConfig) -> list[Path]:
+    return sorted(cfg.lake_dir.glob("*/*/*.parquet"))
+
+
+def test_compaction_bounds_the_files_and_keeps_every_row(cfg: PlatformConfig, tmp_path: Path) -> None:
+    """Two years as a dump plus two daily batches, compacted into one file per table and month:
+    the raw views keep every row (also mid-compaction, day files beside the month file); reloading
+    a daily batch after compaction, and a reload that now loads rows it quarantined before, give the
+    same views as without compaction; compacting again gives the same files."""
+    dump = write_history_dump(tmp_path / "export")
+    load_batch(dump, cfg, now=NOW)
+    daily = write_batch(
+        tmp_path / "landing" / "dt=2023-02-10",
+        {"events.csv": "event_id,ts,user_id,session_id,event_type,experiment_bucket\n"
+         "900001,2023-02-10 18:00:00,3,77,session_start,control"},
+    )
+    orphan = write_batch(  # user 99 is not known yet: quarantined, then loaded after compaction
+        tmp_path / "landing" / "dt=2023-03-05",
+        {"events.csv": "event_id,ts,user_id,session_id,event_type,experiment_bucket\n"
+         "900002,2023-03-05 18:00:00,99,78,session_start,control"},
+    )
+    load_batch(daily, cfg, now=NOW)
+    load_batch(orphan, cfg, now=NOW)
+    before = raw_views(cfg)
+    assert len(before["quarantine"]) == 1 + sum(1 for i in range(HISTORY_DAYS) if i % 150 == 3)  # + the orphan
+    day_files = {f: f.read_bytes() for f in lake_files(cfg)}
+    assert len(day_files) > 600  # one file per table and day
+
+    done = compact(cfg.lake_dir, dt.date(2025, 1, 1))
+
+    months = {(c.table, c.month) for c in done}
+    assert len(months) == len(done) and {m for _, m in months} == {
+        dt.date(2023 + i // 12, i % 12 + 1, 1) for i in range(24)
+    }
+    files = lake_files(cfg)
+    assert len(files) == len(done) <= 5 * 24 and all(f.parent.name.startswith("month=") for f in files)
+    assert sum(c.day_files for c in done) == len(day_files)
+    assert_same_views(raw_views(cfg), before)
+    compacted = snapshot(cfg)
+
+    for f, data in day_files.items():  # mid-compaction: the month files written, the day files still there
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(data)
+    assert_same_views(raw_views(cfg), before)
+    compact(cfg.lake_dir, dt.date(2025, 1, 1))
+    assert snapshot(cfg) == compacted
+
+    load_batch(dump, cfg, now=NOW)  # the dump again: its day files back, shadowing its month rows
+    assert_same_views(raw_views(cfg), before)
+    load_batch(daily, cfg, now=NOW)
+    assert_same_views(raw_views(cfg), before)
+    compact(cfg.lake_dir, dt.date(2025, 1, 1))
+    assert snapshot(cfg) == compacted
+
+    write_batch(
+        tmp_path / "landing-users" / "dt=2023-03-05",
+        {"users.csv": "user_id,signup_ts,gender,age_bucket,city_tier\n99,2023-03-05 09:00:00,m,45+,1"},
+    )
+    load_batch(tmp_path / "landing-users" / "dt=2023-03-05", cfg, now=NOW)
+    again = load_batch(orphan, cfg, now=NOW)
+    assert again.valid_rows == 1
+    after = raw_views(cfg)
+    assert 900002 in set(after["events"].event_id) and 99 in set(after["users"].user_id)
+    assert again.batch_id not in set(after["quarantine"].batch_id)
+    assert len(after["quarantine"]) == len(before["quarantine"]) - 1
+
+    compact(cfg.lake_dir, dt.date(2025, 1, 1))
+    drop_batch(cfg.lake_dir, load_batch(daily, cfg, now=NOW).batch_id)  # to replace it: remove it
+    dropped = raw_views(cfg)
+    assert set(after["events"].event_id) - set(dropped["events"].event_id) == {900001}
+    assert len(dropped["events"]) == len(after["events"]) - 1

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from tasks.core.config import PlatformConfig
 from tasks.core.contract import TABLES
-from tasks.core.lake import QUARANTINE, schema_of
+from tasks.core.lake import QUARANTINE, scan_sql, schema_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,18 +76,12 @@ def connect_writer(cfg: PlatformConfig) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(cfg.warehouse_path))
 
 
-def _literal(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def _view_sql(lake: Path, table: str) -> str:
-    """A view over every partition of a lake table, with the hive column `dt`; typed and empty
-    while the table has no files."""
-    folder = lake.resolve() / table
-    if any(folder.glob("dt=*/*.parquet")):
-        glob = _literal(folder / "dt=*" / "*.parquet")
-        options = "hive_partitioning = true, hive_types = {'dt': DATE}, union_by_name = true"
-        return f"SELECT * FROM read_parquet({glob}, {options})"
+    """A view over every file of a lake table, day and compacted month files (tasks.core.lake.scan_sql),
+    with the day column `dt`; typed and empty while the table has no files."""
+    sql = scan_sql(lake, table)
+    if sql is not None:
+        return sql
     cols = [f'CAST(NULL AS {_SQL_TYPES[f.type]}) AS "{f.name}"' for f in schema_of(table)]
     return f"SELECT {', '.join(cols)}, CAST(NULL AS DATE) AS dt WHERE false"
 

@@ -105,6 +105,18 @@ def wrong_type_rule(table: Table, column: str) -> Rule:
     )
 
 
+def date_only_rule(column: str) -> Rule:
+    """A TIMESTAMP given as a date alone (text without a time of day, or a Parquet DATE): the
+    contract's timestamps are date-times."""
+    raw = f"CAST({ident(f'_raw_{column}')} AS VARCHAR)"
+    return Rule(
+        "wrong_type",
+        column,
+        rf"{ident(column)} IS NOT NULL AND NOT regexp_matches({raw}, '\d[T ]+\d{{1,2}}:\d{{2}}')",
+        f"format('{{}} is a date without a time of day, not a TIMESTAMP (YYYY-MM-DD HH:MM:SS)', to_json({raw}))",
+    )
+
+
 def null_rules(table: Table) -> list[Rule]:
     """Every not-nullable column must be set."""
     return [
@@ -188,6 +200,7 @@ def row_rules(table: str, cast_columns: list[str], now: dt.datetime, day: dt.dat
     """The single-row rules of `table`, in priority order (wrong_type .. ts_outside_batch_day)."""
     t = TABLES[table]
     rules = [wrong_type_rule(t, c) for c in cast_columns]
+    rules += [date_only_rule(c.name) for c in t.columns if c.sql_type == "TIMESTAMP" and c.name in cast_columns]
     rules += null_rules(t)
     rules += _value_rules(table)
     if table == "items":

@@ -3,8 +3,9 @@
 Per table `t` the in-memory connection holds `data_t` and `unreadable_t` (the rows read and the
 rows that could not be read, see tasks.ingest.staging) and `fail_t` (`_row`, `_rule` = index into
 the table's rule list, `_first` = the first row of a duplicated key). Single-row rules run as one
-CASE over `data_t`; duplicate and reference checks are joins against this batch's earlier tables
-and the lake (minus this batch's own files, so a reload sees the same lake as the first load).
+CASE over `data_t`; the category, duplicate and reference checks are joins against this batch's
+earlier tables and the lake (day and month files, minus this batch's own rows, so a reload sees the
+same lake as the first load).
 Every row of `unreadable_t` is quarantined as unparseable_row.
 """
 
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.core.contract import TABLES
-from tasks.core.lake import table_files
+from tasks.core.lake import rows_sql
 from tasks.ingest.batch import SourceFile
 from tasks.ingest.rules import ITEM_REFS, USER_REFS, Rule, date_lit, ident, key_repr, lit, row_rules
 from tasks.ingest.staging import stage
@@ -116,17 +117,17 @@ class Validator:
         return check
 
     # Checks against other rows: duplicates, references --------------------------------------
-    def _lake_files(self, table: str, days: list[dt.date] | None) -> list[str]:
-        return [str(f) for f in table_files(self.lake, table, days, exclude_batch=self.batch_id)]
+    def _lake_rows(self, table: str, columns: list[str], days: list[dt.date] | None) -> tuple[str, dict] | None:
+        """SQL and parameters over the lake's `columns` of `table` (only `days` if given), without
+        this batch's rows; None when the lake has none."""
+        return rows_sql(self.lake, table, columns, days, exclude_batch=self.batch_id)
 
     def _lake_ids(self, table: str, column: str) -> str:
-        """Temp table of `column` over every lake partition of `table` (without this batch's files)."""
+        """Temp table of `column` over every lake partition of `table` (without this batch's rows)."""
         name = f"lake_{table}_{column}"
         if name not in self._temp_tables:
-            files = self._lake_files(table, None)
-            if files:
-                sql = f"CREATE TEMP TABLE {name} AS SELECT {ident(column)} FROM read_parquet($files)"
-                self.con.execute(sql, {"files": files})
+            if lake := self._lake_rows(table, [column], None):
+                self.con.execute(f"CREATE TEMP TABLE {name} AS {lake[0]}", lake[1])
             else:
                 self.con.execute(f"CREATE TEMP TABLE {name} ({ident(column)} BIGINT)")
             self._temp_tables.add(name)
@@ -180,25 +181,55 @@ class Validator:
         if table in ("users", "items"):
             source = self._lake_ids(table, key[0])
         else:
-            files = self._lake_files(table, self._touched_days(table))
-            if not files:
+            lake = self._lake_rows(table, list(key), self._touched_days(table))
+            if lake is None:
                 return None
             source = f"lake_keys_{table}"
-            keys = ", ".join(ident(k) for k in key)
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {source} AS SELECT {keys} FROM read_parquet($files)",
-                {"files": files},
-            )
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {source} AS {lake[0]}", lake[1])
         match = " AND ".join(f"l.{ident(k)} = c.{ident(k)}" for k in key)
         exists = f"EXISTS (SELECT 1 FROM {source} l WHERE {match})"
         return f"SELECT c._row, {idx}, NULL FROM data_{table} c WHERE {exists}"
 
+    def _category_conflicts(self, idx: int) -> str:
+        """Items whose category_l2 is already under another category_l1: in the lake (its smallest
+        l1 if it has several), else in the first item of this batch with that l2 among the rows
+        that pass the single-row rules. Leaves temp table l2_owner (l2 -> its l1) for the message."""
+        lake = self._lake_rows("items", ["category_l1", "category_l2"], None)
+        owners = (
+            f"SELECT category_l2, min(category_l1) AS category_l1 FROM ({lake[0]}) GROUP BY category_l2"
+            if lake
+            else "SELECT CAST(NULL AS VARCHAR) AS category_l2, CAST(NULL AS VARCHAR) AS category_l1 WHERE false"
+        )
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE l2_owner AS WITH lake AS ({owners}), batch AS ("
+            "SELECT category_l2, arg_min(category_l1, _row) AS category_l1 FROM data_items "
+            "WHERE _row NOT IN (SELECT _row FROM bad_items) GROUP BY category_l2) "
+            "SELECT category_l2, coalesce(l.category_l1, b.category_l1) AS category_l1 "
+            "FROM batch AS b LEFT JOIN lake AS l USING (category_l2)",
+            lake[1] if lake else None,
+        )
+        return (
+            f"SELECT c._row, {idx}, NULL FROM data_items c JOIN l2_owner o USING (category_l2) "
+            "WHERE c.category_l1 <> o.category_l1"
+        )
+
     def _late_queries(self, check: TableCheck) -> list[str]:
-        """Add the duplicate and reference rules to `check.rules`; return their failing-row queries."""
+        """Add the category (items), duplicate and reference rules to `check.rules`; return their
+        failing-row queries."""
         table = check.table
         key_field = ",".join(TABLES[table].key)
         late: list[tuple[Rule, str | None]] = []
         idx = len(check.rules)
+        if table == "items":
+            owner = "(SELECT o.category_l1 FROM l2_owner o WHERE o.category_l2 = data_items.category_l2)"
+            rule = Rule(
+                "invalid_value",
+                "category_l2",
+                "",
+                f"format('{{}} is already under category_l1 {{}} (an l2 belongs to one l1)', "
+                f"to_json(data_items.category_l2), to_json({owner}))",
+            )
+            late.append((rule, self._category_conflicts(idx)))
         late.append(
             (
                 Rule(
@@ -208,7 +239,7 @@ class Validator:
                     "format('duplicate key ({}): first seen at row {} of this batch', "
                     f"{key_repr(table)}, _first)",
                 ),
-                self._dup_in_batch(table, idx),
+                self._dup_in_batch(table, idx + len(late)),
             )
         )
         late.append(
@@ -220,7 +251,7 @@ class Validator:
                     "format('duplicate key ({}): already in the lake from another batch', "
                     f"{key_repr(table)})",
                 ),
-                self._dup_in_lake(table, idx + 1),
+                self._dup_in_lake(table, idx + len(late)),
             )
         )
         refs = [("users", "user_id", "unknown_user", c) for c in USER_REFS[table]]

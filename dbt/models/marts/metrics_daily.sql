@@ -17,6 +17,8 @@
 
 -- docs/METHODS.md "DAU and daily engagement" daily metrics per slice: everyone and each bucket (grouping sets over the active
 -- user-days), each segment (its memberships). A run for ds_from..ds replaces those days.
+-- Every day from the lake's first to its last day of events has a row for everyone ('all', 'all')
+-- and for each configured segment (segment, 'all'): dau 0 (counts 0, rates null) when no one was.
 with activity as (
     select a.*, a.day = u.signup_day as is_new
     from {{ ref('int_user_day_activity') }} as a
@@ -29,8 +31,37 @@ memberships as (
     where {{ day_window('day') }}
 ),
 
-slices as (
+active_slices as (
     {{ slice_rollup('activity', 'memberships', totals) }}
+),
+
+spine as (
+    select cast(s.day as date) as day
+    from (select min(day) as first_day, max(day) as last_day from {{ ref('stg_events') }}) as bounds,
+        generate_series(bounds.first_day, bounds.last_day, interval 1 day) as s(day)
+    where {{ day_window('cast(s.day as date)') }}
+),
+
+empty_slices as (
+    select spine.day, s.segment
+    from spine
+    cross join (
+        select unnest([
+            'all'
+            {%- for segment in var('segments') %}, '{{ sql_identifier(segment["name"]) }}'{% endfor %}
+        ]::varchar[]) as segment
+    ) as s
+    anti join (select day, segment from active_slices where experiment_bucket = 'all') as a using (day, segment)
+),
+
+slices as (
+    select * from active_slices
+    union all by name
+    select
+        day, segment, 'all' as experiment_bucket, 0 as dau, 0 as new_users, 0 as sessions, 0 as impressions, 0 as clicks,
+        0 as likes, 0 as favorites, 0 as shares, 0 as comments, 0 as follows, cast(0 as double) as session_duration_s,
+        0 as publishing_volume, 0 as publishers
+    from empty_slices
 )
 
 select
@@ -54,8 +85,8 @@ select
     comments / nullif(clicks, 0) as comment_rate,
     follows / nullif(clicks, 0) as follow_rate,
     session_duration_s,
-    session_duration_s / dau as session_duration_s_per_dau,
+    session_duration_s / nullif(dau, 0) as session_duration_s_per_dau,
     publishing_volume,
     publishers,
-    publishers / dau as penetration_rate
+    publishers / nullif(dau, 0) as penetration_rate
 from slices
