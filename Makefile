@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 
@@ -18,6 +19,9 @@ BENCH_DIR ?= $(CURDIR)/bench-data
 ML_SRC ?= $(CURDIR)/../shared/data/movielens-100k
 ML_DIR ?= $(CURDIR)/movielens-data
 STUDY_DAYS ?= 14
+STUDY_CONFIG ?= config/playbook-study.yaml
+# each study config its own Airflow metadata (.airflow-playbook-study, .airflow-playbook-null)
+STUDY_AIRFLOW = $(CURDIR)/.airflow-$(notdir $(basename $(STUDY_CONFIG)))
 ML_SPLIT ?= 1998-03-31  # last training day: the last 10% of the ratings (1998-04-01..04-22) are the test
 
 .PHONY: install system-deps demo test airflow bench eval-movielens study clean
@@ -33,8 +37,8 @@ $(STAMP): pyproject.toml constraints.txt
 system-deps:  ## PostgreSQL and Chromium for the deployment and UI tests (apt-get; installs only what is missing)
 	bash scripts/install-system-deps.sh
 
-demo: $(STAMP)  ## simulate 30 days and run the nightly pipeline over them (every DAG, DuckDB), print a summary
-	$(BIN)/recpipe demo
+demo: $(STAMP)  ## the closed loop (config/demo.yaml): organic warm-up, then 2 days served by the recommendation path to an experiment's arms; its readout
+	$(BIN)/recpipe --config config/demo.yaml demo
 
 test: $(STAMP) system-deps  ## the whole test suite
 	$(BIN)/python -m pytest
@@ -53,13 +57,14 @@ bench: $(STAMP)  ## benchmarks (not tests): simulator, loader, metric marts, Ite
 	$(BIN)/python benchmarks/bench_two_tower.py --examples 250000 --threads 1
 	$(BIN)/python benchmarks/bench_ann.py --n 1000000 --dim 64 --queries 1000
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_closed_loop_day.py --data-dir $(BENCH_DIR)/closed_loop_day
 
 eval-movielens: $(STAMP)  ## MovieLens 100K through the input contract, then the offline retrieval and funnel evaluations (temporal split)
 	bash scripts/evaluate-movielens.sh $(ML_SRC) $(ML_DIR) $(ML_SPLIT)
 
-study: $(STAMP)  ## the playbook study: the closed loop, one arm per method against a baseline, then its readout (data-study/)
-	AIRFLOW_HOME=$(CURDIR)/data-study/.airflow $(BIN)/recpipe --config config/playbook-study.yaml experiment run playbook --days $(STUDY_DAYS)
-	AIRFLOW_HOME=$(CURDIR)/data-study/.airflow $(BIN)/recpipe --config config/playbook-study.yaml experiment readout playbook
+study: $(STAMP)  ## the playbook study: the closed loop, one arm per method against a baseline, then its readout (data-study/; STUDY_CONFIG=config/playbook-null.yaml: the levers at 0)
+	AIRFLOW_HOME=$(STUDY_AIRFLOW) $(BIN)/recpipe --config $(STUDY_CONFIG) experiment run playbook --days $(STUDY_DAYS)
+	AIRFLOW_HOME=$(STUDY_AIRFLOW) $(BIN)/recpipe --config $(STUDY_CONFIG) experiment readout playbook
 
 clean:
-	rm -rf data data-study .airflow reports bench-data test-artifacts movielens-data
+	rm -rf data data-study data-study-null .airflow .airflow-* reports bench-data test-artifacts movielens-data

@@ -28,12 +28,12 @@ import torch
 from models.common.features import lookup, to_item_rows, user_features
 from models.common.tables import Exposures
 from models.ranking.features import context_features
-from models.ranking.full import predict_proba
+from models.ranking.full import predict_proba_by_user
 from models.ranking.pre import score_logits
 from models.retrieval import ann
 from models.retrieval.retriever import top_k_rows
 from models.retrieval.two_tower import user_vectors
-from models.serving.diversity import dpp, interest_then_diverse_rows, mmr
+from models.serving.diversity import Selection, dpp, interest_then_diverse_rows, mmr
 from models.serving.exploration import exploration_slots, interleave
 from models.serving.fusion import BONUS_HEADS, fusion_score, fusion_terms
 from tasks.core.config import ALL, RANKING_HEADS, ChannelConfig, StrategyConfig
@@ -243,11 +243,11 @@ def prerank_scores(ctx: ServingContext, s: StrategyConfig, exposures: Exposures)
     encoded = model.eval().encode_users(torch.from_numpy(user_features(vocabs, ctx.users, users)), torch.from_numpy(seq))
     pos, known = lookup(exposures.item_id, ctx.catalogue.item_id)
     unknown = model.encode_items(torch.zeros((1, tables.items.shape[1]), dtype=torch.int64)).numpy()
-    vectors = np.where(known[:, None], tables.vectors[pos], unknown) if len(tables.vectors) else unknown
     out = np.empty((len(exposures), model.n_targets), np.float32)
     for lo in range(0, len(exposures), PRERANK_BLOCK):
         hi = lo + PRERANK_BLOCK
-        logits = score_logits(encoded[torch.from_numpy(row_user[lo:hi])], torch.from_numpy(vectors[lo:hi]), model.bias)
+        vectors = np.where(known[lo:hi, None], tables.vectors[pos[lo:hi]], unknown) if len(tables.vectors) else unknown
+        logits = score_logits(encoded[torch.from_numpy(row_user[lo:hi])], torch.from_numpy(vectors), model.bias)
         out[lo:hi] = torch.sigmoid(logits).numpy()
     return out, tuple(version.meta["targets"])
 
@@ -256,7 +256,8 @@ def full_scores(ctx: ServingContext, exposures: Exposures) -> np.ndarray | None:
     """(n, len(RANKING_HEADS)) full-ranker probabilities, or None without a full ranker; for the
     users of the special groups, corrected by the residual model (in logit space) and the
     calibrator where they are trained (docs/METHODS.md "Special user groups"). The inputs of
-    `models.ranking.features.ranking_features`, each distinct user's rows and sequence built once."""
+    `models.ranking.features.ranking_features`, each distinct user's rows and sequence built and
+    encoded once (`predict_proba_by_user`)."""
     if ctx.full is None:
         return None
     _check_served_day(ctx, exposures)
@@ -265,8 +266,8 @@ def full_scores(ctx: ServingContext, exposures: Exposures) -> np.ndarray | None:
     table = ctx.full_tables.items
     cat_rows, found = lookup(exposures.item_id, ctx.catalogue.item_id)
     seq = ctx.full_runs.latest(users, version.meta["config"]["full"]["sequence_length"])
-    p = predict_proba(model, user_features(vocabs, ctx.users, users)[row_user], table[np.where(found, cat_rows + 1, 0)],
-                      context_features(exposures, ctx.catalogue), table[seq + 1][row_user])
+    p = predict_proba_by_user(model, user_features(vocabs, ctx.users, users), table[seq + 1],
+                              table[np.where(found, cat_rows + 1, 0)], context_features(exposures, ctx.catalogue), row_user)
     if ctx.residual is None and ctx.calibrator is None:
         return p
     names = {g for u in users for g in ctx.user_segments(u)}
@@ -425,13 +426,19 @@ class _Clock:
 
 
 def _diversify(s: StrategyConfig, score: np.ndarray, vectors: np.ndarray, categories: np.ndarray,
-               clusters: np.ndarray, k: int):
-    """The ranked part of the feed: DPP, MMR, or (none) the scores' order, under the spacing rules."""
+               clusters: np.ndarray, k: int) -> Selection:
+    """The ranked part of the feed: DPP, MMR, or (none) the scores' order, under the spacing rules.
+    Without diversity no similarity is computed (MMR with η = 1 on zero-width vectors), and without
+    spacing rules either the order is a stable sort (the greedy loop's order: ties to the lower index)."""
     d = s.diversity
     kw = {"categories": categories, "clusters": clusters, "category_gap": d.category_gap, "cluster_gap": d.cluster_gap}
     if d.method == "dpp":  # the DPP window counts the new pick: w + 1 conditions on the last w picks
         return dpp(score, vectors, k, d.eta, window=d.window + 1, **kw)
-    return mmr(score, vectors, k, d.eta if d.method == "mmr" else 1.0, window=d.window, **kw)
+    if d.method == "mmr":
+        return mmr(score, vectors, k, d.eta, window=d.window, **kw)
+    if d.category_gap <= 0 and d.cluster_gap <= 0:
+        return Selection(np.argsort(-score, kind="stable")[:k], np.zeros(0, np.int64))
+    return mmr(score, vectors[:, :0], k, 1.0, window=d.window, **kw)
 
 
 def _exploration_pool(ctx: ServingContext, s: StrategyConfig, segments: tuple[str, ...]) -> np.ndarray:
