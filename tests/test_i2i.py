@@ -12,6 +12,7 @@ from models.common.tables import Catalogue, Events
 from models.retrieval import i2i
 from models.retrieval.cf_common import cap_users_per_item, top_k_per_row
 from models.retrieval.i2i_reference import swing_reference
+from models.retrieval.retriever import top_k_rows
 from tasks.core.config import ItemCFConfig, RetrievalConfig, SwingConfig
 
 TOL = 1e-9
@@ -108,6 +109,21 @@ def test_top_k_per_row_orders_by_score_then_column() -> None:
     order = np.lexsort((np.broadcast_to(np.arange(3000), dense.shape), -dense), axis=1)[:, :25]
     assert np.array_equal(cols, order)
     assert np.array_equal(vals, np.take_along_axis(dense, order, axis=1))
+
+
+def test_top_k_rows_keeps_the_lowest_columns_tied_at_the_cut() -> None:
+    """Dense top-k (the channels' retrieval): score descending, then column ascending, also for the
+    items tied exactly at the k-th score; excluded and -inf cells never returned."""
+    rng = np.random.default_rng(3)
+    dense = np.round(rng.random((60, 400)), 1)  # 11 distinct values: ties everywhere, at every cut
+    dense[5] = 0.0  # a row tied throughout
+    exclude = sp.csr_matrix((rng.random((60, 400)) < 0.1).astype(float))
+    got = top_k_rows(dense, 37, exclude)
+    masked = np.where(exclude.toarray() > 0, -np.inf, dense)
+    order = np.lexsort((np.broadcast_to(np.arange(400), dense.shape), -masked), axis=1)[:, :37]
+    want = np.where(np.take_along_axis(masked, order, axis=1) == -np.inf, -1, order)
+    assert np.array_equal(got, want)
+    assert got[5].tolist() == [c for c in range(400) if not exclude[5, c]][:37]
 
 
 def test_cap_keeps_each_items_lowest_priority_users() -> None:

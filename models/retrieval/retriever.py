@@ -43,7 +43,8 @@ def seen_matrix(events: Events, user_ids: np.ndarray, n_items: int) -> sp.csr_ma
 
 def top_k_rows(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
     """Top-k columns of each row of a dense score matrix (best first, -1 where the score is -inf),
-    after setting the excluded (user, item) cells to -inf."""
+    after setting the excluded (user, item) cells to -inf. Ties, also at the cut: the lower column
+    first (docs/METHODS.md "Offline retrieval evaluation", Top-K cut)."""
     scores = np.array(scores, dtype=np.float64, copy=True)
     if exclude is not None and exclude.nnz:
         r, c = exclude.nonzero()
@@ -51,6 +52,15 @@ def top_k_rows(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None)
     k_eff = min(k, scores.shape[1])
     part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff else np.zeros((len(scores), 0), int)
     part_scores = np.take_along_axis(scores, part, axis=1)
+    if k_eff:
+        # argpartition keeps an arbitrary subset of the items tied with the k-th best score: where
+        # it left one out, take every item above that score and the lowest columns equal to it.
+        kth = part_scores.min(axis=1, keepdims=True)
+        cut_ties = np.isfinite(kth[:, 0]) & ((scores == kth).sum(axis=1) > (part_scores == kth).sum(axis=1))
+        for row in np.flatnonzero(cut_ties):
+            above = np.flatnonzero(scores[row] > kth[row, 0])
+            part[row] = np.concatenate([above, np.flatnonzero(scores[row] == kth[row, 0])[: k_eff - len(above)]])
+        part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -part_scores), axis=1)  # score desc, then row id (deterministic ties)
     best = np.take_along_axis(part, order, axis=1)
     best = np.where(np.take_along_axis(part_scores, order, axis=1) == -np.inf, -1, best)
