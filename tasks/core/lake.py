@@ -176,23 +176,29 @@ def _literal(path: Path) -> str:
 
 def scan_sql(lake: Path, table: str) -> str | None:
     """SQL over every row of a lake table with its day `dt` (DATE), whatever the layout: day files
-    (the day from their folder) and month files (the day from their `dt`, minus the rows that a day
-    file of the same day and batch shadows). Columns missing from older files read as NULL. None
-    while the table has no files; once it has, the SQL does not depend on which files exist, so a
+    (the day from their hive folder, so a filter on `dt` reads only that day's folders) and month
+    files (the day from their `dt` column, minus the rows that a day file of the same day and batch
+    shadows). Columns missing from older files read as NULL. None while the table has no files; once
+    it has, the SQL does not depend on which files exist (an empty layout reads as no rows), so a
     view over it stays right through compaction."""
     folder = lake.resolve() / table
     if not any(folder.glob("*=*/*.parquet")):
         return None
     columns = ", ".join(f'"{f.name}"' for f in schema_of(table))
-    typed = ", ".join(f'CAST(NULL AS {_SQL_TYPES[f.type]}) AS "{f.name}"' for f in month_schema(table))
-    files, day_files = _literal(folder / "*=*" / "*.parquet"), _literal(folder / "dt=*" / "batch-*.parquet")
+    typed_day = ", ".join(f'CAST(NULL AS {_SQL_TYPES[f.type]}) AS "{f.name}"' for f in schema_of(table))
+    typed_month = ", ".join(f'CAST(NULL AS {_SQL_TYPES[f.type]}) AS "{f.name}"' for f in month_schema(table))
+    day_files = _literal(folder / "dt=*" / "*.parquet")
+    month_files = _literal(folder / "month=*" / "*.parquet")
+    batch_files = _literal(folder / "dt=*" / "batch-*.parquet")
     return (
-        f"SELECT {columns}, coalesce({DAY_COLUMN}, TRY_CAST(regexp_extract(filename, '/dt=([0-9-]+)/[^/]+$', 1) "
-        f"AS DATE)) AS {DAY_COLUMN} FROM (SELECT * FROM read_parquet({files}, union_by_name = true, "
-        f"filename = true, hive_partitioning = false) UNION ALL BY NAME SELECT {typed}, "
-        f"CAST(NULL AS VARCHAR) AS filename WHERE false) WHERE {BATCH_COLUMN} IS NULL OR "
-        f"'dt=' || strftime({DAY_COLUMN}, '%Y-%m-%d') || '/batch-' || {BATCH_COLUMN} || '.parquet' "
-        f"NOT IN (SELECT regexp_extract(file, '[^/]+/[^/]+$') FROM glob({day_files}))"
+        f"SELECT {columns}, {DAY_COLUMN} FROM (SELECT * FROM read_parquet({day_files}, hive_partitioning = true, "
+        f"hive_types = {{'{DAY_COLUMN}': DATE}}, union_by_name = true, allow_empty = true) "
+        f"UNION ALL BY NAME SELECT {typed_day}, CAST(NULL AS DATE) AS {DAY_COLUMN} WHERE false) "
+        f"UNION ALL BY NAME "
+        f"SELECT {columns}, {DAY_COLUMN} FROM (SELECT * FROM read_parquet({month_files}, hive_partitioning = false, "
+        f"union_by_name = true, allow_empty = true) UNION ALL BY NAME SELECT {typed_month} WHERE false) "
+        f"WHERE 'dt=' || strftime({DAY_COLUMN}, '%Y-%m-%d') || '/batch-' || {BATCH_COLUMN} || '.parquet' "
+        f"NOT IN (SELECT regexp_extract(file, '[^/]+/[^/]+$') FROM glob({batch_files}))"
     )
 
 
