@@ -139,12 +139,14 @@ def test_landing_batch_with_bad_rows_is_quarantined_and_alerted(airflow_platform
     assert alert["severity"] == "warning"
 
 
-def test_failing_task_raises_task_failure_alert(airflow_platform) -> None:
-    data, env = airflow_platform(ingest={"source": "landing"}, airflow={"retries": 0})
+def test_a_rejected_batch_fails_at_once_with_one_alert(airflow_platform) -> None:
+    """A batch that cannot be loaded (a required column missing) is a data-quality rejection: the
+    task fails without its retry, and the one alert is the loader's, naming the column."""
+    data, env = airflow_platform(ingest={"source": "landing"}, airflow={"retries": 2})
     broken = EVENTS.replace("event_type,", "kind,")  # a required column is missing
     _write_batch(data / "landing" / "dt=2026-01-03", {"users.csv": USERS, "items.csv": ITEMS, "events.csv": broken})
     run = _dags_test("2026-01-03", env)
     assert "failed" in (run.stdout + run.stderr).lower()
-    failures = [a for a in _alerts(data) if a["kind"] == "task_failure"]
-    assert failures and failures[0]["source"] == "ingest.load_batch"
-    assert "event_type" in failures[0]["details"]["error"]
+    (alert,) = _alerts(data)
+    assert alert["kind"] == "data_quality" and alert["source"] == "recpipe.load"
+    assert "event_type" in alert["details"]["error"]

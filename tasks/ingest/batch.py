@@ -18,13 +18,15 @@ from typing import Literal
 import pyarrow.parquet as pq
 
 from tasks.core.contract import LOAD_ORDER, TABLES
+from tasks.ops.alerts import DataQualityRejected
 
 FORMATS: tuple[str, ...] = ("csv", "parquet")
 _DAY_FOLDER = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
 
-class BatchError(ValueError):
-    """A whole-file problem: the batch cannot be loaded at all (names the file and column)."""
+class BatchError(DataQualityRejected, ValueError):
+    """A whole-file problem: the batch cannot be loaded at all (names the file and column). Loading
+    raises its data-quality alert first, so the ingest task fails at once, with that one alert."""
 
 
 @dataclass(frozen=True)
