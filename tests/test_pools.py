@@ -117,7 +117,6 @@ def _expected_members(cfg: PlatformConfig, pool: PoolConfig, as_of: dt.datetime)
     return pd.concat(rows)[["segment", "item_id", "score", "rank"]].reset_index(drop=True)
 
 
-@pytest.mark.parametrize("name", ["pool_1d", "female_18_24_pool", "follow_promoting"])
 def _airflow_env(tmp_path: Path, config: Path) -> dict[str, str]:
     """The environment of a `recpipe` / `airflow` subprocess: its own Airflow home, the config `config`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
@@ -129,6 +128,7 @@ def _airflow_env(tmp_path: Path, config: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.parametrize("name", ["pool_1d", "female_18_24_pool", "follow_promoting"])
 def test_members_match_an_independent_computation(built: PlatformConfig, name: str) -> None:
     cfg = built
     pool = cfg.pool(name)
