@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.core.config import ALL, ConfigError, PlatformConfig, load_config
+from tasks.core.config import ALL, ConfigError, ExperimentConfig, PlatformConfig, load_config
 
 log = logging.getLogger("recpipe")
 # Each command imports its domain modules when it runs: importing all of them (torch, GX, Airflow,
@@ -109,7 +109,7 @@ def _cmd_demo(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         print("recpipe: the demo runs the config's first experiment; `experiments:` is empty", file=sys.stderr)
         return 2
     experiment = cfg.experiments[0]
-    status = _run_experiment(cfg, experiment.name, args.days, args.verbose)
+    status = _run_experiment(cfg, experiment, args.days, args.verbose)
     if status:
         return status
     table = readout_table(cfg, experiment.name)
@@ -394,7 +394,7 @@ def _cmd_experiment(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         with pd_options():
             print(readout_table(cfg, experiment.name).to_string(index=False))
         return 0
-    return _run_experiment(cfg, experiment.name, args.days, args.verbose)
+    return _run_experiment(cfg, experiment, args.days, args.verbose)
 
 
 def _experiment_validity(cfg: PlatformConfig, args: argparse.Namespace) -> int:
@@ -410,14 +410,13 @@ def _experiment_validity(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_experiment(cfg: PlatformConfig, name: str, days: int, verbose: bool) -> int:
-    """The closed loop through experiment `name`'s first `days` served days: one progress line per
+def _run_experiment(cfg: PlatformConfig, experiment: ExperimentConfig, days: int, verbose: bool) -> int:
+    """The closed loop through `experiment`'s first `days` served days: one progress line per
     simulated day, the Airflow/dbt/task logs in the loop's log file (on the terminal if `verbose`)."""
     from tasks.core.console import progress, quiet, terminal
     from tasks.experiments.loop import first_served_day, is_closed_loop, log_path, run_loop
     from tasks.orchestration.local_airflow import DagRunFailed, run_dag_for_days, setup_metadata
 
-    experiment = cfg.experiment(name)
     if not is_closed_loop(cfg):
         print("recpipe: the closed loop needs `simulator.exposure_policy: recpipe` in the config "
               "(the simulator is then served by the recommendation path)", file=sys.stderr)

@@ -13,16 +13,16 @@ from typing import TextIO
 _TERMINALS: list[TextIO] = []  # the terminal streams of the active logs_to_file blocks, innermost last
 
 
-def progress(line: str) -> None:
-    """Write one progress line to the terminal, also while the logs go to a file."""
-    stream = _TERMINALS[-1] if _TERMINALS else sys.stdout
-    stream.write(line + "\n")
-    stream.flush()
-
-
 def terminal() -> TextIO:
     """The terminal stream (for a progress bar), also while the logs go to a file."""
     return _TERMINALS[-1] if _TERMINALS else sys.stdout
+
+
+def progress(line: str) -> None:
+    """Write one progress line to the terminal, also while the logs go to a file."""
+    stream = terminal()
+    stream.write(line + "\n")
+    stream.flush()
 
 
 @contextlib.contextmanager
