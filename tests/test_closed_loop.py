@@ -131,6 +131,28 @@ def test_served_days_follow_each_users_arm(loop) -> None:
     assert share["more"] > share["control"] > 0.0
 
 
+def test_the_served_nights_gate_compares_with_popularity_on_the_clicks_no_model_chose(loop) -> None:
+    """The night of the served day scores popularity on the clicks of impressions no model chose
+    (channel organic_fill or the exploration pool; any click of the user on the item through a
+    served impression counts as chosen), over the users who have one: recomputed from the lake."""
+    data, _, _ = loop
+    events = _events(data)
+    events["day"] = pd.to_datetime(events.ts).dt.date
+    items = ds.dataset(data / "lake" / "items", format="parquet", partitioning="hive").to_table().to_pandas()
+    catalogue = set(items.item_id[pd.to_datetime(items.publish_ts).dt.date < LAST])
+    clicks = events[(events.event_type == "click") & (events.day == LAST) & events.item_id.isin(catalogue)]
+    unchosen = clicks.channel.isin(["organic_fill", "exploration"])
+    chosen_pairs = set(zip(clicks.user_id[~unchosen], clicks.item_id[~unchosen]))
+    kept = clicks[unchosen & ~pd.Series(list(zip(clicks.user_id, clicks.item_id)), index=clicks.index).isin(chosen_pairs)]
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute("select channel, version, value, n_users from retrieval_eval where metric = 'recall_unchosen' "
+                           "and day = ?", [LAST - dt.timedelta(days=1)]).df()
+    assert kept.user_id.nunique() > 0, "the `more` arm's exploration slots give clicks no model chose"
+    popularity = rows[rows.channel == "popularity"]
+    assert len(popularity) == 1 and popularity.n_users.iloc[0] == kept.user_id.nunique()
+    assert (rows.n_users == kept.user_id.nunique()).all() and rows.value.between(0, 1).all()
+
+
 def test_the_readout_of_the_served_day_matches_the_lake(loop) -> None:
     """DAU per arm = users active on the served day / users assigned (signed up by then), from the
     lake's Parquet and the assignments; and `recpipe experiment readout` prints every arm."""

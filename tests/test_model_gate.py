@@ -2,7 +2,8 @@
 CI of the relative Recall drop against the delta method and an exact case, its determinism, per-user recall
 against `recall_at_k`, and the gate over hand-written evaluation tables: a noisy but clean candidate
 whose point drop exceeds max_recall_drop passes, a planted regression is rejected with the numbers
-in its alert, a first version passes."""
+in its alert, a first version passes; on a closed-loop night the comparison with popularity is made on
+the clicks no model chose, or skipped when too few users have one and a current version vouches."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tasks.core.eval_metrics import recall_at_k, user_recall
 from tasks.core.warehouse import connect
 from tasks.ops.alerts import DataQualityRejected, read_alerts
 from tasks.retrieval import nightly
-from tasks.retrieval.evaluate import write_results, write_user_recall
+from tasks.retrieval.evaluate import UNCHOSEN, write_results, write_user_recall
 
 MODEL, K = "two_tower", 50
 DS = dt.date(2026, 1, 20)
@@ -86,15 +87,23 @@ def _versions(cfg: PlatformConfig, current: bool) -> tuple[str, str | None]:
     return artifacts.publish(store, lambda folder: {}, {"model": MODEL}, make_current=False).name, old
 
 
-def _evaluation(cfg: PlatformConfig, recalls: dict[str, np.ndarray], popularity: float) -> None:
-    """retrieval_eval and retrieval_eval_users rows of the night of DS for the given versions."""
+def _evaluation(cfg: PlatformConfig, recalls: dict[str, np.ndarray], popularity: float,
+                unchosen: tuple[int, dict[str, float], float] | None = None) -> None:
+    """retrieval_eval and retrieval_eval_users rows of the night of DS for the given versions; with
+    `unchosen` (users, each version's recall, popularity's), the rows of a closed-loop night's clicks
+    that no model chose."""
     day = nightly.training_day(DS)
     users = np.arange(1, len(next(iter(recalls.values()))) + 1)
     run = {"day": day, "eval_days": 1, "train_window_days": cfg.retrieval.train_window_days, "segment": ALL, "k": K,
            "metric": "recall", "ci_low": None, "ci_high": None, "n_users": len(users), "below_min_users": False}
-    write_results(cfg, pd.DataFrame(
-        [{**run, "channel": MODEL, "version": v, "value": r.mean()} for v, r in recalls.items()]
-        + [{**run, "channel": "popularity", "version": "", "value": popularity}]))
+    rows = ([{**run, "channel": MODEL, "version": v, "value": r.mean()} for v, r in recalls.items()]
+            + [{**run, "channel": "popularity", "version": "", "value": popularity}])
+    if unchosen:
+        n, versions, pop = unchosen
+        extra = {**run, "metric": UNCHOSEN, "n_users": n}
+        rows += ([{**extra, "channel": MODEL, "version": v, "value": r} for v, r in versions.items()]
+                 + [{**extra, "channel": "popularity", "version": "", "value": pop}])
+    write_results(cfg, pd.DataFrame(rows))
     write_user_recall(cfg, pd.concat([pd.DataFrame({"day": day, "channel": MODEL, "version": v, "k": K, "user_id": users,
                                                     "recall": r}) for v, r in recalls.items()]))
 
@@ -142,3 +151,44 @@ def test_a_first_version_is_accepted_with_the_usual_checks(platform: PlatformCon
         nightly.gate(platform, MODEL, candidate, DS)
     assert isinstance(e.value, DataQualityRejected)  # the DAGs fail it at once, without a retry
     assert read_alerts(platform)[-1]["title"].endswith("rejected; no previous version: two_tower has none yet")
+
+
+def test_a_closed_loop_night_compares_with_popularity_on_the_clicks_no_model_chose(platform: PlatformConfig) -> None:
+    """Served clicks favour popularity (0.7 on all clicks); on the 300 users' unchosen clicks the
+    candidate beats it (0.25 vs 0.10): passed, the table says on which clicks."""
+    candidate, current = _versions(platform, current=True)
+    cand_recall, cur_recall = _pair(400, 0.0, seed=9)
+    _evaluation(platform, {candidate: cand_recall, current: cur_recall}, popularity=0.7,
+                unchosen=(300, {candidate: 0.25, current: 0.24}, 0.10))
+    row = nightly.gate(platform, MODEL, candidate, DS)
+    assert row["passed"] and row["baseline_clicks"] == "unchosen" and row["baseline_users"] == 300
+    assert (row["candidate_baseline_recall"], row["popularity_recall"]) == (0.25, 0.10)
+
+    _evaluation(platform, {candidate: cand_recall, current: cur_recall}, popularity=0.7,
+                unchosen=(300, {candidate: 0.05, current: 0.24}, 0.10))
+    with pytest.raises(nightly.ModelRejected, match="popularity"):
+        nightly.gate(platform, MODEL, candidate, DS)
+
+
+def test_too_few_unchosen_clicks_skip_the_comparison_when_a_current_version_vouches(platform: PlatformConfig) -> None:
+    """12 users with unchosen clicks (< min_users 200): with a current version the night decides on
+    the paired comparison alone and says so; a first version must beat popularity on all clicks."""
+    candidate, current = _versions(platform, current=True)
+    cand_recall, cur_recall = _pair(400, 0.0, seed=9)
+    _evaluation(platform, {candidate: cand_recall, current: cur_recall}, popularity=0.7,
+                unchosen=(12, {candidate: 0.0, current: 0.0}, 0.5))
+    row = nightly.gate(platform, MODEL, candidate, DS)
+    assert row["passed"] and row["baseline_clicks"] == nightly.INCONCLUSIVE and row["popularity_recall"] is None
+    assert row["gate_reason"].endswith("popularity comparison skipped: 12 users with clicks no model chose "
+                                       "(< min_users 200)")
+    assert _gate_table(platform).baseline_users.iloc[-1] == 12
+
+
+def test_a_first_version_on_a_closed_loop_night_with_few_unchosen_clicks_must_beat_popularity_on_all(
+        platform: PlatformConfig) -> None:
+    first, _ = _versions(platform, current=False)
+    _evaluation(platform, {first: np.full(400, 0.2)}, popularity=0.7, unchosen=(12, {first: 0.5}, 0.0))
+    with pytest.raises(nightly.ModelRejected, match="popularity"):
+        nightly.gate(platform, MODEL, first, DS)
+    row = _gate_table(platform).iloc[-1]
+    assert row.baseline_clicks == "all" and row.popularity_recall == 0.7 and row.candidate_baseline_recall == 0.2

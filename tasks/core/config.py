@@ -853,6 +853,12 @@ class PlatformConfig(_Strict):
                 return p
         raise KeyError(f"no pool {name!r}; configured: {[p.name for p in self.pools]}")
 
+    def exploration_pools(self) -> set[str]:
+        """The exploration pools of every strategy and experiment arm: the `channel` labels of the
+        exploration slots of served feeds."""
+        arms = [self.arm_strategy(e, arm) for e in self.experiments for arm in e.arms]
+        return {s.exploration.pool for s in (*self.serving.strategies.values(), *arms)}
+
     # Resolved locations -------------------------------------------------------------------
     @property
     def data_root(self) -> Path:

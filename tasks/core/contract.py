@@ -23,6 +23,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "publish",
     "offsite_visit",
 )
+# events.channel of an impression the closed loop filled with the organic policy, beyond a served feed
+# (exploration slots carry their pool's name): with null, the labels of exposures no model chose.
+FILL_CHANNEL = "organic_fill"
 # Event types that are about one item: item_id must be set.
 ITEM_EVENT_TYPES: tuple[str, ...] = (
     "impression",

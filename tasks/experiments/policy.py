@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.config import PlatformConfig
+from tasks.core.contract import FILL_CHANNEL
 from tasks.experiments.assignment import arm_index, is_served, strategy_keys, strategy_of_key
 from tasks.experiments.loop import first_served_day, is_closed_loop
 from tasks.serving.batch import BLOCK_USERS
@@ -29,7 +30,6 @@ from tasks.simulator import ExposureContext, ExposurePolicy, Served, get_policy
 
 log = logging.getLogger(__name__)
 ORGANIC = "default"  # the built-in organic policy: warm-up days and fill beyond a feed
-FILL_CHANNEL = "organic_fill"
 
 
 def policy_for_day(cfg: PlatformConfig, day: dt.date) -> ExposurePolicy:

@@ -14,6 +14,12 @@ version): a run with other settings or of another day is added to the history, r
 one replaces its rows. The nightly gate also keeps each user's Recall@K of the versions it
 compares in `retrieval_eval_users` (day, channel, version, k, user_id, recall), so that the
 comparison can be paired over users.
+
+Clicks on exposures the recommendation path chose (events.channel naming its retrieval channels)
+favour what served them: tomorrow's clicks fall on today's feeds (docs/METHODS.md "Closed-loop
+feedback in the gates"). `EvalData.unchosen` keeps, per user, the clicks no model chose: on
+impressions of the organic policy (channel null, or organic fill beyond a feed) and of exploration
+slots (drawn at random from their pool).
 """
 
 from __future__ import annotations
@@ -37,12 +43,14 @@ from models.retrieval.retriever import Popularity, Retriever
 from models.retrieval.two_tower_retriever import TwoTowerRetriever
 from tasks.core import eval_metrics as m
 from tasks.core.config import ALL, EvaluationConfig, PlatformConfig
+from tasks.core.contract import FILL_CHANNEL
 from tasks.core.warehouse import replace_rows, table_names
 from tasks.retrieval.data import connect_read, load_catalogue, load_events, load_follows, load_implicit_follows
 from tasks.retrieval.two_tower import load_users, train
 
 log = logging.getLogger(__name__)
 RUN_KEY = ("day", "eval_days", "train_window_days")  # with channel and version: one evaluation run
+UNCHOSEN = "recall_unchosen"  # metric: Recall@K on the clicks no model chose (days with served clicks)
 RESULT_COLUMNS = (*RUN_KEY, "channel", "version", "segment", "k", "metric", "value", "ci_low", "ci_high", "n_users",
                   "below_min_users")
 WARM, COLD = "with_history", "without_history"  # users with / without a training positive
@@ -63,6 +71,9 @@ class EvalData:
     tail: np.ndarray  # bool over catalogue rows
     follows: tuple[np.ndarray, np.ndarray]  # explicit (user_id, author_id) as of `day`
     implicit_follows: tuple[np.ndarray, np.ndarray, np.ndarray]  # (user_id, author_id, affinity) of `day`
+    unchosen: list[np.ndarray]  # per user, the catalogue rows of `truth` clicked on an exposure no model chose
+    served_clicks: int  # clicks of the evaluation days on exposures the recommendation path chose
+
 
 
 def load_eval_data(cfg: PlatformConfig, day: dt.date, eval_days: int = 1) -> EvalData:
@@ -73,6 +84,7 @@ def load_eval_data(cfg: PlatformConfig, day: dt.date, eval_days: int = 1) -> Eva
         catalogue = load_catalogue(con, day)
         train = load_events(con, catalogue, cfg.retrieval.positive_event, first, day)
         future = load_events(con, catalogue, "click", day + dt.timedelta(days=1), last)
+        served = _served_clicks(con, cfg, day + dt.timedelta(days=1), last)
         memberships = _segments(con, day + dt.timedelta(days=1), last)
         follows, implicit = load_follows(con, day), load_implicit_follows(con, day)
     if not len(future):
@@ -80,11 +92,42 @@ def load_eval_data(cfg: PlatformConfig, day: dt.date, eval_days: int = 1) -> Eva
     order = np.argsort(future.user_id, kind="stable")
     users, starts = np.unique(future.user_id[order], return_index=True)
     truth = [np.unique(t) for t in np.split(future.item[order], starts[1:])]
+    unchosen = _unchosen(users, truth, served, catalogue) if len(served) else truth
     segments = scored_day_segments(users, np.minimum.reduceat(future.day[order], starts), memberships)
     tail = m.tail_items(train.item, len(catalogue), cfg.evaluation.tail_share)
-    log.info("evaluation %s: %d catalogue items, %d training positives (%s..%s), %d users with %d next-day clicks",
-             day, len(catalogue), len(train), first, day, len(users), len(future))
-    return EvalData(day, eval_days, window, catalogue, train, users, truth, segments, tail, follows, implicit)
+    log.info("evaluation %s: %d catalogue items, %d training positives (%s..%s), %d users with %d next-day clicks "
+             "(%d on exposures the recommendation path chose)", day, len(catalogue), len(train), first, day,
+             len(users), len(future), len(served))
+    return EvalData(day, eval_days, window, catalogue, train, users, truth, segments, tail, follows, implicit,
+                    unchosen, len(served))
+
+
+def _unchosen(users: np.ndarray, truth: list[np.ndarray], served: pd.DataFrame, catalogue: Catalogue) -> list[np.ndarray]:
+    """Each user's truth without the items of `served` (user_id, item_id) clicks."""
+    lengths = np.array([len(t) for t in truth])
+    rows = np.concatenate(truth)
+    keys = np.repeat(users, lengths).astype(np.int64) * len(catalogue) + rows
+    known = np.isin(served.item_id.to_numpy(np.int64), catalogue.item_id)
+    chosen = served.user_id.to_numpy(np.int64)[known] * len(catalogue) + catalogue.index(
+        served.item_id.to_numpy(np.int64)[known])
+    keep = ~np.isin(keys, chosen)
+    return [r[k] for r, k in zip(np.split(rows, np.cumsum(lengths)[:-1]), np.split(keep, np.cumsum(lengths)[:-1]))]
+
+
+def _served_clicks(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """(user_id, item_id) of the clicks of days first..last on exposures a model chose: a `channel`
+    other than null, organic fill and the exploration pools (none on a lake without the column)."""
+    if "channel" not in {r[0] for r in con.execute("describe raw.events").fetchall()}:
+        return pd.DataFrame({"user_id": pd.Series(dtype="int64"), "item_id": pd.Series(dtype="int64")})
+    unchosen = sorted({FILL_CHANNEL, *cfg.exploration_pools()})
+    return con.execute(
+        f"""
+        select distinct user_id, item_id from raw.events
+        where event_type = 'click' and dt between ? and ? and item_id is not null
+          and channel is not null and channel not in ({", ".join("?" * len(unchosen))})
+        """,
+        [first, last, *unchosen],
+    ).df()
 
 
 def _segments(con: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date) -> pd.DataFrame:
@@ -170,6 +213,22 @@ def few_users_warning(results: pd.DataFrame, min_users: int) -> str | None:
     return (f"fewer users scored than evaluation.min_users = {min_users} in {len(small)} group(s): "
             + ", ".join(f"{g} ({n})" for g, n in small.items())
             + "; their confidence intervals are wide, read the numbers with care")
+
+
+def unchosen_recall(data: EvalData, retrieved: np.ndarray, ev: EvaluationConfig, label: str,
+                    version: str = "") -> pd.DataFrame:
+    """The `UNCHOSEN` row of lists retrieved for every user of `data`: Recall@K (K = ev.k[0]) on the
+    clicks no model chose, with its CI, over the users who have such a click."""
+    rows = np.flatnonzero([len(t) for t in data.unchosen])
+    k = ev.k[0]
+    if len(rows):
+        value, low, high, n = intervals(m.user_recall(retrieved[rows], [data.unchosen[r] for r in rows], k), ev)[0]
+    else:
+        value, low, high, n = float("nan"), float("nan"), float("nan"), 0
+    return pd.DataFrame([{"day": data.day, "eval_days": data.eval_days, "train_window_days": data.train_window_days,
+                          "channel": label, "version": version, "segment": ALL, "k": k, "metric": UNCHOSEN,
+                          "value": value, "ci_low": low, "ci_high": high, "n_users": n,
+                          "below_min_users": n < ev.min_users}])[list(RESULT_COLUMNS)]
 
 
 def user_recall_rows(data: EvalData, retrieved: np.ndarray, k: int, channel: str, version: str) -> pd.DataFrame:

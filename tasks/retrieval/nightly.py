@@ -35,7 +35,7 @@ from expectations.runner import alert_failure, validate_frame
 from models.retrieval.retriever import Retriever
 from models.retrieval.two_tower_retriever import TwoTowerRetriever
 from tasks.core import artifacts, registry
-from tasks.core.config import ALL, PlatformConfig
+from tasks.core.config import ALL, EvaluationConfig, PlatformConfig
 from tasks.core.eval_metrics import bootstrap_ci
 from tasks.core.warehouse import connect, replace_rows
 from tasks.ops.alerts import DataQualityRejected
@@ -43,12 +43,13 @@ from tasks.retrieval import i2i
 from tasks.retrieval import two_tower as train_two_tower
 from tasks.retrieval.data import connect_read
 from tasks.retrieval.evaluate import (
+    UNCHOSEN,
     EvalData,
     few_users_warning,
     load_eval_data,
     popularity,
-    score_channel,
     score_retrieved,
+    unchosen_recall,
     user_recall_rows,
     write_results,
     write_user_recall,
@@ -56,6 +57,7 @@ from tasks.retrieval.evaluate import (
 
 log = logging.getLogger(__name__)
 BASELINE = "popularity"
+INCONCLUSIVE = "too few unchosen"  # model_gate.baseline_clicks when the comparison with popularity is skipped
 
 
 class ModelRejected(DataQualityRejected):
@@ -155,10 +157,15 @@ def evaluate_candidate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.d
     current = artifacts.current(store)
     if current and current.name != candidate:
         versions[current.name] = current
-    frames, per_user = [score_channel(data, popularity(cfg, data), cfg.evaluation)], []
+    baseline = popularity(cfg, data).retrieve(data.users, max(ks))
+    frames, per_user = [score_retrieved(data, baseline, cfg.evaluation, BASELINE)], []
+    if data.served_clicks:
+        frames.append(unchosen_recall(data, baseline, cfg.evaluation, BASELINE))
     for name, version in versions.items():
         retrieved = NIGHTLY_MODELS[model].retriever(cfg, version, data).retrieve(data.users, max(ks))
         frames.append(score_retrieved(data, retrieved, cfg.evaluation, model, name))
+        if data.served_clicks:
+            frames.append(unchosen_recall(data, retrieved, cfg.evaluation, model, name))
         per_user.append(user_recall_rows(data, retrieved, ks[0], model, name))
     results = pd.concat(frames, ignore_index=True)
     if warning := few_users_warning(results, cfg.evaluation.min_users):
@@ -197,24 +204,23 @@ def _gate_row(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> d
     with connect(cfg, read_only=True) as con:
         rows = con.execute(
             """
-            select channel, version, value, n_users from retrieval_eval
-            where day = ? and eval_days = 1 and train_window_days = ? and segment = ? and k = ? and metric = 'recall'
-              and (channel = ? or (channel = ? and version = ''))
+            select channel, version, metric, value, n_users from retrieval_eval
+            where day = ? and eval_days = 1 and train_window_days = ? and segment = ? and k = ?
+              and metric in ('recall', ?) and (channel = ? or (channel = ? and version = ''))
             """,
-            [day, cfg.retrieval.train_window_days, ALL, k, model, BASELINE],
+            [day, cfg.retrieval.train_window_days, ALL, k, UNCHOSEN, model, BASELINE],
         ).df()
 
-    def recall(channel: str, version: str) -> float | None:
-        hit = rows[(rows.channel == channel) & (rows.version == version)]
-        return float(hit.value.iloc[0]) if len(hit) else None
+    def value(channel: str, version: str, metric: str = "recall", column: str = "value") -> Any:
+        hit = rows[(rows.channel == channel) & (rows.version == version) & (rows.metric == metric)]
+        return hit[column].iloc[0].item() if len(hit) else None
 
-    candidate_rows = rows[(rows.channel == model) & (rows.version == candidate)]
     row = {
         "day": day, "model": model, "candidate": candidate, "current": current.name if current else None, "k": k,
-        "candidate_recall": recall(model, candidate), "current_recall": None,
+        "candidate_recall": value(model, candidate), "current_recall": None,
         "recall_drop": None, "drop_ci_low": None, "drop_ci_high": None, "recall_floor": 0.0,
-        "popularity_recall": recall(BASELINE, ""),
-        "n_users": int(candidate_rows.n_users.iloc[0]) if len(candidate_rows) else 0,
+        "n_users": value(model, candidate, column="n_users") or 0,
+        **_baseline(ev, value, model, candidate, has_current=current is not None),
         "gate_reason": "first version: no current version to compare with",
     }
     if current:
@@ -227,7 +233,28 @@ def _gate_row(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> d
         row |= {"current_recall": current_recall, "recall_drop": paired.drop, "drop_ci_low": paired.low,
                 "drop_ci_high": paired.high, "recall_floor": max(floor, 0.0), "n_users": paired.n_users,
                 "gate_reason": verdict(paired, ev.max_recall_drop)}
+    if row["baseline_clicks"] == INCONCLUSIVE:
+        row["gate_reason"] += (f"; popularity comparison skipped: {row['baseline_users']} users with clicks no model "
+                               f"chose (< min_users {ev.min_users})")
     return row
+
+
+def _baseline(ev: EvaluationConfig, value: Callable[..., Any], model: str, candidate: str,
+              has_current: bool) -> dict[str, Any]:
+    """The clicks the comparison with popularity is made on, and both recalls there. A night whose
+    clicks include some on exposures a model chose (the closed loop) compares on the others, the
+    clicks no model chose; with fewer than min_users users having one, the comparison is skipped
+    (recalls None) when a current version vouches for the model, else made on all clicks (where the
+    feedback favours popularity: a first version must beat it all the same)."""
+    users = value(model, candidate, UNCHOSEN, "n_users")
+    if users is None or (users < ev.min_users and not has_current):
+        return {"baseline_clicks": "all", "candidate_baseline_recall": value(model, candidate),
+                "popularity_recall": value(BASELINE, ""), "baseline_users": value(model, candidate, column="n_users")}
+    if users < ev.min_users:
+        return {"baseline_clicks": INCONCLUSIVE, "candidate_baseline_recall": None, "popularity_recall": None,
+                "baseline_users": users}
+    return {"baseline_clicks": "unchosen", "candidate_baseline_recall": value(model, candidate, UNCHOSEN),
+            "popularity_recall": value(BASELINE, "", UNCHOSEN), "baseline_users": users}
 
 
 def describe_gate(row: dict[str, Any]) -> str:
@@ -244,7 +271,8 @@ def gate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> dict[s
     meta; on failure raise the data-quality alert, then ModelRejected (not retried: the alert is the
     failure's one alert)."""
     row = _gate_row(cfg, model, candidate, ds)
-    frame = pd.DataFrame([row]).astype({"candidate_recall": float, "popularity_recall": float})
+    frame = pd.DataFrame([row]).astype({"candidate_recall": float, "candidate_baseline_recall": float,
+                                        "popularity_recall": float})
     outcome = validate_frame(frame, "model_gate", model_gate_expectations())
     failed = [f["expectation"] for f in outcome.failed]
     row |= {"passed": outcome.success, "failed_expectations": ", ".join(failed)}
@@ -252,7 +280,8 @@ def gate(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> dict[s
     store = registry.model_store(cfg, model)
     artifacts.annotate(store, candidate, {"evaluation": {k: row[k] for k in (
         "day", "k", "candidate_recall", "current_recall", "recall_drop", "drop_ci_low", "drop_ci_high", "recall_floor",
-        "popularity_recall", "n_users", "gate_reason", "passed")}})
+        "popularity_recall", "baseline_clicks", "candidate_baseline_recall", "baseline_users", "n_users", "gate_reason",
+        "passed")}})
     summary = describe_gate(row)
     if not outcome.success:
         kept = (f"{row['current']} stays current" if row["current"]
@@ -273,6 +302,7 @@ def _record_gate(cfg: PlatformConfig, row: dict[str, Any]) -> None:
                  columns="day date, model varchar, candidate varchar, current varchar, k integer, "
                          "candidate_recall double, current_recall double, recall_drop double, drop_ci_low double, "
                          "drop_ci_high double, recall_floor double, popularity_recall double, n_users bigint, "
+                         "baseline_clicks varchar, candidate_baseline_recall double, baseline_users bigint, "
                          "gate_reason varchar, passed boolean, failed_expectations varchar, checked_at timestamp",
                  stamp="checked_at")
 
