@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-system-deps:  ## PostgreSQL and Chromium for the deployment and UI tests (apt-get; installs only what is missing)
+system-deps:  ## PostgreSQL, Redis, Chromium and Java for the deployment, Celery, UI and Spark tests (apt-get; installs only what is missing)
 	bash scripts/install-system-deps.sh
 
 demo: $(STAMP)  ## the closed loop (config/demo.yaml): organic warm-up, then 2 days served by the recommendation path to an experiment's arms; its readout

@@ -2,10 +2,12 @@
 # System packages the test suite needs beyond Python (Debian/Ubuntu, apt-get):
 #   postgresql             tests/test_postgres_metadata.py: a throwaway PostgreSQL cluster
 #   chromium, chromium-driver  tests/test_browser.py: the Airflow UI in headless Chromium
+#   redis-server           tests/test_celery_workers.py: the Celery broker of the CeleryExecutor
+#   openjdk-17-jre-headless  the Java runtime of Spark (dbt on Spark)
 # Idempotent (installs only what is missing), quiet and non-interactive. Run as root or with sudo.
 set -euo pipefail
 
-PACKAGES=(postgresql chromium chromium-driver)
+PACKAGES=(postgresql chromium chromium-driver redis-server openjdk-17-jre-headless)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

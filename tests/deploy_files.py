@@ -15,6 +15,13 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
+# The port an Airflow service listens on besides its main one (task logs, health check): each
+# container has its own, processes on one machine must not share it. A native run of the services
+# (tests/test_celery_workers.py) sets these, and only these, to a free port per process.
+LISTEN_PORTS = {
+    "airflow-worker": "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+    "airflow-scheduler": "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
+}
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}; `$$` is a literal `$`.
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -97,19 +104,27 @@ def service_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def native_env(
-    service: str, env_values: dict[str, str], host_paths: dict[str, Path], db_host: str
+    service: str,
+    env_values: dict[str, str],
+    host_paths: dict[str, Path],
+    db_host: str,
+    hosts: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of a compose service (or of `x-airflow-common`), for a process on this machine.
 
     `env_values` plays .env; `host_paths` maps each mount target (container path) to the folder on
-    this machine that stands in for it; the `postgres` service is reached at `db_host` (host:port).
-    Every other setting is taken from the compose file as it is.
+    this machine that stands in for it; the `postgres` service is reached at `db_host` (host:port),
+    any service named in `hosts` at its address there (`redis` -> `127.0.0.1:6390`: URLs
+    `...@redis:6379/` and `http://redis:6379/` point there). Every other setting is taken from the
+    compose file as it is.
     """
     compose = load_compose()
     spec = compose[service] if service.startswith("x-") else compose["services"][service]
     env = {k: interpolate(v, env_values) for k, v in service_env(spec).items()}
+    addresses = {"postgres": db_host, **(hosts or {})}
     for key, value in env.items():
-        value = value.replace("@postgres/", f"@{db_host}/")
+        for name, address in addresses.items():
+            value = re.sub(rf"(?:(?<=@)|(?<=//)){re.escape(name)}(?::\d+)?(?=/)", address, value)
         for target, path in sorted(host_paths.items(), key=lambda kv: -len(kv[0])):
             if value == target or value.startswith(target + "/"):
                 value = str(path) + value[len(target) :]

@@ -30,10 +30,13 @@ def require_system_tool(found: bool, what: str) -> None:
         pytest.fail(f"{what} is not installed: run `make system-deps` (scripts/install-system-deps.sh)")
 
 
-def request_json(url: str, data: dict | None = None, token: str | None = None) -> tuple[int, Any]:
-    """(status, JSON body or None) of a GET, or of a JSON POST when data is given."""
+def request_json(
+    url: str, data: dict | None = None, token: str | None = None, method: str | None = None
+) -> tuple[int, Any]:
+    """(status, JSON body or None) of a GET, or of a JSON POST when data is given (or `method`: PATCH)."""
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    req = urllib.request.Request(url, data=json.dumps(data).encode() if data else None, headers=headers)
+    body = json.dumps(data).encode() if data else None
+    req = urllib.request.Request(url, data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (a localhost test server)
             return resp.status, json.loads(resp.read() or b"null")
@@ -72,7 +75,11 @@ def stop_process_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
             return False
         return True
 
-    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the whole group has exited already (a server that died)
+        proc.wait()
+        return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         proc.poll()  # reap the leader, so that only live members keep the group

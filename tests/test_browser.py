@@ -3,8 +3,8 @@ chromium-driver): `airflow standalone` on a free port with a temporary home and 
 landing mode over a crafted batch with bad rows. The UI refuses anonymous visitors, the login page
 takes the generated password, every recpipe DAG is listed with no import errors, the ingest DAG is
 triggered with its Trigger button and succeeds, the task log shows the data-quality alert, the
-alert landing page lists it, and the ingest Asset schedules daily_metrics, whose dbt tasks build the
-day's metrics from the rows that passed. Screenshots go to test-artifacts/browser/."""
+alert landing page lists it, and the ingest Asset schedules daily_metrics, whose dbt build (one task,
+`airflow.dbt_tasks: per_dag`) makes the day's metrics from the rows that passed. Screenshots go to test-artifacts/browser/."""
 
 from __future__ import annotations
 
@@ -95,13 +95,15 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
         time.sleep(30 - now.second)
     today = dt.datetime.now(dt.timezone.utc).date()
     # The DAG starts today (its start date is the simulator's) and is scheduled for 29 February
-    # only, so the scheduler makes no run of its own: the one run is the UI's trigger.
+    # only, so the scheduler makes no run of its own: the one run is the UI's trigger (the hourly
+    # pools too, whose run would hold the writer slot while ingest waits for it).
     cfg = write_config(
         tmp / "recpipe.yaml",
         data,
         ingest={"source": "landing", "quarantine_alert_share": 0.05},
         simulator={"start_date": today.isoformat()},
-        schedules={"ingest": "0 0 29 2 *"},
+        schedules={"ingest": "0 0 29 2 *", "pools_hourly": "0 0 29 2 *"},
+        airflow={"dbt_tasks": "per_dag"},  # one dbt build task: the per-model tasks are tests/test_dag_integrity.py's
     )
     batch = data / "landing" / f"dt={today.isoformat()}"
     batch.mkdir(parents=True)
@@ -307,7 +309,7 @@ def test_ui_login_trigger_ingest_and_see_the_data_quality_alert(airflow_ui: Airf
     _shot(driver, "07-alert-page")
 
     # The ingest run's Asset event schedules daily_metrics (the real scheduler path): its dbt
-    # tasks rebuild the announced day. One valid active user survives the quarantine: DAU 1.
+    # build rebuilds the announced day. One valid active user survives the quarantine: DAU 1.
     def metrics_run() -> dict | None:
         runs = request_json(f"{ui.url}/api/v2/dags/daily_metrics/dagRuns", token=token)[1]["dag_runs"]
         return next((r for r in runs if r["state"] in ("success", "failed")), None)

@@ -20,6 +20,7 @@ from tasks.cli import build_parser
 from tests.deploy_files import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
+    LISTEN_PORTS,
     REPO,
     MissingVariable,
     dockerfile_env,
@@ -333,6 +334,36 @@ def test_celery_services_only_start_with_their_profile() -> None:
     assert service_env(COMMON)["AIRFLOW__CELERY__BROKER_URL"].endswith("@redis:6379/0")
     for name in ("airflow-worker", "flower"):
         assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_celery_profile_settings() -> None:
+    """With AIRFLOW_EXECUTOR=CeleryExecutor in .env every Airflow service runs with the same executor,
+    broker, result backend and execution API. tests/test_celery_workers.py runs these very settings
+    natively; besides hosts and folders it sets only the ports of LISTEN_PORTS, which compose leaves
+    at their defaults."""
+    env = {k: v or f"test-{k.lower()}" for k, v in read_env_file(ENV_EXAMPLE).items()}
+    env["AIRFLOW_EXECUTOR"] = "CeleryExecutor"
+    resolved = {
+        name: {k: interpolate(v, env) for k, v in service_env(SERVICES[name]).items()}
+        for name in AIRFLOW_SERVICES
+        if name != "feeds"
+    }
+    worker = resolved["airflow-worker"]
+    sections = ("AIRFLOW__CORE__", "AIRFLOW__CELERY__", "AIRFLOW__DATABASE__")
+    shared = [k for k in service_env(COMMON) if k.startswith(sections)]
+    for name, settings in resolved.items():
+        for key in shared:
+            assert settings[key] == worker[key], f"services.{name}: {key}"
+    assert worker["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    # Celery's results go to the metadata database, with the driver the deploy extra installs.
+    assert worker["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + worker["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert worker["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{env['REDIS_PASSWORD']}@redis:6379/0"
+    api_port = SERVICES["airflow-apiserver"]["ports"][0].rsplit(":", 1)[1]
+    assert worker["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == f"http://airflow-apiserver:{api_port}/execution/"
+    assert worker["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "1"  # one task per worker: scale with workers
+    for service, key in LISTEN_PORTS.items():
+        section, _, option = key.removeprefix("AIRFLOW__").lower().partition("__")
+        assert (section, option) in airflow_config_keys() and key not in resolved[service], key
 
 
 def test_startup_order() -> None:
