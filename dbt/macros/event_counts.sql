@@ -9,6 +9,6 @@
 {#- The days ds_from..ds of a run, one row each (column `day`), for models that build a trailing
     window per day. -#}
 {% macro days_of_run(ds_from, ds) -%}
-    select cast(generate_series as date) as day
-    from generate_series(date '{{ ds_from }}', date '{{ ds }}', interval 1 day)
+    select cast(day as date) as day
+    from (select {{ unnest_list(day_list("date '" ~ ds_from ~ "'", "date '" ~ ds ~ "'")) }} as day) as days
 {%- endmacro %}

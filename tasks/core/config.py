@@ -734,6 +734,13 @@ class ExperimentConfig(_Strict):
         return next(iter(self.arms))
 
 
+class WarehouseConfig(_Strict):
+    """Where dbt builds the models (docs/SCALE.md "dbt on Spark")."""
+
+    # the dbt target (dbt/profiles.yml): `duckdb`, the warehouse file; `spark`, Spark tables over the lake
+    engine: Literal["duckdb", "spark"] = "duckdb"
+
+
 class AirflowConfig(_Strict):
     """Airflow-side settings the DAGs share."""
 
@@ -765,6 +772,7 @@ class PlatformConfig(_Strict):
     ingest: IngestConfig = IngestConfig()
     schedules: Schedules = Schedules()
     alerts: AlertsConfig = AlertsConfig()
+    warehouse: WarehouseConfig = WarehouseConfig()
     airflow: AirflowConfig = AirflowConfig()
     serving: ServingConfig = ServingConfig()
     experiments: tuple[ExperimentConfig, ...] = ()

@@ -7,6 +7,11 @@ dbt runs in-process through dbtRunner (a dbt subprocess spends ~3 s importing be
 measured here: 7.1 s per `dbt run` as a subprocess, 1.7 s in-process after the first). The
 profile sets `keep_open: false`, so the DuckDB file is closed when an invocation ends and the
 process can open the warehouse again (read-only) right after.
+
+The target is the config's `warehouse.engine` (docs/SCALE.md "dbt on Spark"). On `spark` a run
+also gets var spark_sources (the lake and its tables' columns, from the contract), from which the
+project's on-run-start creates the Spark sources, and first copies the DuckDB tables of source
+`experiments` to Parquet for it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +29,17 @@ from typing import Any
 import yaml
 
 from tasks.core.config import ALL, REPO_ROOT, PlatformConfig
+from tasks.core.contract import TABLES
+from tasks.core.warehouse import connect, table_names
 
 log = logging.getLogger(__name__)
 DBT_DIR = REPO_ROOT / "dbt"
 PROFILES_PATH = DBT_DIR / "profiles.yml"
 MANIFEST_PATH = DBT_DIR / "target" / "manifest.json"
 SELECTORS_PATH = DBT_DIR / "selectors.yml"
+SPARK_TYPES = {"BIGINT": "bigint", "INTEGER": "int", "VARCHAR": "string", "TIMESTAMP": "timestamp"}
+# The warehouse tables of dbt source `experiments` (tasks/experiments/assignment.py writes them).
+SPARK_EXPORTS = ("experiments", "experiment_assignments")
 
 
 class DbtError(RuntimeError):
@@ -48,9 +59,44 @@ def selection(selector: str) -> list[str]:
     return [f"{c['method']}:{c['value']}" for c in criteria]
 
 
+def spark_dir(cfg: PlatformConfig) -> Path:
+    """The spark target's folder: its tables (warehouse/), its catalog (metastore_db/) and the
+    DuckDB tables copied for it (exports/)."""
+    return (cfg.data_root / "spark").resolve()
+
+
 def dbt_env(cfg: PlatformConfig) -> dict[str, str]:
-    """Environment of a dbt run: the absolute warehouse path the profile reads."""
-    return {"RECPIPE_WAREHOUSE": str(cfg.warehouse_path.resolve())}
+    """Environment of a dbt run: the absolute paths the profile reads (the DuckDB warehouse, the
+    spark target's folder)."""
+    return {"RECPIPE_WAREHOUSE": str(cfg.warehouse_path.resolve()), "RECPIPE_SPARK_DIR": str(spark_dir(cfg))}
+
+
+def spark_sources(cfg: PlatformConfig) -> dict[str, Any]:
+    """Var spark_sources (dbt/macros/spark_sources.sql): the lake folder, each contract table's
+    columns as [name, Spark type], and the folders of the Parquet copies of the `experiments`
+    tables that exist."""
+    exports = spark_dir(cfg) / "exports"
+    return {
+        "lake": str(cfg.lake_dir.resolve()),
+        "tables": {name: [[c.name, SPARK_TYPES[c.sql_type]] for c in t.columns] for name, t in TABLES.items()},
+        "exports": {name: str(exports / name) for name in SPARK_EXPORTS if (exports / name).is_dir()},
+    }
+
+
+def export_for_spark(cfg: PlatformConfig) -> None:
+    """Copy the DuckDB warehouse's `experiments` tables to Parquet for the spark target, one folder
+    each (exports/<table>/data.parquet); a table the warehouse lacks loses its folder, so Spark
+    reads it as missing too."""
+    exports = spark_dir(cfg) / "exports"
+    have: set[str] = set()
+    if cfg.warehouse_path.exists():
+        with connect(cfg) as con:
+            have = table_names(con) & set(SPARK_EXPORTS)
+            for name in sorted(have):
+                (exports / name).mkdir(parents=True, exist_ok=True)
+                con.execute(f"copy main.{name} to '{exports / name / 'data.parquet'}' (format parquet)")
+    for name in set(SPARK_EXPORTS) - have:
+        shutil.rmtree(exports / name, ignore_errors=True)
 
 
 def dbt_vars(
@@ -71,6 +117,7 @@ def dbt_vars(
     names = [s.name for s in cfg.segments] + list(cfg.simulator.experiment_buckets)
     if ALL in names:
         raise ValueError(f"segment and bucket names may not be {ALL!r} (the marts' 'every' slice)")
+    spark = {"spark_sources": spark_sources(cfg)} if cfg.warehouse.engine == "spark" else {}
     return {
         "ds": ds,
         "ds_from": ds_from,
@@ -84,6 +131,7 @@ def dbt_vars(
         "kol": cfg.kol.model_dump(mode="json"),
         "implicit_follows": cfg.implicit_follows.model_dump(mode="json"),
         "ranking": {"long_view_seconds": cfg.ranking.full.long_view_seconds},
+        **spark,
     }
 
 
@@ -102,12 +150,14 @@ def _environ(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _invoke(args: list[str], env: dict[str, str]) -> Any:
-    """Run one dbt command in this process; return dbt's result, or raise DbtError with its errors."""
+def _invoke(args: list[str], cfg: PlatformConfig) -> Any:
+    """Run one dbt command in this process on the config's target; return dbt's result, or raise
+    DbtError with its errors."""
     from dbt.cli.main import dbtRunner  # lazy: dbt takes ~1.5 s to import; DAG files import this module
 
-    with _environ(env):
-        result = dbtRunner().invoke([*args, "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR)])
+    with _environ(dbt_env(cfg)):
+        result = dbtRunner().invoke([*args, "--target", cfg.warehouse.engine,
+                                     "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR)])
     if result.success:
         return result.result
     failed = [
@@ -122,7 +172,7 @@ def _invoke(args: list[str], env: dict[str, str]) -> Any:
 def build_manifest(cfg: PlatformConfig) -> Path:
     """`dbt parse`: write dbt/target/manifest.json (Cosmos renders the DAGs' dbt task groups from it,
     no dbt ls)."""
-    _invoke(["parse", "--quiet"], dbt_env(cfg))
+    _invoke(["parse", "--quiet"], cfg)
     log.info("dbt manifest: %s", MANIFEST_PATH)
     return MANIFEST_PATH
 
@@ -137,13 +187,16 @@ def run_dbt(
 ) -> Any:
     """Run `dbt <args>` (e.g. ["build"], ["test", "--select", "metrics_daily"]) on the warehouse
     with the config's vars, rebuilding days [ds_from, ds]. Without ds, `build` and `run` are full
-    refreshes (every day, tables recreated). Compiled SQL and logs go next to the warehouse
+    refreshes (every day, tables recreated). On spark the `experiments` tables are copied for it
+    first (export_for_spark). Compiled SQL and logs go next to the warehouse
     (<warehouse dir>/dbt/), not into dbt/target, which holds the DAGs' manifest; the results are
     returned, not written as JSON artifacts. The vars differ from run to run (ds), which makes dbt
     parse the whole project anyway, so partial parsing (reading its saved state) is off."""
     first, last = (dt.date.fromisoformat(d) if d else None for d in (ds_from, ds))
     if first and last and first > last:
         raise ValueError(f"ds_from {ds_from} is after ds {ds}")
+    if cfg.warehouse.engine == "spark":
+        export_for_spark(cfg)
     out = cfg.warehouse_path.resolve().parent / "dbt"
     full_refresh = ["--full-refresh"] if ds is None and args[0] in {"build", "run"} else []
     flags = [
@@ -153,4 +206,4 @@ def run_dbt(
         "--no-write-json",
         "--no-partial-parse",
     ]
-    return _invoke([*args, *flags, *full_refresh], dbt_env(cfg))
+    return _invoke([*args, *flags, *full_refresh], cfg)

@@ -149,7 +149,7 @@ def dbt_task_group(cfg: PlatformConfig, group_id: str, *, selector: str, window:
 
     run_vars = dbt_vars(window)
     profile_config = ProfileConfig(
-        profile_name="recpipe", target_name="duckdb", profiles_yml_filepath=dbt_runner.PROFILES_PATH
+        profile_name="recpipe", target_name=cfg.warehouse.engine, profiles_yml_filepath=dbt_runner.PROFILES_PATH
     )
     operator_args = {
         # One JSON document (dbt reads --vars as YAML, which JSON is): a list such as the pools'

@@ -8,7 +8,7 @@ with lifts as (
 
 experiments as (
     select experiment, metrics
-    from {{ experiment_source('experiments', [('experiment', 'varchar'), ('metrics', 'varchar')]) }}
+    from {{ experiment_source('experiments', [('experiment', 'string'), ('metrics', 'string')]) }}
 ),
 
 windows as (
@@ -21,9 +21,9 @@ select
     l.experiment,
     w.start_day,
     w.period_end,
-    w.period_end - w.start_day + 1 as served_days,
-    l.* exclude (experiment, week)
+    {{ dbt.datediff('w.start_day', 'w.period_end', 'day') }} + 1 as served_days,
+    {{ star_except('l', ['experiment', 'week']) }}
 from lifts as l
 inner join experiments as e
-    on e.experiment = l.experiment and list_contains(string_split(e.metrics, ','), l.metric)
+    on e.experiment = l.experiment and {{ list_has(comma_list('e.metrics'), 'l.metric') }}
 inner join windows as w on w.experiment = l.experiment

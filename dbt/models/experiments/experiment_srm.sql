@@ -9,11 +9,11 @@
 -- back departs from the split by its very effect, so it raises no alert.
 with experiments as (
     select experiment, arms
-    from {{ experiment_source('experiments', [('experiment', 'varchar'), ('arms', 'varchar')]) }}
+    from {{ experiment_source('experiments', [('experiment', 'string'), ('arms', 'string')]) }}
 ),
 
 arms as (
-    select experiment, unnest(string_split(arms, ',')) as arm
+    select experiment, {{ unnest_list(comma_list('arms')) }} as arm
     from experiments
 ),
 
@@ -47,8 +47,8 @@ expected as (
 tested as (
     select
         *,
-        sum((active_users - expected_users) ** 2 / expected_users) over (partition by experiment) as chi_square,
-        sum((assigned_users - total_assigned_users / n_arms) ** 2 / (total_assigned_users / n_arms))
+        sum(power(active_users - expected_users, 2) / expected_users) over (partition by experiment) as chi_square,
+        sum(power(assigned_users - total_assigned_users / n_arms, 2) / (total_assigned_users / n_arms))
             over (partition by experiment) as assigned_chi_square
     from expected
 )

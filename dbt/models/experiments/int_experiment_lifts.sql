@@ -9,7 +9,7 @@ with moments as (
 
 experiments as (
     select experiment, control_arm
-    from {{ experiment_source('experiments', [('experiment', 'varchar'), ('control_arm', 'varchar')]) }}
+    from {{ experiment_source('experiments', [('experiment', 'string'), ('control_arm', 'string')]) }}
 ),
 
 -- theta = pooled within-arm cov(l, x) / pooled within-arm var(x); 0 when x does not vary.

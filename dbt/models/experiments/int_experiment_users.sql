@@ -9,7 +9,7 @@ with windows as (
 assignments as (
     select experiment, user_id, arm
     from {{ experiment_source('experiment_assignments',
-                              [('experiment', 'varchar'), ('user_id', 'bigint'), ('arm', 'varchar')]) }}
+                              [('experiment', 'string'), ('user_id', 'bigint'), ('arm', 'string')]) }}
 ),
 
 units as (
@@ -71,7 +71,7 @@ select
     u.week,
     u.arm,
     u.user_id,
-    u.window_end - u.window_start + 1 as window_days,
+    {{ dbt.datediff('u.window_start', 'u.window_end', 'day') }} + 1 as window_days,
     coalesce(a.active_days, 0) as active_days,
     coalesce(a.sessions, 0) as sessions,
     coalesce(a.session_duration_s, 0) as session_duration_s,

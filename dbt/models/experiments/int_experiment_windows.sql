@@ -6,7 +6,7 @@
 -- is the cuped_days days before start. An experiment with no served day yet has no row.
 with experiments as (
     select experiment, start_day, end_day
-    from {{ experiment_source('experiments', [('experiment', 'varchar'), ('start_day', 'date'), ('end_day', 'date')]) }}
+    from {{ experiment_source('experiments', [('experiment', 'string'), ('start_day', 'date'), ('end_day', 'date')]) }}
 ),
 
 landed as (
@@ -26,7 +26,8 @@ periods as (
 ),
 
 weeks as (
-    select p.*, unnest(range(0, (p.period_end - p.start_day) // 7 + 2)) as week
+    {%- set week_count = int_div(dbt.datediff('p.start_day', 'p.period_end', 'day'), 7) ~ ' + 2' %}
+    select p.*, {{ unnest_list(int_list(week_count)) }} as week
     from periods as p
 )
 

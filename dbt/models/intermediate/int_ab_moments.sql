@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
+{{ config(**incremental_by('day')) }}
 {%- set w = var('retention_window') | int %}
 {%- set activity_rel = ref('int_user_day_activity') %}
 {%- set events_rel = ref('stg_events') %}
@@ -48,7 +48,7 @@ with activity as (
 -- table (it holds every day); a run for ds reads the lake up to ds, so that days rebuilt in any
 -- order count the same users.
 first_seen as (
-    select user_id, min(day) as first_day, arg_min(experiment_bucket, day) as experiment_bucket
+    select user_id, min(day) as first_day, min_by(experiment_bucket, day) as experiment_bucket
     {%- if date_var('ds') is none %}
     from {{ activity_rel }}
     {%- else %}
@@ -58,7 +58,7 @@ first_seen as (
     group by user_id
 ),
 
-active_sums as materialized (
+active_sums as {{ cte_hint('materialized') }} (
     select
         day,
         experiment_bucket,
@@ -78,7 +78,7 @@ active_sums as materialized (
     group by day, experiment_bucket
 ),
 
-cohort_sums as materialized (
+cohort_sums as {{ cte_hint('materialized') }} (
     select
         day,
         experiment_bucket,
@@ -108,8 +108,8 @@ assigned as (
     group by all
 ),
 
-per_assigned as materialized (
-    select a.day, a.experiment_bucket, a.users, s.* exclude (day, experiment_bucket)
+per_assigned as {{ cte_hint('materialized') }} (
+    select a.day, a.experiment_bucket, a.users, {{ star_except('s', ['day', 'experiment_bucket']) }}
     from assigned as a
     left join active_sums as s using (day, experiment_bucket)
 ),

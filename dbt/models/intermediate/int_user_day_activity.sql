@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
+{{ config(**incremental_by('day')) }}
 
 -- One row per user and day with any event, the one full aggregation of the events. A run for
 -- ds_from..ds rebuilds those days (only their lake partitions are read).
@@ -20,7 +20,7 @@ user_day as (
             min(experiment_bucket)
         ) as experiment_bucket,
         count(*) filter (where event_type = 'session_start') as sessions,
-        coalesce(sum(dwell_ms) filter (where event_type = 'session_end'), 0) / 1000.0 as session_duration_s,
+        coalesce(sum(dwell_ms) filter (where event_type = 'session_end'), 0) / 1e3 as session_duration_s,
         {{- event_counts(['impression', 'click', 'like', 'favorite', 'share', 'comment', 'follow', 'publish']) }}
     from events
     group by day, user_id

@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
+{{ config(**incremental_by('day')) }}
 {%- set w = var('retention_window') | int %}
 
 -- Per user active on day d: LT7 = days active in [d, d+6], LT30 = in [d, d+29], and whether d+1
@@ -9,7 +9,7 @@ with active_days as (
     -- The windows run over day numbers (integers): RANGE frames over a date order by the day
     -- cast to a timestamp, a second sort next to lead()'s; over day_number all three windows
     -- share one sort, and the frame bounds are integer steps.
-    select user_id, day, experiment_bucket, day - date '1970-01-01' as day_number
+    select user_id, day, experiment_bucket, {{ day_number('day') }} as day_number
     from {{ ref('int_user_day_activity') }}
     where {{ day_window('day', w - 1, w - 1) }}
 ),
@@ -25,11 +25,12 @@ windows as (
         user_id,
         day,
         experiment_bucket,
-        count(*) over (by_user range between current row and 6 following) as lt7,
-        count(*) over (by_user range between current row and {{ w - 1 }} following) as lt30,
-        cast(coalesce(lead(day_number) over by_user = day_number + 1, false) as int) as active_next_day
+        count(*) over (partition by user_id order by day_number range between current row and 6 following) as lt7,
+        count(*) over (partition by user_id order by day_number range between current row and {{ w - 1 }} following)
+            as lt30,
+        cast(coalesce(lead(day_number) over (partition by user_id order by day_number) = day_number + 1, false) as int)
+            as active_next_day
     from active_days
-    window by_user as (partition by user_id order by day_number)
 )
 
 select

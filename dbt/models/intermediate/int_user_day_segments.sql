@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
+{{ config(**incremental_by('day')) }}
 {%- set windows = low_activity_windows() %}
 {%- set activity_rel = ref('int_user_day_activity') %}
 {%- set events_rel = ref('stg_events') %}
@@ -17,24 +17,24 @@ with user_days as (
         user_id,
         day
         {%- for w in windows %},
-        count(*) over (by_user range between {{ w }} preceding and 1 preceding) as prior_active_days_{{ w }}
+        count(*) over (partition by user_id order by day_number range between {{ w }} preceding and 1 preceding)
+            as prior_active_days_{{ w }}
         {%- endfor %}
     from (
         {%- if date_var('ds') is none %}
-        select user_id, day, day - date '1970-01-01' as day_number from {{ activity_rel }}
+        select user_id, day, {{ day_number('day') }} as day_number from {{ activity_rel }}
         {%- else %}
-        select distinct user_id, day, day - date '1970-01-01' as day_number from {{ events_rel }}
+        select distinct user_id, day, {{ day_number('day') }} as day_number from {{ events_rel }}
         where {{ day_window('day', windows | max) }}
         {%- endif %}
-    )
-    window by_user as (partition by user_id order by day_number)
+    ) as days_with_numbers
     {%- endif %}
 ),
 
 inputs as (
     select
         d.*,
-        datediff('day', u.signup_day, d.day) as days_since_signup,
+        {{ dbt.datediff('u.signup_day', 'd.day', 'day') }} as days_since_signup,
         u.gender,
         u.age_bucket,
         u.city_tier
@@ -47,12 +47,12 @@ memberships as (
     select
         user_id,
         day,
-        unnest([
-            {%- for segment in var('segments') %}
-            case when {{ segment_predicate(segment) }} then '{{ sql_identifier(segment["name"]) }}' end
-            {{- "," if not loop.last }}
-            {%- endfor %}
-        ]::varchar[]) as segment
+        {%- set memberships = [] %}
+        {%- for segment in var('segments') %}
+          {%- do memberships.append(
+                "case when " ~ segment_predicate(segment) ~ " then '" ~ sql_identifier(segment['name']) ~ "' end") %}
+        {%- endfor %}
+        {{ unnest_list(dbt.array_construct(memberships, 'string')) }} as segment
     from inputs
 )
 

@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
+{{ config(**incremental_by('day')) }}
 {%- set totals %}
         count(*) as dau,
         count(*) filter (where is_new) as new_users,
@@ -37,8 +37,10 @@ active_slices as (
 
 spine as (
     select cast(s.day as date) as day
-    from (select min(day) as first_day, max(day) as last_day from {{ ref('stg_events') }}) as bounds,
-        generate_series(bounds.first_day, bounds.last_day, interval 1 day) as s(day)
+    from (
+        select {{ unnest_list(day_list('first_day', 'last_day')) }} as day
+        from (select min(day) as first_day, max(day) as last_day from {{ ref('stg_events') }}) as bounds
+    ) as s
     where {{ day_window('cast(s.day as date)') }}
 ),
 
@@ -46,17 +48,19 @@ empty_slices as (
     select spine.day, s.segment
     from spine
     cross join (
-        select unnest([
-            'all'
-            {%- for segment in var('segments') %}, '{{ sql_identifier(segment["name"]) }}'{% endfor %}
-        ]::varchar[]) as segment
+        {%- set names = ["'all'"] %}
+        {%- for segment in var('segments') %}
+          {%- do names.append("'" ~ sql_identifier(segment['name']) ~ "'") %}
+        {%- endfor %}
+        select {{ unnest_list(dbt.array_construct(names, 'string')) }} as segment
     ) as s
     anti join (select day, segment from active_slices where experiment_bucket = 'all') as a using (day, segment)
 ),
 
+-- The same columns in the same order as active_slices.
 slices as (
     select * from active_slices
-    union all by name
+    union all
     select
         day, segment, 'all' as experiment_bucket, 0 as dau, 0 as new_users, 0 as sessions, 0 as impressions, 0 as clicks,
         0 as likes, 0 as favorites, 0 as shares, 0 as comments, 0 as follows, cast(0 as double) as session_duration_s,

@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
+{{ config(**incremental_by('day')) }}
 {%- set w = var('retention_window') | int %}
 {%- set cohort %}
         count(*) as cohort_users,
@@ -14,7 +14,7 @@
 -- ds_from..ds refreshes days [ds_from-29, ds], the ones whose windows it completes or changes.
 -- per_user is read twice (everyone and the buckets; the segments): scanning the table twice is
 -- cheaper than copying its rows into a materialized CTE.
-with per_user as not materialized (
+with per_user as {{ cte_hint('not materialized') }} (
     select * from {{ ref('int_user_day_retention') }}
     where {{ day_window('day', w - 1) }}
 ),

@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day') }}
+{{ config(**incremental_by('day')) }}
 
 -- Per item, hour and slice ('all' = everyone, then each configured segment the acting user is
 -- in that day): the counts pool scores are made of. The first build reads every day; later runs

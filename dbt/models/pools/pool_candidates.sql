@@ -1,8 +1,6 @@
 {{ config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key=['as_of', 'pool'],
-    post_hook="delete from {{ this }} where as_of < (select max(as_of) from {{ this }}) - interval 14 day"
+    post_hook="{{ keep_last_days(this, 'as_of', 14) }}",
+    **incremental_by(['as_of', 'pool'])
 ) }}
 {%- set times = refresh_times() %}
 
@@ -31,7 +29,7 @@ candidates as (
     from refreshes as r
     cross join pool_specs as p
     inner join {{ ref('stg_items') }} as i
-        on i.publish_ts >= r.as_of - to_hours(p.window_hours) and i.publish_ts < r.as_of
+        on i.publish_ts >= {{ dbt.dateadd('hour', '-p.window_hours', 'r.as_of') }} and i.publish_ts < r.as_of
 ),
 
 counts as (

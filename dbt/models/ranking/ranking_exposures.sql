@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day', on_schema_change='fail') }}
+{{ config(on_schema_change='fail', **incremental_by('day')) }}
 {%- set ds = date_var('ds') -%}
 {%- set ds_from = date_var('ds_from') or ds -%}
 {#- At parse time (execute false) the vars may be unset: a placeholder keeps the SQL renderable. -#}
@@ -21,7 +21,7 @@ with impressions as (
         user_id,
         item_id,
         min(ts) as shown_at,
-        arg_min(position, ts) as position
+        min_by(position, ts) as position
     from {{ ref('stg_events') }}
     where event_type = 'impression' and day between date '{{ ds_from }}' and date '{{ ds }}'
     group by all
@@ -42,9 +42,9 @@ labelled as (
         i.shown_at,
         i.position,
         {%- for action in ['click', 'like', 'favorite', 'share', 'comment', 'follow'] %}
-        cast(count(a.ts) filter (where a.event_type = '{{ action }}') > 0 as integer) as "{{ action }}",
+        cast(count(a.ts) filter (where a.event_type = '{{ action }}') > 0 as integer) as {{ adapter.quote(action) }},
         {%- endfor %}
-        coalesce(max(a.dwell_ms) filter (where a.event_type = 'click'), 0) / 1000.0 as dwell_s
+        coalesce(max(a.dwell_ms) filter (where a.event_type = 'click'), 0) / 1e3 as dwell_s
     from impressions as i
     left join actions as a
         on a.day = i.day and a.user_id = i.user_id and a.item_id = i.item_id and a.ts >= i.shown_at

@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day', on_schema_change='fail') }}
+{{ config(on_schema_change='fail', **incremental_by('day')) }}
 {%- set ds = date_var('ds') -%}
 {%- set ds_from = date_var('ds_from') or ds -%}
 {#- At parse time (execute false) the vars may be unset: placeholders keep the SQL renderable. -#}
@@ -47,7 +47,7 @@ windowed as (
         a.user_id,
         a.author_id,
         cast(sum(a.clicks) as bigint) as clicks,
-        sum(a.dwell_ms) / 60000.0 as dwell_minutes,
+        sum(a.dwell_ms) / 6e4 as dwell_minutes,
         cast(sum(a.likes) as bigint) as likes
     from days as d
     inner join daily as a on a.day between d.day - {{ s.window_days - 1 }} and d.day

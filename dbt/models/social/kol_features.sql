@@ -1,4 +1,4 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='day', on_schema_change='fail') }}
+{{ config(on_schema_change='fail', **incremental_by('day')) }}
 {%- set ds = date_var('ds') -%}
 {%- set ds_from = date_var('ds_from') or ds -%}
 {#- At parse time (execute false) the vars may be unset: a placeholder keeps the SQL renderable. -#}
