@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from models.common.checkpoints import save_model
+from models.common.features import latest_sequences
 from models.retrieval.two_tower import TwoTower, load_model
 from tasks.core import artifacts, registry
 from tasks.core.config import DEFAULT_CONFIG, PlatformConfig, load_config
@@ -88,7 +89,9 @@ def plant(cfg: PlatformConfig, candidate: artifacts.Version, kind: str, seed: in
         torch.manual_seed(seed)
         model = TwoTower({k: len(v) for k, v in vocabs.items()}, cfg.retrieval.two_tower.dim)
         save_model(folder, model, vocabs)
-        export(folder, model, vocabs, catalogue, users, history, cfg.retrieval.two_tower.sequence_length)
+        ids = np.unique(history.user_id)
+        export(folder, model, vocabs, catalogue, users,
+               [(ids, latest_sequences(history, ids, cfg.retrieval.two_tower.sequence_length))])
         return {"planted": kind}
 
     write = {"ids_shuffled": shuffled, "weights_reset": reset}[kind]

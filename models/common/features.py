@@ -79,20 +79,22 @@ def gather(items: np.ndarray, ends: np.ndarray, starts: np.ndarray, length: int)
     return np.where(idx >= starts[:, None], items[np.maximum(idx, 0)], -1) if len(items) else np.full(idx.shape, -1)
 
 
-def sequences_before(events: Events, length: int) -> np.ndarray:
-    """(len(events), length) catalogue rows of each event's user's previous positives, most recent
-    first, -1 padded."""
+def sequences_before(events: Events, length: int, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), length) catalogue rows of the previous positives of the user of each event
+    events[rows], most recent first, -1 padded."""
     order, _, starts, ends = _by_user(events)
+    at = np.empty(len(events), dtype=np.int64)
+    at[order] = np.arange(len(events))  # each event's place in the user-then-time order
     run_start = np.repeat(starts, ends - starts)
-    out = np.empty((len(events), length), dtype=np.int64)
-    out[order] = gather(events.item[order], np.arange(len(events)), run_start, length)
-    return out
+    return gather(events.item[order], at[rows], run_start[at[rows]], length)
 
 
 def latest_sequences(events: Events, user_ids: np.ndarray, length: int) -> np.ndarray:
     """(len(user_ids), length) catalogue rows of each user's last positives in `events`, most
     recent first, -1 padded (all -1 for a user without events)."""
     order, users, starts, ends = _by_user(events)
+    if not len(users):
+        return np.full((len(user_ids), length), -1, dtype=np.int64)
     pos, known = lookup(user_ids, users)
     return gather(events.item[order], np.where(known, ends[pos], 0), np.where(known, starts[pos], 0), length)
 

@@ -444,6 +444,18 @@ class RankingConfig(_Strict):
     architecture_comparison: ArchitectureComparisonConfig = ArchitectureComparisonConfig()
 
 
+class TrainingConfig(_Strict):
+    """How the embedding models (two-tower, full ranker, pre-ranker) read their examples and how many
+    processes train them (docs/SCALE.md "Training that streams")."""
+
+    # examples per chunk read from the lake (features are built per chunk); the default holds the
+    # tests' training sets in one chunk, which reproduces whole-table training exactly
+    read_batch_rows: Annotated[int, Field(ge=1)] = 65_536
+    # > 1: data-parallel training in that many processes (torch.distributed, gloo, DDP), each
+    # building the features of and encoding its share of every batch; same updates as one process
+    processes: Annotated[int, Field(ge=1, le=64)] = 1
+
+
 class AnnConfig(_Strict):
     """ANN index per content pool x vector model (faiss, inner product on normalised vectors)."""
 
@@ -768,6 +780,7 @@ class PlatformConfig(_Strict):
     retrieval: RetrievalConfig = RetrievalConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     ranking: RankingConfig = RankingConfig()
+    training: TrainingConfig = TrainingConfig()
     ann: AnnConfig = AnnConfig()
     ingest: IngestConfig = IngestConfig()
     schedules: Schedules = Schedules()

@@ -10,14 +10,18 @@ tasks/retrieval/data.py and tasks/train_two_tower.load_users, as for retrieval.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from models.common.tables import Exposures
 from tasks.core.config import RANKING_HEADS, PlatformConfig
 from tasks.core.dbt_runner import run_dbt
+from tasks.retrieval.data import fingerprint, rechunk
 
 TABLE = "ranking_exposures"
 
@@ -28,25 +32,63 @@ def build_exposures(cfg: PlatformConfig, ds_from: dt.date, ds: dt.date) -> None:
     run_dbt(cfg, ["build", "--selector", "ranking"], ds=ds.isoformat(), ds_from=ds_from.isoformat())
 
 
+_COLUMNS = f"""day, user_id, item_id, shown_at, coalesce(position, -1) as position,
+    {", ".join(f'"{h}"' for h in RANKING_HEADS)}"""
+
+
 def load_exposures(con: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date) -> Exposures:
     """The examples of the days first..last (both included)."""
-    df = con.execute(
-        f"""
-        select day, user_id, item_id, shown_at, coalesce(position, -1) as position,
-            {", ".join(f'"{h}"' for h in RANKING_HEADS)}
-        from {TABLE} where day between ? and ?
-        order by day, shown_at, user_id, item_id
-        """,
-        [first, last],
-    ).df()
+    sql = f"select {_COLUMNS} from {TABLE} where day between ? and ? order by day, shown_at, user_id, item_id"
+    return to_exposures(con.sql(sql, params=[first, last]).to_arrow_table())
+
+
+def to_exposures(table: pa.Table) -> Exposures:
+    """Rows of `load_exposures`' columns as Exposures (order kept)."""
     return Exposures(
-        day=df.day.to_numpy().astype("datetime64[D]"),
-        user_id=df.user_id.to_numpy(np.int64),
-        item_id=df.item_id.to_numpy(np.int64),
-        shown_us=df.shown_at.to_numpy().astype("datetime64[us]").astype(np.int64),
-        position=df.position.to_numpy(np.int64),
-        labels=df[list(RANKING_HEADS)].to_numpy(np.float32),
+        day=table.column("day").to_numpy().astype("datetime64[D]"),
+        user_id=table.column("user_id").to_numpy().astype(np.int64),
+        item_id=table.column("item_id").to_numpy().astype(np.int64),
+        shown_us=table.column("shown_at").to_numpy().astype("datetime64[us]").astype(np.int64),
+        position=table.column("position").to_numpy().astype(np.int64),
+        labels=np.stack([table.column(h).to_numpy().astype(np.float32) for h in RANKING_HEADS], axis=1)
+        if table.num_rows else np.zeros((0, len(RANKING_HEADS)), np.float32),
     )
+
+
+def exposure_chunks(con: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date, rows: int) -> Iterator[Exposures]:
+    """The examples of `load_exposures`, streamed: day by day (one DuckDB query and sort per day),
+    within a day in a fixed pseudo-random order (the hash of the (user, item) key), cut into chunks
+    of `rows` rows (the last one shorter; one may span days), each put back in load_exposures'
+    order."""
+    cur = con.cursor()
+    sql = f"select {_COLUMNS} from {TABLE} where day = ? order by hash(user_id, item_id), user_id, item_id"
+    try:
+        days = (first + dt.timedelta(days=i) for i in range((last - first).days + 1))
+        for table in rechunk((cur.sql(sql, params=[d]).to_arrow_reader(rows) for d in days), rows):
+            chunk = to_exposures(table)
+            yield chunk.select(np.lexsort((chunk.item_id, chunk.user_id, chunk.shown_us, chunk.day)))
+    finally:
+        cur.close()
+
+
+class ExposureStats(NamedTuple):
+    """What training needs to know of a window's examples before reading them."""
+
+    users: np.ndarray  # sorted distinct user ids
+    examples: int
+    positives: np.ndarray  # (len(RANKING_HEADS),) int64 per head
+    digest: str  # tasks.retrieval.data.fingerprint of the rows
+
+
+def exposure_stats(con: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date) -> ExposureStats:
+    """The ExposureStats of the examples of first..last, computed in DuckDB."""
+    where = f"from {TABLE} where day between $first and $last"
+    params = {"first": first, "last": last}
+    users = con.sql(f"select distinct user_id {where} order by user_id", params=params).fetchnumpy()["user_id"]
+    sums = ", ".join(f'coalesce(sum("{h}"), 0)' for h in RANKING_HEADS)
+    n, *positives = con.sql(f"select count(*), {sums} {where}", params=params).fetchall()[0]
+    return ExposureStats(users.astype(np.int64), int(n), np.array(positives, np.int64),
+                         fingerprint(con, f"select {_COLUMNS} {where}", params))
 
 
 def user_segments(con: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date) -> pd.DataFrame:

@@ -19,7 +19,10 @@ ids, 1 epoch on the given exposures of the days after its training window.
 Inputs: user id, gender, age bucket, city tier (load_users as of the last exposure day), the
 user's last `ranking.full.sequence_length` clicks before the exposure's day (within
 `retrieval.train_window_days` days), and the item's id, author, categories and cluster
-(catalogue as of the last exposure day). Version files: weights.pt, vocab.npz, meta.json.
+(catalogue as of the last exposure day). They are built per chunk of whole (user, day) groups of
+about `training.read_batch_rows` exposures, the clicks read for the chunk's users
+(`fit_streamed`, docs/SCALE.md "Training that streams"); with `training.processes` > 1 the
+training is data parallel. Version files: weights.pt, vocab.npz, meta.json.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import duckdb
 import numpy as np
 import torch
 
@@ -43,7 +48,7 @@ from models.ranking.pre import PreRanker, extend_model, load_model, pairwise_los
 from tasks.core import artifacts, registry
 from tasks.core.config import RANKING_HEADS, PlatformConfig, PreRankingConfig
 from tasks.core.eval_metrics import auc
-from tasks.retrieval.data import connect_read, data_hash, load_catalogue, load_events
+from tasks.retrieval.data import connect_read, events_fingerprint, load_catalogue, load_events
 from tasks.retrieval.two_tower import load_users
 
 log = logging.getLogger(__name__)
@@ -61,15 +66,21 @@ class Context:
     sequence_first: dt.date
 
 
+def sequence_window(cfg: PlatformConfig, exposures: Exposures) -> tuple[dt.date, dt.date]:
+    """(first, last) day of the clicks the sequences of `exposures` read: the
+    `retrieval.train_window_days` days before the first exposure day up to the day before the last."""
+    first, last = _day(exposures.day.min()), _day(exposures.day.max())
+    return first - dt.timedelta(days=cfg.retrieval.train_window_days), last - dt.timedelta(days=1)
+
+
 def load_context(cfg: PlatformConfig, exposures: Exposures) -> Context:
     """Catalogue and user features as of the last exposure day, and the clicks of the
-    `retrieval.train_window_days` days before the first one up to the day before the last."""
-    first, last = _day(exposures.day.min()), _day(exposures.day.max())
-    sequence_first = first - dt.timedelta(days=cfg.retrieval.train_window_days)
+    `sequence_window`."""
+    sequence_first, sequence_last = sequence_window(cfg, exposures)
+    last = _day(exposures.day.max())
     with connect_read(cfg) as con:
-        catalogue = load_catalogue(con, last)
-        users = load_users(con, last)
-        history = load_events(con, catalogue, SEQUENCE_EVENT, sequence_first, last - dt.timedelta(days=1))
+        catalogue, users = load_catalogue(con, last), load_users(con, last)
+        history = load_events(con, catalogue, SEQUENCE_EVENT, sequence_first, sequence_last)
     return Context(catalogue, users, history, sequence_first)
 
 
@@ -126,6 +137,21 @@ def group_keys(exposures: Exposures) -> np.ndarray:
     return inverse.reshape(-1).astype(np.int64)
 
 
+def group_chunks(exposures: Exposures, rows: int) -> list[np.ndarray]:
+    """Row indices of `exposures` in chunks of whole (day, user) groups, ascending within a chunk:
+    days in order, within a day the users in a fixed pseudo-random order (a multiplicative hash of
+    the id), chunk k holding the groups that start in rows [k rows, (k + 1) rows) of that order
+    (fewer than `rows` + the largest group's rows)."""
+    if not len(exposures):
+        return []
+    mixed = exposures.user_id.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # wraps: a fixed shuffle
+    order = np.lexsort((exposures.user_id, mixed, exposures.day))
+    day, user = exposures.day[order], exposures.user_id[order]
+    starts = np.flatnonzero(np.r_[True, (day[1:] != day[:-1]) | (user[1:] != user[:-1])])
+    chunk = np.repeat(starts // rows, np.diff(np.r_[starts, len(order)]))
+    return [np.sort(c) for c in np.split(order, np.flatnonzero(np.diff(chunk)) + 1)]
+
+
 def group_batches(
     group: np.ndarray, day: np.ndarray, batch_size: int, rng: np.random.Generator
 ) -> Iterator[np.ndarray]:
@@ -168,53 +194,78 @@ def sample_pairs(group: np.ndarray, per_group: int, rng: np.random.Generator) ->
 # --- training ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TrainingData:
-    """Tensors of the training exposures (rows in exposure order)."""
+class Batch(NamedTuple):
+    """One step: this rank's block of a batch's examples (all of them with one process) and the
+    whole batch's supervision."""
 
-    users: torch.Tensor  # (N, 4)
-    seq: torch.Tensor  # (N, L)
-    items: torch.Tensor  # (N, 5)
-    labels: torch.Tensor  # (N, T) 0/1 of the targets
-    teacher: torch.Tensor | None  # (N, T) the full ranker's probabilities of the targets, or None
-    group: np.ndarray  # (N,) (day, user) group id
-    day: np.ndarray  # (N,) datetime64[D]
-
-    def __len__(self) -> int:
-        return len(self.group)
+    users: torch.Tensor  # (b, 4) user feature rows
+    seq: torch.Tensor  # (b, L)
+    items: torch.Tensor  # (b, 5)
+    labels: torch.Tensor  # (B, T) 0/1 of the targets
+    teacher: torch.Tensor | None  # (B, T) the full ranker's probabilities of the targets, or None
+    group: np.ndarray  # (B,) (day, user) group id, each group's rows contiguous
+    shares: tuple[int, ...]  # examples per rank, in rank order
 
 
-def batch_loss(
-    model: PreRanker, data: TrainingData, rows: np.ndarray, pr: PreRankingConfig, rng: np.random.Generator
-) -> torch.Tensor:
-    """The loss of one batch (rows with each group contiguous): pointwise, pairwise or both (pr.loss)."""
-    idx = torch.from_numpy(rows)
-    logits = model(data.users[idx], data.seq[idx], data.items[idx])
-    labels = data.labels[idx]
-    teacher = data.teacher[idx] if data.teacher is not None else None
+def batch_loss(model: PreRanker, batch: Batch, pr: PreRankingConfig, rng: np.random.Generator) -> torch.Tensor:
+    """The loss of one batch: pointwise, pairwise or both (pr.loss), over the logits of every rank's
+    block (gathered in a process group)."""
+    logits = training.gather_rows(model(batch.users, batch.seq, batch.items), batch.shares)
     total = logits.new_zeros(())
     if pr.loss in ("pointwise", "both"):
-        total = total + pointwise_loss(logits, labels, teacher)
+        total = total + pointwise_loss(logits, batch.labels, batch.teacher)
     if pr.loss in ("pairwise", "both"):
-        first, second = (torch.from_numpy(a) for a in sample_pairs(data.group[rows], pr.pairs_per_group, rng))
-        ref = teacher if teacher is not None else labels
+        first, second = (torch.from_numpy(a) for a in sample_pairs(batch.group, pr.pairs_per_group, rng))
+        ref = batch.teacher if batch.teacher is not None else batch.labels
         total = total + pairwise_loss(logits[first], logits[second], torch.sign(ref[first] - ref[second]))
     return total
 
 
-def fit(model: PreRanker, data: TrainingData, pr: PreRankingConfig, epochs: int, rng: np.random.Generator
-        ) -> list[dict[str, float]]:
-    """Adam over `epochs` epochs (models.common.training.fit); per epoch: mean loss (per example)
-    and examples/s."""
-    return training.fit(
-        model, lambda: group_batches(data.group, data.day, pr.batch_size, rng),
-        lambda rows: (batch_loss(model, data, rows, pr, rng), len(rows)),
-        examples=len(data), epochs=epochs, lr=pr.learning_rate, label=MODEL,
-    )
+def chunk_inputs(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig, vocabs: Mapping[str, Vocab],
+                 catalogue: Catalogue, users: UserTable, window: tuple[dt.date, dt.date], exposures: Exposures) -> Inputs:
+    """The `inputs` of `exposures` (some of the training examples), the behaviour sequences from
+    their users' clicks of the `sequence_window` of the training examples, read now."""
+    history = load_events(con, catalogue, SEQUENCE_EVENT, *window, np.unique(exposures.user_id))
+    return inputs(vocabs, Context(catalogue, users, history, window[0]), exposures, cfg.ranking.full.sequence_length)
 
 
-def _hash(ctx: Context, first: dt.date, exposures: Exposures, columns: list[int], teacher: np.ndarray | None) -> str:
-    h = hashlib.sha256(data_hash(ctx.catalogue, first, ctx.history).encode())
+def fit_streamed(cfg: PlatformConfig, model: PreRanker, vocabs: Mapping[str, Vocab], catalogue: Catalogue,
+                 users: UserTable, exposures: Exposures, labels: np.ndarray, teacher: np.ndarray | None, day: dt.date,
+                 epochs: int) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """Adam over `epochs` epochs (models.common.training.fit) of `exposures` with their target
+    `labels` and `teacher` (rows aligned), in `group_chunks` of about `training.read_batch_rows`
+    rows. Per chunk: `group_batches`; this rank's block of every batch (all of it with one process)
+    gets its inputs (`chunk_inputs`). (The state dict, per-epoch mean loss per example and
+    examples/s.)"""
+    pr = cfg.ranking.preranking
+    rank, world = training.rank_world()
+    rng = np.random.default_rng([pr.seed, day.toordinal()])
+    window = sequence_window(cfg, exposures)
+    labels_t = torch.from_numpy(np.ascontiguousarray(labels, np.float32))
+    teacher_t = torch.from_numpy(np.ascontiguousarray(teacher, np.float32)) if teacher is not None else None
+    with connect_read(cfg) as con:
+
+        def epoch() -> Iterator[Batch]:
+            for rows in group_chunks(exposures, cfg.training.read_batch_rows):
+                chunk = exposures.select(rows)
+                group = group_keys(chunk)
+                cut = list(group_batches(group, chunk.day, pr.batch_size, rng))
+                mine, local = training.shard(cut, rank, world)
+                x = chunk_inputs(con, cfg, vocabs, catalogue, users, window, chunk.select(mine))
+                for batch, block in zip(cut, local):
+                    at = torch.from_numpy(rows[batch])
+                    yield Batch(*(torch.from_numpy(a[block]) for a in (x.users, x.seq, x.items)), labels_t[at],
+                                teacher_t[at] if teacher_t is not None else None, group[batch],
+                                training.shares(len(batch), world))
+
+        history = training.fit(model, epoch, lambda batch: (batch_loss(model, batch, pr, rng), len(batch.labels)),
+                               examples=len(exposures), epochs=epochs, lr=pr.learning_rate, label=MODEL)
+    return model.state_dict(), history
+
+
+def _hash(con: duckdb.DuckDBPyConnection, catalogue: Catalogue, window: tuple[dt.date, dt.date], first: dt.date,
+          exposures: Exposures, columns: list[int], teacher: np.ndarray | None) -> str:
+    h = hashlib.sha256(f"{first}:{events_fingerprint(con, catalogue, SEQUENCE_EVENT, *window)}".encode())
     arrays = [exposures.user_id, exposures.item_id, exposures.shown_us, exposures.labels[:, columns]]
     for a in arrays + ([teacher[:, columns]] if teacher is not None else []):
         h.update(np.ascontiguousarray(a).tobytes())
@@ -226,7 +277,8 @@ def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.n
     """Train on `exposures` (days up to `day`), distilled from `teacher` ((n, len(RANKING_HEADS))
     float32 full-ranker probabilities aligned with the exposures) or label-only (None), cold or
     aged (see the module doc), and publish a version in `store` (default: the registry's
-    pre-ranking store), current only with make_current."""
+    pre-ranking store), current only with make_current; with `training.processes` > 1 on that many
+    processes (models.common.training.run), published once from rank 0's weights."""
     pr, store = cfg.ranking.preranking, store or registry.model_store(cfg, MODEL)
     targets = tuple(pr.targets)
     columns = _columns(targets)
@@ -250,32 +302,30 @@ def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.n
         if not len(exposures):
             raise ValueError(f"preranking: no exposures after {parent_last}, the end of {parent.name}'s window")
     epochs = 1 if parent else pr.first_epochs
-    first = _day(exposures.day.min())
-    ctx = load_context(cfg, exposures)
+    first, last = _day(exposures.day.min()), _day(exposures.day.max())
+    window = sequence_window(cfg, exposures)
+    with connect_read(cfg) as con:
+        catalogue, users = load_catalogue(con, last), load_users(con, last)
+        data_hash = _hash(con, catalogue, window, first, exposures, columns, teacher)
     torch.manual_seed(pr.seed)
-    rng = np.random.default_rng([pr.seed, day.toordinal()])
     user_ids = np.unique(exposures.user_id)
     if parent:
         old, old_vocabs = load_model(parent.path)
         if old.dim != pr.dim:
             raise ValueError(f"preranking: cannot warm-start dim {pr.dim} from a dim {old.dim} model")
-        vocabs = build_vocabs(ctx.catalogue, ctx.users, user_ids, old_vocabs)
+        vocabs = build_vocabs(catalogue, users, user_ids, old_vocabs)
         model = extend_model(old, old_vocabs, vocabs)
     else:
-        vocabs = build_vocabs(ctx.catalogue, ctx.users, user_ids)
+        vocabs = build_vocabs(catalogue, users, user_ids)
         model = PreRanker({k: len(v) for k, v in vocabs.items()}, pr.dim, len(targets))
-    x = inputs(vocabs, ctx, exposures, cfg.ranking.full.sequence_length)
+    labels = exposures.labels[:, columns]
     used = teacher[:, columns] if teacher is not None else None
-    data = TrainingData(
-        users=torch.from_numpy(x.users), seq=torch.from_numpy(x.seq), items=torch.from_numpy(x.items),
-        labels=torch.from_numpy(np.ascontiguousarray(exposures.labels[:, columns], dtype=np.float32)),
-        teacher=torch.from_numpy(np.ascontiguousarray(used, dtype=np.float32)) if used is not None else None,
-        group=group_keys(exposures), day=exposures.day,
-    )
     supervision = "distilled" if teacher is not None else "label_only"
     log.info("preranking %s %s training on %s..%s: %d examples, %d epoch(s), %s loss%s", "aged" if parent else "cold",
-             supervision, first, day, len(data), epochs, pr.loss, f", from {parent.name}" if parent else "")
-    epochs_log = fit(model, data, pr, epochs, rng)
+             supervision, first, day, len(exposures), epochs, pr.loss, f", from {parent.name}" if parent else "")
+    state, epochs_log = training.run(cfg.training.processes, fit_streamed, cfg, model, vocabs, catalogue, users,
+                                     exposures, labels, used, day, epochs)
+    model.load_state_dict(state)
     meta = {
         "model": MODEL,
         "config": {"preranking": pr.model_dump(mode="json"), "sequence_length": cfg.ranking.full.sequence_length,
@@ -284,15 +334,15 @@ def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.n
         "loss": pr.loss,
         "supervision": supervision,
         "training_window": f"{first}..{day}",
-        "sequence_window": f"{ctx.sequence_first}..{day - dt.timedelta(days=1)}",
+        "sequence_window": f"{window[0]}..{day - dt.timedelta(days=1)}",
         "warm_started_from": parent.name if parent else None,
         "epochs": epochs,
-        "examples": len(data),
-        "label_rate": dict(zip(targets, map(float, exposures.labels[:, columns].mean(axis=0)))),
+        "examples": len(exposures),
+        "label_rate": dict(zip(targets, map(float, labels.mean(axis=0)))),
         "teacher_mean": dict(zip(targets, map(float, used.mean(axis=0)))) if used is not None else None,
         "loss_per_epoch": [e["loss"] for e in epochs_log],
         "examples_per_s": [e["examples_per_s"] for e in epochs_log],
-        "data_hash": _hash(ctx, first, exposures, columns, teacher),
+        "data_hash": data_hash,
     }
     return artifacts.publish(store, lambda folder: save_model(folder, model, vocabs), meta, make_current=make_current)
 
