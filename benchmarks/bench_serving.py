@@ -48,7 +48,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from models.common.checkpoints import save_model
-from models.common.features import build_vocabs
+from models.common.features import build_vocabs, latest_sequences
 from models.common.tables import Catalogue, Events, UserTable
 from models.common.vocab import Vocab
 from models.ranking import full as full_model
@@ -195,7 +195,9 @@ def publish_models(cfg: PlatformConfig, vocabs: dict[str, Vocab], catalogue: Cat
 
     def write_two_tower(folder: Path) -> dict[str, int]:
         save_model(folder, two_tower, vocabs)
-        out = two_tower_training.export(folder, two_tower, vocabs, catalogue, users, clicks, tt.sequence_length)
+        ids = np.unique(clicks.user_id)
+        out = two_tower_training.export(folder, two_tower, vocabs, catalogue, users,
+                                        [(ids, latest_sequences(clicks, ids, tt.sequence_length))])
         np.save(folder / "item_vectors.npy", item_vectors)  # the files export writes, spread (see the module doc)
         np.save(folder / "user_vectors.npy", user_vectors[np.searchsorted(users.user_id, np.load(folder / "user_ids.npy"))])
         return out

@@ -6,11 +6,21 @@ formula; windows that change the pick; edge cases."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
-from models.serving.diversity import dpp, interest_then_diverse, mmr, spacing_violations
+from models.serving.diversity import (
+    ROWS_CHUNK,
+    dpp,
+    dpp_rows,
+    interest_then_diverse,
+    interest_then_diverse_rows,
+    mmr,
+    mmr_rows,
+    spacing_violations,
+)
 
 SEEDS = range(150)
 Codes = np.ndarray | None
@@ -249,6 +259,86 @@ def test_relaxed_slots_are_exactly_the_infeasible_ones(method: str) -> None:
         assert infeasible, "the case should need some relaxation"
 
 
+# --- blocks of users (dpp_rows, mmr_rows) against the single-user loops ---------------------------
+
+
+def random_block(seed: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(rng, bounds, k, rel, vectors, rules): 2-80 users (several chunks) of 0-60 candidates, 0-70
+    slots each (k > N and empty users included), in few dimensions and with repeated rel (ties)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 61, int(rng.integers(2, 81)))
+    bounds = np.r_[0, np.cumsum(sizes)]
+    n = int(bounds[-1])
+    rel = rng.integers(0, 12, n) / 4 if seed % 3 == 0 else rng.random(n)
+    vectors = unit_vectors(rng, n, int(rng.integers(1, 9)))
+    rules = random_rules(rng, n) if seed % 4 else {}
+    return rng, bounds, rng.integers(0, 71, len(sizes)), rel, vectors, rules
+
+
+def user_by_user(run: Callable, rel: np.ndarray, vectors: np.ndarray, bounds: np.ndarray, k: np.ndarray,
+                 strength: float, window: int | None, rules: dict) -> list[tuple[list[int], list[int]]]:
+    """(items, relaxed) of the single-user loop `run` on each user's rows."""
+    out = []
+    for (lo, hi), slots in zip(pairwise(bounds), k):
+        mine = {key: v[lo:hi] if key in ("categories", "clusters") else v for key, v in rules.items()}
+        got = run(rel[lo:hi], vectors[lo:hi], int(slots), strength, window=window, **mine)
+        out.append((got.items.tolist(), got.relaxed.tolist()))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("window", [None, 1, 3, 11])
+def test_dpp_rows_match_dpp_user_by_user(seed: int, window: int | None) -> None:
+    rng, bounds, k, rel, vectors, rules = random_block(seed)
+    theta = float(rng.uniform(0.0, 0.95))
+    got = dpp_rows(rel, vectors, bounds, k, theta, window=window, **rules)
+    assert [(f.items.tolist(), f.relaxed.tolist()) for f in got] == user_by_user(
+        dpp, rel, vectors, bounds, k, theta, window, rules)
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("window", [None, 1, 2, 10])
+def test_mmr_rows_match_mmr_user_by_user(seed: int, window: int | None) -> None:
+    rng, bounds, k, rel, vectors, rules = random_block(seed)
+    eta = float(rng.choice([0.0, 0.3, 0.7, 1.0]))
+    for v in (vectors, vectors[:, :0]):  # zero width: the funnel's "none" method under spacing rules
+        got = mmr_rows(rel, v, bounds, k, eta, window=window, **rules)
+        assert [(f.items.tolist(), f.relaxed.tolist()) for f in got] == user_by_user(
+            mmr, rel, v, bounds, k, eta, window, rules)
+
+
+@pytest.mark.parametrize("method", ["mmr", "dpp"])
+def test_rows_break_exact_ties_by_index_in_every_user(method: str) -> None:
+    # Equal rel, orthogonal vectors: every candidate scores the same at every slot, in every user of
+    # several chunks; with categories 0 0 1 1 2 2 and a gap of 1 the rule moves 2 before 1, and the
+    # last slot (only 5 left, same category as 4) is relaxed.
+    users = ROWS_CHUNK + 5
+    bounds = np.arange(users + 1) * 6
+    rel, vectors = np.ones(6 * users), np.tile(np.eye(6, dtype=np.float32), (users, 1))
+    run = mmr_rows if method == "mmr" else dpp_rows
+    assert all(f.items.tolist() == [0, 1, 2, 3, 4] for f in run(rel, vectors, bounds, np.full(users, 5), 0.5))
+    categories = np.tile([0, 0, 1, 1, 2, 2], users)
+    got = run(rel, vectors, bounds, np.full(users, 6), 0.5, categories=categories, category_gap=1)
+    assert all(f.items.tolist() == [0, 2, 1, 3, 4, 5] and f.relaxed.tolist() == [5] for f in got)
+
+
+@pytest.mark.parametrize("method", ["mmr", "dpp"])
+def test_rows_edge_cases(method: str) -> None:
+    run = mmr_rows if method == "mmr" else dpp_rows
+    rng = np.random.default_rng(4)
+    rel, vectors = rng.random(10), unit_vectors(rng, 10, 4)
+    assert run(np.empty(0), np.empty((0, 4), np.float32), np.zeros(1, np.int64), np.zeros(0, np.int64), 0.5) == []
+    got = run(rel, vectors, np.array([0, 0, 4, 4, 10]), np.array([3, 0, 50, 8]), 0.5)  # sizes 0, 4, 0, 6
+    assert [len(f.items) for f in got] == [0, 0, 0, 6]
+    assert sorted(got[3].items.tolist()) == list(range(6))  # k > N: every candidate
+    with pytest.raises(ValueError):
+        run(rel, vectors, np.array([0, 4, 9]), np.array([1, 1]), 0.5)  # bounds must end at N
+    with pytest.raises(ValueError):
+        run(rel, vectors, np.array([0, 4, 10]), np.array([1]), 0.5)  # one k per user
+    with pytest.raises(ValueError):
+        run(rel, vectors, np.array([0, 4, 10]), np.array([1, 1]), 0.5, window=0)
+
+
 # --- interest then diverse -----------------------------------------------------------------------
 
 
@@ -263,6 +353,49 @@ def test_interest_then_diverse_follows_the_formula() -> None:
         top = sorted(range(n), key=lambda i: (-rel[i], i))[:n_interest]
         assert got[:n_interest] == top
         assert got == brute_diverse(rel, vectors, top, n_diverse, eta), seed
+
+
+def plain_diverse(rel: np.ndarray, vectors: np.ndarray, n_interest: int, n_diverse: int, eta: float) -> list[int]:
+    """The cut without shortcuts: every pick rescans every candidate (a running max of similarities)."""
+    v = vectors.astype(np.float64)
+    picks = np.argsort(-rel, kind="stable")[:n_interest].tolist()
+    max_sim = (v @ v[picks].T).max(axis=1) if picks else None
+    for _ in range(min(n_diverse, len(rel) - len(picks))):
+        score = eta * rel - (1 - eta) * max_sim if picks else eta * rel
+        score[picks] = -np.inf
+        picks.append(int(np.argmax(score)))
+        max_sim = v @ v[picks[-1]] if max_sim is None else np.maximum(max_sim, v @ v[picks[-1]])
+    return picks
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_interest_then_diverse_lazy_rounds_match_the_plain_greedy(seed: int) -> None:
+    # Integer vectors and rel in quarters: every score is exact, so the many exact ties (duplicate
+    # vectors, equal rel) must go to the lower index exactly as in the plain greedy. Sizes span
+    # several rounds, runs and queue refills.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 900))
+    vectors = rng.integers(-1, 2, (n, int(rng.integers(1, 7)))).astype(np.float32)
+    rel = rng.integers(0, int(rng.choice([2, 8, 400])), n) / 4
+    n_interest, n_diverse = int(rng.integers(0, 80)), int(rng.integers(0, 500))
+    eta = float(rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]))
+    got = interest_then_diverse(rel, vectors, n_interest, n_diverse, eta).tolist()
+    assert got == plain_diverse(rel, vectors, n_interest, n_diverse, eta)
+
+
+def test_interest_then_diverse_rows_cut_each_user_alone() -> None:
+    rng = np.random.default_rng(2)
+    catalogue = unit_vectors(rng, 300, 8)
+    sizes = [0, 3, 250, 40, 0, 180]
+    bounds = np.r_[0, np.cumsum(sizes)]
+    items = rng.integers(0, 300, bounds[-1])
+    rel = rng.random(bounds[-1])
+    got = interest_then_diverse_rows(rel, items, bounds, catalogue, 20, 30, 0.6)
+    want = np.concatenate([lo + np.sort(plain_diverse(rel[lo:hi], catalogue[items[lo:hi]], 20, 30, 0.6))
+                           for lo, hi in pairwise(bounds)]).astype(np.int64)
+    assert got.tolist() == want.tolist()
+    with pytest.raises(ValueError):
+        interest_then_diverse_rows(rel, items, bounds, catalogue, 20, 30, 1.5)
 
 
 def test_interest_then_diverse_takes_at_most_every_candidate() -> None:

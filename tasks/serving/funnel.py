@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ from models.ranking.pre import score_logits
 from models.retrieval import ann
 from models.retrieval.retriever import top_k_rows
 from models.retrieval.two_tower import user_vectors
-from models.serving.diversity import Selection, dpp, interest_then_diverse_rows, mmr
+from models.serving.diversity import Selection, dpp_rows, interest_then_diverse_rows, mmr_rows
 from models.serving.exploration import exploration_slots, interleave
 from models.serving.fusion import BONUS_HEADS, fusion_score, fusion_terms
 from tasks.core.config import ALL, RANKING_HEADS, ChannelConfig, StrategyConfig
@@ -147,8 +148,9 @@ def _by_segments(ctx: ServingContext, user_ids: np.ndarray) -> tuple[list[tuple[
 
 
 def _channel(ctx: ServingContext, s: StrategyConfig, name: str, ch: ChannelConfig, user_ids: np.ndarray,
-             k: int) -> np.ndarray:
-    """(len(user_ids), k) catalogue rows, -1 padded; empty rows when the channel cannot serve."""
+             k: int, user_vectors: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """(len(user_ids), k) catalogue rows, -1 padded; empty rows when the channel cannot serve.
+    user_vectors: the users' `_two_tower_vectors` (a two_tower channel's input, None without one)."""
     out = np.full((len(user_ids), k), -1, dtype=np.int64)
     if not len(user_ids) or not k:
         return out
@@ -159,9 +161,9 @@ def _channel(ctx: ServingContext, s: StrategyConfig, name: str, ch: ChannelConfi
             out[np.ix_(of_user == g, np.arange(len(rows)))] = rows
         return out
     if ch.kind == "two_tower":
-        if ctx.two_tower is None or ch.pool not in ctx.indexes:
+        if user_vectors is None or ch.pool not in ctx.indexes:
             return out
-        vectors, known = _two_tower_vectors(ctx, s, user_ids)
+        vectors, known = user_vectors
         targets = set(ctx.cfg.pool(ch.pool).segments)  # a segment pool serves its segments' users only
         if targets:
             groups, of_user = _by_segments(ctx, user_ids)
@@ -190,10 +192,13 @@ def retrieve(ctx: ServingContext, s: StrategyConfig, user_ids: np.ndarray) -> tu
     groups, of_user = _by_segments(ctx, user_ids)
     quotas = np.array([[s.quota(name, g) for name in names] for g in groups], dtype=np.int64).reshape(
         len(groups), len(names))[of_user]
+    towers = [c for c, ch in enumerate(s.channels.values()) if ch.kind == "two_tower" and ch.pool in ctx.indexes]
+    tt = (_two_tower_vectors(ctx, s, user_ids) if ctx.two_tower is not None and (quotas[:, towers] > 0).any()
+          else None)  # once for every two-tower channel
     for c, name in enumerate(names):
         for k in np.unique(quotas[:, c]):
             r = np.flatnonzero(quotas[:, c] == k)
-            got = _channel(ctx, s, name, s.channels[name], user_ids[r], int(k))
+            got = _channel(ctx, s, name, s.channels[name], user_ids[r], int(k), None if tt is None else (tt[0][r], tt[1][r]))
             ur, col = np.nonzero(got >= 0)
             counts[r, c] = np.bincount(ur, minlength=len(r))
             users.append(r[ur])
@@ -342,23 +347,28 @@ def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = 
     clock.lap("ranking")
     per_user_rows = np.searchsorted(cand_user[sel], np.arange(len(user_ids) + 1))
 
-    feeds = []  # per user: (feed rows, is exploration, relaxed)
     explore_lists: dict[tuple[str, ...], np.ndarray] = {}
+    slots, explore, ranked = [], [], []  # per user: exploration slots and items, the rows left to rank
     for r, u in enumerate(user_ids):
         rng = _rng(ctx, name, int(u))
-        slots = exploration_slots(s.feed_length, s.exploration.share, rng)
+        slots.append(exploration_slots(s.feed_length, s.exploration.share, rng))
         segments = groups[of_user[r]]
         if segments not in explore_lists:
             explore_lists[segments] = _exploration_pool(ctx, s, segments)
-        explore = _exploration_items(explore_lists[segments], seen.indices[seen.indptr[r]:seen.indptr[r + 1]],
-                                     len(slots), rng)
+        explore.append(_exploration_items(explore_lists[segments], seen.indices[seen.indptr[r]:seen.indptr[r + 1]],
+                                          len(slots[r]), rng))
         rows = np.arange(per_user_rows[r], per_user_rows[r + 1])
-        rows = rows[~np.isin(items_of[rows], explore)]
-        picked = _diversify(s, score[rows], vectors[items_of[rows]], ctx.catalogue.category_l2[items_of[rows]],
-                            ctx.catalogue.content_cluster[items_of[rows]], s.feed_length - len(explore))
-        relaxed = np.zeros(len(picked.items), bool)
-        relaxed[picked.relaxed] = True
-        feed, is_explore = interleave(rows[picked.items], explore, slots)
+        ranked.append(rows[~np.isin(items_of[rows], explore[r])])
+    rows = np.concatenate(ranked) if ranked else np.zeros(0, np.int64)
+    picked = _diversify(s, score[rows], vectors[items_of[rows]], ctx.catalogue.category_l2[items_of[rows]],
+                        ctx.catalogue.content_cluster[items_of[rows]],
+                        np.r_[0, np.cumsum([len(x) for x in ranked], dtype=np.int64)],
+                        s.feed_length - np.array([len(x) for x in explore], dtype=np.int64))
+    feeds = []  # per user: (feed rows, is exploration, relaxed)
+    for r in range(len(user_ids)):
+        relaxed = np.zeros(len(picked[r].items), bool)
+        relaxed[picked[r].relaxed] = True
+        feed, is_explore = interleave(ranked[r][picked[r].items], explore[r], slots[r])
         is_relaxed = np.zeros(len(feed), bool)
         is_relaxed[~is_explore] = relaxed[: int((~is_explore).sum())]
         feeds.append((feed, is_explore, is_relaxed))
@@ -426,19 +436,21 @@ class _Clock:
 
 
 def _diversify(s: StrategyConfig, score: np.ndarray, vectors: np.ndarray, categories: np.ndarray,
-               clusters: np.ndarray, k: int) -> Selection:
-    """The ranked part of the feed: DPP, MMR, or (none) the scores' order, under the spacing rules.
-    Without diversity no similarity is computed (MMR with η = 1 on zero-width vectors), and without
-    spacing rules either the order is a stable sort (the greedy loop's order: ties to the lower index)."""
+               clusters: np.ndarray, bounds: np.ndarray, k: np.ndarray) -> list[Selection]:
+    """The ranked part of each user's feed (its candidates rows bounds[r]:bounds[r + 1], k[r] slots):
+    DPP, MMR, or (none) the scores' order, under the spacing rules. Without diversity no similarity
+    is computed (MMR with η = 1 on zero-width vectors), and without spacing rules either the order is
+    a stable sort (the greedy loop's order: ties to the lower index)."""
     d = s.diversity
     kw = {"categories": categories, "clusters": clusters, "category_gap": d.category_gap, "cluster_gap": d.cluster_gap}
     if d.method == "dpp":  # the DPP window counts the new pick: w + 1 conditions on the last w picks
-        return dpp(score, vectors, k, d.eta, window=d.window + 1, **kw)
+        return dpp_rows(score, vectors, bounds, k, d.eta, window=d.window + 1, **kw)
     if d.method == "mmr":
-        return mmr(score, vectors, k, d.eta, window=d.window, **kw)
+        return mmr_rows(score, vectors, bounds, k, d.eta, window=d.window, **kw)
     if d.category_gap <= 0 and d.cluster_gap <= 0:
-        return Selection(np.argsort(-score, kind="stable")[:k], np.zeros(0, np.int64))
-    return mmr(score, vectors[:, :0], k, 1.0, window=d.window, **kw)
+        return [Selection(np.argsort(-score[lo:hi], kind="stable")[:n], np.zeros(0, np.int64))
+                for (lo, hi), n in zip(pairwise(bounds), k)]
+    return mmr_rows(score, vectors[:, :0], bounds, k, 1.0, window=d.window, **kw)
 
 
 def _exploration_pool(ctx: ServingContext, s: StrategyConfig, segments: tuple[str, ...]) -> np.ndarray:
