@@ -1,11 +1,13 @@
 """Reading the deployment files (docker-compose.yml, Dockerfile, .env.example) the way Docker does,
 for the static checks (tests/test_compose.py) and for running the same configuration natively
-(tests/test_postgres_metadata.py)."""
+(tests/test_postgres_metadata.py, tests/test_celery_workers.py)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,17 @@ def native_env(
                 break
         env[key] = value
     return env
+
+
+def process_env(service: str, env_values: dict[str, str], stand_ins: dict[str, Path], airflow_home: Path,
+                hosts: dict[str, str]) -> dict[str, str]:
+    """`native_env` of a compose service on top of this process's environment (minus its AIRFLOW_*
+    and RECPIPE_* settings), for a process started here: `stand_ins` maps each mounted source of
+    `x-airflow-common` (e.g. "./dags", "recpipe-data") to its folder here, `hosts` each service
+    (`postgres` required) to its host:port."""
+    mounts = [v.split(":") for v in load_compose()["x-airflow-common"]["volumes"]]
+    paths = {target: stand_ins[source] for source, target, *_ in mounts if source in stand_ins}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
+    base.update(AIRFLOW_HOME=str(airflow_home),
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return base | native_env(service, env_values, paths, hosts["postgres"], hosts)

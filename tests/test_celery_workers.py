@@ -30,7 +30,7 @@ from cryptography.fernet import Fernet
 from tasks.core.config import DEFAULT_CONFIG, load_config
 from tasks.core.warehouse import refresh_views
 from tasks.orchestration.wiring import WATCHER
-from tests.deploy_files import ENV_EXAMPLE, LISTEN_PORTS, REPO, interpolate, load_compose, native_env, read_env_file
+from tests.deploy_files import ENV_EXAMPLE, LISTEN_PORTS, REPO, interpolate, load_compose, process_env, read_env_file
 from tests.live import free_port, request_json, require_system_tool, stop_process_group, wait_for
 from tests.postgres_server import PostgresServer, postgres  # noqa: F401 (fixture)
 
@@ -66,12 +66,8 @@ class Cluster:
             "./config": self.tmp / "config",
             "recpipe-data": self.tmp / "data",
         }
-        mounts = [v.split(":") for v in load_compose()["x-airflow-common"]["volumes"]]
-        paths = {target: stand_ins[source] for source, target, *_ in mounts if source in stand_ins}
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
-        base.update(AIRFLOW_HOME=str(self.tmp / "airflow"), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
         ports = {LISTEN_PORTS[service]: str(free_port())} if service in LISTEN_PORTS else {}
-        return base | native_env(service, self.dotenv, paths, self.hosts["postgres"], self.hosts) | ports
+        return process_env(service, self.dotenv, stand_ins, self.tmp / "airflow", self.hosts) | ports
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
         """Start a process in its own session, its output in <name>.log."""

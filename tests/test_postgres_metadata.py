@@ -6,7 +6,6 @@ logged in as a user of the .env."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.conftest import write_config
-from tests.deploy_files import ENV_EXAMPLE, REPO, load_compose, native_env, read_env_file
+from tests.deploy_files import ENV_EXAMPLE, REPO, process_env, read_env_file
 from tests.live import free_port, request_json, stop_process_group, wait_for
 from tests.postgres_server import PostgresServer, postgres  # noqa: F401 (fixture)
 
@@ -42,11 +41,8 @@ class Deployment:
             "./config": self.tmp / "config",
             "recpipe-data": self.tmp / "data",
         }
-        mounts = [v.split(":") for v in load_compose()["x-airflow-common"]["volumes"]]
-        paths = {target: stand_ins[source] for source, target, *_ in mounts if source in stand_ins}
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
-        base.update(AIRFLOW_HOME=str(self.tmp / "airflow"), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-        return base | native_env(service, self.dotenv, paths, f"{self.server.host}:{self.server.port}")
+        return process_env(service, self.dotenv, stand_ins, self.tmp / "airflow",
+                           {"postgres": f"{self.server.host}:{self.server.port}"})
 
     def query(self, sql: str) -> list[tuple]:
         """Rows of a query on the metadata database."""
