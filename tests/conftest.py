@@ -74,6 +74,29 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+def ranking_world(tmp: Path, **sections: dict) -> PlatformConfig:
+    """The small simulation (SMALL_SIMULATOR) under `tmp`, loaded, with dbt's staging views and its
+    ranking exposures; the config's other sections overridden by `sections`."""
+    from tasks.core.dbt_runner import run_dbt
+    from tasks.core.warehouse import refresh_views
+    from tasks.ingest.load import load_dir
+    from tasks.ranking.data import build_exposures
+    from tasks.simulator import simulate
+
+    cfg = load_config(write_config(tmp / "recpipe.yaml", tmp / "data", **sections))
+    simulate(cfg.simulator, cfg.landing_dir, cfg.ground_truth_dir)
+    load_dir(cfg.landing_dir, cfg)
+    refresh_views(cfg)
+    run_dbt(cfg, ["run", "--select", "path:models/staging"])
+    build_exposures(cfg, cfg.simulator.start_date, last_day(cfg))
+    return cfg
+
+
+def last_day(cfg: PlatformConfig) -> dt.date:
+    """The last simulated day."""
+    return cfg.simulator.start_date + dt.timedelta(days=cfg.simulator.days - 1)
+
+
 @pytest.fixture(scope="session")
 def retrieval_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The config file of 2,000 users x 15 simulated days, loaded, with dbt's staging views, user

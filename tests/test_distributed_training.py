@@ -4,7 +4,6 @@ end with the parameters of one process on the same data and seed (several chunks
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 
 import numpy as np
@@ -12,16 +11,12 @@ import pytest
 import torch
 
 from tasks.core import artifacts
-from tasks.core.config import PlatformConfig, load_config
-from tasks.core.dbt_runner import run_dbt
-from tasks.core.warehouse import refresh_views
-from tasks.ingest.load import load_dir
+from tasks.core.config import PlatformConfig
 from tasks.ranking import full, pre
-from tasks.ranking.data import build_exposures, load_exposures
+from tasks.ranking.data import load_exposures
 from tasks.retrieval import two_tower
 from tasks.retrieval.data import connect_read
-from tasks.simulator import simulate
-from tests.conftest import write_config
+from tests.conftest import last_day, ranking_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -35,26 +30,13 @@ MAX_ABS, MAX_RELATIVE = 1e-4, 1e-5
 def sim(tmp_path_factory: pytest.TempPathFactory) -> PlatformConfig:
     """400 users x 3 simulated days with their ranking exposures; tiny models, small batches and
     chunks (several chunks per day, batches of odd sizes), one epoch."""
-    tmp = tmp_path_factory.mktemp("distributed")
-    cfg = load_config(write_config(
-        tmp / "recpipe.yaml", tmp / "data", simulator={"days": DAYS},
+    return ranking_world(tmp_path_factory.mktemp("distributed"), simulator={"days": DAYS},
         training={"read_batch_rows": 250},
         retrieval={"train_window_days": DAYS, "two_tower": {
             "dim": 8, "batch_size": 61, "first_epochs": 1, "random_negatives": 16, "hard_negatives": 2}},
         ranking={"full": {"embedding_dim": 4, "experts": 2, "expert_hidden": 8, "tower_hidden": 8,
                           "batch_size": 97, "first_epochs": 1, "first_window_days": DAYS},
-                 "preranking": {"dim": 4, "batch_size": 83, "first_epochs": 1, "loss": "both"}},
-    ))
-    simulate(cfg.simulator, cfg.landing_dir, cfg.ground_truth_dir)
-    load_dir(cfg.landing_dir, cfg)
-    refresh_views(cfg)
-    run_dbt(cfg, ["run", "--select", "path:models/staging"])
-    build_exposures(cfg, cfg.simulator.start_date, _last(cfg))
-    return cfg
-
-
-def _last(cfg: PlatformConfig) -> dt.date:
-    return cfg.simulator.start_date + dt.timedelta(days=DAYS - 1)
+                 "preranking": {"dim": 4, "batch_size": 83, "first_epochs": 1, "loss": "both"}})
 
 
 def _with(cfg: PlatformConfig, processes: int) -> PlatformConfig:
@@ -66,14 +48,14 @@ def _with(cfg: PlatformConfig, processes: int) -> PlatformConfig:
 
 def _preranking(cfg: PlatformConfig) -> artifacts.Version:
     with connect_read(cfg) as con:
-        exposures = load_exposures(con, cfg.simulator.start_date, _last(cfg))
+        exposures = load_exposures(con, cfg.simulator.start_date, last_day(cfg))
     teacher = np.random.default_rng(0).random((len(exposures), 7)).astype(np.float32)
-    return pre.train(cfg, _last(cfg), exposures, teacher)
+    return pre.train(cfg, last_day(cfg), exposures, teacher)
 
 
 TRAIN: dict[str, Callable[[PlatformConfig], artifacts.Version]] = {
-    "two_tower": lambda cfg: two_tower.train(cfg, _last(cfg)),
-    "full_ranking": lambda cfg: full.train(cfg, _last(cfg)),
+    "two_tower": lambda cfg: two_tower.train(cfg, last_day(cfg)),
+    "full_ranking": lambda cfg: full.train(cfg, last_day(cfg)),
     "preranking": _preranking,
 }
 

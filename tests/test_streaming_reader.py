@@ -5,7 +5,6 @@ streamed training ends with the weights of in-memory training on the whole table
 
 from __future__ import annotations
 
-import datetime as dt
 from itertools import pairwise
 
 import numpy as np
@@ -19,12 +18,9 @@ from models.ranking.features import ranking_features
 from models.ranking.full import Architecture, FullRanking, sizes
 from models.retrieval.two_tower import TwoTower
 from models.retrieval.two_tower_data import training_set
-from tasks.core.config import RANKING_HEADS, PlatformConfig, load_config
-from tasks.core.dbt_runner import run_dbt
-from tasks.core.warehouse import refresh_views
-from tasks.ingest.load import load_dir
+from tasks.core.config import RANKING_HEADS, PlatformConfig
 from tasks.ranking import full, pre
-from tasks.ranking.data import build_exposures, exposure_chunks, load_exposures
+from tasks.ranking.data import exposure_chunks, load_exposures
 from tasks.retrieval import two_tower
 from tasks.retrieval.data import (
     connect_read,
@@ -36,8 +32,7 @@ from tasks.retrieval.data import (
     read_events,
     rechunk,
 )
-from tasks.simulator import simulate
-from tests.conftest import write_config
+from tests.conftest import last_day, ranking_world
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,24 +44,11 @@ ROWS = 37  # a small chunk: several per day, batches and groups cut across chunk
 def sim(tmp_path_factory: pytest.TempPathFactory) -> PlatformConfig:
     """400 users x 3 simulated days with their ranking exposures; small models, one epoch, hard
     and random negatives on."""
-    tmp = tmp_path_factory.mktemp("streaming")
-    cfg = load_config(write_config(
-        tmp / "recpipe.yaml", tmp / "data", simulator={"days": DAYS},
+    return ranking_world(tmp_path_factory.mktemp("streaming"), simulator={"days": DAYS},
         retrieval={"train_window_days": DAYS, "two_tower": {
             "dim": 8, "batch_size": 64, "first_epochs": 1, "random_negatives": 16, "hard_negatives": 2}},
         ranking={"full": {"embedding_dim": 4, "experts": 2, "expert_hidden": 8, "tower_hidden": 8,
-                          "batch_size": 128, "first_epochs": 1, "first_window_days": DAYS}},
-    ))
-    simulate(cfg.simulator, cfg.landing_dir, cfg.ground_truth_dir)
-    load_dir(cfg.landing_dir, cfg)
-    refresh_views(cfg)
-    run_dbt(cfg, ["run", "--select", "path:models/staging"])
-    build_exposures(cfg, cfg.simulator.start_date, _last(cfg))
-    return cfg
-
-
-def _last(cfg: PlatformConfig) -> dt.date:
-    return cfg.simulator.start_date + dt.timedelta(days=DAYS - 1)
+                          "batch_size": 128, "first_epochs": 1, "first_window_days": DAYS}})
 
 
 def _key_order(e: Exposures) -> np.ndarray:
@@ -90,7 +72,7 @@ def test_rechunk_cuts_record_batches_into_tables_of_exact_size() -> None:
 
 @pytest.mark.slow
 def test_event_chunks_hold_the_rows_of_the_whole_table(sim: PlatformConfig) -> None:
-    first, last = sim.simulator.start_date, _last(sim)
+    first, last = sim.simulator.start_date, last_day(sim)
     with connect_read(sim) as con:
         catalogue = load_catalogue(con, last)
         whole = read_events(con, catalogue, "click", first, last)
@@ -102,7 +84,7 @@ def test_event_chunks_hold_the_rows_of_the_whole_table(sim: PlatformConfig) -> N
 
 @pytest.mark.slow
 def test_exposure_chunks_hold_the_rows_of_the_whole_table(sim: PlatformConfig) -> None:
-    first, last = sim.simulator.start_date, _last(sim)
+    first, last = sim.simulator.start_date, last_day(sim)
     with connect_read(sim) as con:
         whole = load_exposures(con, first, last)
         chunks = list(exposure_chunks(con, first, last, ROWS))
@@ -118,7 +100,7 @@ def test_exposure_chunks_hold_the_rows_of_the_whole_table(sim: PlatformConfig) -
 def test_two_tower_chunks_get_the_whole_table_inputs(sim: PlatformConfig) -> None:
     """Each chunk's examples: the sequences and hard negatives of `training_set` on the whole
     window (matched by event id)."""
-    first, last = sim.simulator.start_date, _last(sim)
+    first, last = sim.simulator.start_date, last_day(sim)
     with connect_read(sim) as con:
         catalogue = load_catalogue(con, last)
         users = two_tower.load_users(con, last)
@@ -145,7 +127,7 @@ def test_two_tower_chunks_get_the_whole_table_inputs(sim: PlatformConfig) -> Non
 def test_ranking_chunks_get_the_whole_table_features(sim: PlatformConfig) -> None:
     """Full ranker and pre-ranker: each chunk's features (sequences from its users' clicks only)
     are those of the whole-table features."""
-    first, last = sim.simulator.start_date, _last(sim)
+    first, last = sim.simulator.start_date, last_day(sim)
     with connect_read(sim) as con:
         src = full.load_sources(con, first, last, sim.ranking.full.history_days)
         exposures = load_exposures(con, first, last)
@@ -183,7 +165,7 @@ def test_default_chunks_train_as_the_whole_tables(sim: PlatformConfig) -> None:
     in-memory training on the whole-table readers' arrays (training_set / ranking_features)."""
     cfg = sim.model_copy(update={"paths": sim.paths.model_copy(
         update={"artifacts": str(sim.artifacts_dir.parent / "artifacts-default")})})
-    first, last = cfg.simulator.start_date, _last(cfg)
+    first, last = cfg.simulator.start_date, last_day(cfg)
     tt, fr = cfg.retrieval.two_tower, cfg.ranking.full
     streamed = {"two_tower": two_tower.train(cfg, last), "full_ranking": full.train(cfg, last)}
     with connect_read(cfg) as con:
