@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.fernet import Fernet
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -147,3 +149,19 @@ def process_env(service: str, env_values: dict[str, str], stand_ins: dict[str, P
     base.update(AIRFLOW_HOME=str(airflow_home),
                 PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return base | native_env(service, env_values, paths, hosts["postgres"], hosts)
+
+
+def filled_dotenv(db_user: str, db_password: str, database: str) -> dict[str, str]:
+    """A filled-in .env, as a team member writes it from .env.example: the metadata database's
+    credentials and fresh secrets."""
+    return read_env_file(ENV_EXAMPLE) | {
+        "POSTGRES_USER": db_user,
+        "POSTGRES_PASSWORD": db_password,
+        "POSTGRES_DB": database,
+        "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
+        "AIRFLOW_JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW_API_SECRET_KEY": secrets.token_hex(32),
+        "AIRFLOW_ADMIN_USERNAME": "team-admin",
+        "AIRFLOW_ADMIN_EMAIL": "team-admin@example.com",
+        "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+    }

@@ -25,12 +25,11 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from cryptography.fernet import Fernet
 
 from tasks.core.config import DEFAULT_CONFIG, load_config
 from tasks.core.warehouse import refresh_views
 from tasks.orchestration.wiring import WATCHER
-from tests.deploy_files import ENV_EXAMPLE, LISTEN_PORTS, REPO, interpolate, load_compose, process_env, read_env_file
+from tests.deploy_files import LISTEN_PORTS, REPO, filled_dotenv, interpolate, load_compose, process_env
 from tests.live import free_port, request_json, require_system_tool, stop_process_group, wait_for
 from tests.postgres_server import PostgresServer, postgres  # noqa: F401 (fixture)
 
@@ -212,19 +211,10 @@ def task_instances(
     """The task instances of one nightly_training run on two Celery workers, read from the metadata
     database once every process has been stopped."""
     postgres.create_database(DATABASE)
-    dotenv = read_env_file(ENV_EXAMPLE) | {
+    dotenv = filled_dotenv(postgres.user, postgres.password, DATABASE) | {
         "AIRFLOW_EXECUTOR": "CeleryExecutor",
         "COMPOSE_PROFILES": "celery",
         "REDIS_PASSWORD": secrets.token_hex(16),
-        "POSTGRES_USER": postgres.user,
-        "POSTGRES_PASSWORD": postgres.password,
-        "POSTGRES_DB": DATABASE,
-        "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
-        "AIRFLOW_JWT_SECRET": secrets.token_hex(32),
-        "AIRFLOW_API_SECRET_KEY": secrets.token_hex(32),
-        "AIRFLOW_ADMIN_USERNAME": "team-admin",
-        "AIRFLOW_ADMIN_EMAIL": "team-admin@example.com",
-        "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
     }
     hosts = {"postgres": f"{postgres.host}:{postgres.port}", "airflow-apiserver": f"127.0.0.1:{free_port()}"}
     cluster = Cluster(tmp_path_factory.mktemp("celery"), dotenv, hosts, {})

@@ -6,17 +6,15 @@ logged in as a user of the .env."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 
 from tests.conftest import write_config
-from tests.deploy_files import ENV_EXAMPLE, REPO, process_env, read_env_file
+from tests.deploy_files import REPO, filled_dotenv, process_env
 from tests.live import free_port, request_json, stop_process_group, wait_for
 from tests.postgres_server import PostgresServer, postgres  # noqa: F401 (fixture)
 
@@ -64,17 +62,7 @@ def deployment(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactor
     """A filled-in .env (as a team member writes it from .env.example) and the init service's
     script run twice on it: a restarted deployment re-runs it and nothing changes."""
     postgres.create_database(DATABASE)
-    dotenv = read_env_file(ENV_EXAMPLE) | {
-        "POSTGRES_USER": postgres.user,
-        "POSTGRES_PASSWORD": postgres.password,
-        "POSTGRES_DB": DATABASE,
-        "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
-        "AIRFLOW_JWT_SECRET": secrets.token_hex(32),
-        "AIRFLOW_API_SECRET_KEY": secrets.token_hex(32),
-        "AIRFLOW_ADMIN_USERNAME": "team-admin",
-        "AIRFLOW_ADMIN_EMAIL": "team-admin@example.com",
-        "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
-    }
+    dotenv = filled_dotenv(postgres.user, postgres.password, DATABASE)
     deploy = Deployment(postgres, dotenv, tmp_path_factory.mktemp("deployment"))
     env = deploy.env("airflow-init")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
