@@ -11,12 +11,13 @@ import datetime as dt
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.core.contract import AGE_BUCKETS, GENDERS
+from tasks.core.storage import Location, is_url, location
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "recpipe.yaml"
@@ -33,7 +34,9 @@ class _Strict(BaseModel):
 
 
 class Paths(_Strict):
-    """Where data lives. Relative paths are under the data root (RECPIPE_DATA_DIR or data/)."""
+    """Where data lives. Relative paths are under the data root (RECPIPE_DATA_DIR or data/). The
+    lake, the artifacts and the reports may be fsspec URLs (s3://bucket/prefix), each protocol
+    with its `storage_options` (e.g. s3: {endpoint_url: ...}; credentials from the environment)."""
 
     data_root: str = "data"
     landing: str = "landing"
@@ -43,6 +46,15 @@ class Paths(_Strict):
     alerts_log: str = "alerts/alerts.jsonl"
     reports: str = "reports"
     artifacts: str = "artifacts"  # versioned models and ANN indexes (tasks/core/artifacts.py)
+    storage_options: dict[str, dict[str, Any]] = {}
+
+    @field_validator("data_root", "landing", "warehouse", "ground_truth", "alerts_log")
+    @classmethod
+    def _local(cls, v: str, info) -> str:
+        if is_url(v):
+            raise ValueError(f"{v!r}: {info.field_name} must be a local path (only lake, artifacts and "
+                             "reports may be URLs)")
+        return v
 
 
 class SimulatorConfig(_Strict):
@@ -814,6 +826,9 @@ class PlatformConfig(_Strict):
                            ("calibrated_segment", groups.calibrated_segment)]:
             if seg not in known:
                 raise ValueError(f"ranking.special_groups.{where}: unknown segment {seg!r} (known: {sorted(known)})")
+        if self.warehouse.engine == "spark" and is_url(self.paths.lake):
+            raise ValueError(f"paths.lake: the spark engine reads a local lake only (got {self.paths.lake!r}; "
+                             "a lake on object storage needs Hadoop's s3a jars: use engine duckdb)")
         if "serving" in self.model_fields_set:
             self._serving_names_known(known)
         self._experiments_valid()
@@ -895,9 +910,12 @@ class PlatformConfig(_Strict):
     def landing_dir(self) -> Path:
         return self._under_root(self.paths.landing)
 
+    def _stored(self, spec: str) -> Location:
+        return location(spec, self.data_root, self.paths.storage_options)
+
     @property
-    def lake_dir(self) -> Path:
-        return self._under_root(self.paths.lake)
+    def lake_dir(self) -> Location:
+        return self._stored(self.paths.lake)
 
     @property
     def warehouse_path(self) -> Path:
@@ -912,12 +930,16 @@ class PlatformConfig(_Strict):
         return self._under_root(self.paths.alerts_log)
 
     @property
-    def reports_dir(self) -> Path:
-        return self._under_root(self.paths.reports)
+    def reports_dir(self) -> Location:
+        return self._stored(self.paths.reports)
 
     @property
-    def artifacts_dir(self) -> Path:
-        return self._under_root(self.paths.artifacts)
+    def artifacts_dir(self) -> Location:
+        return self._stored(self.paths.artifacts)
+
+    def stores(self) -> tuple[Location, ...]:
+        """The lake, the artifacts and the reports: the locations that may be on an object store."""
+        return self.lake_dir, self.artifacts_dir, self.reports_dir
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:

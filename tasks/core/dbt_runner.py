@@ -30,6 +30,7 @@ import yaml
 
 from tasks.core.config import ALL, REPO_ROOT, PlatformConfig
 from tasks.core.contract import TABLES
+from tasks.core.storage import dbt_filesystems
 from tasks.core.warehouse import connect, table_names
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,9 @@ def spark_dir(cfg: PlatformConfig) -> Path:
 
 def dbt_env(cfg: PlatformConfig) -> dict[str, str]:
     """Environment of a dbt run: the absolute paths the profile reads (the DuckDB warehouse, the
-    spark target's folder)."""
-    return {"RECPIPE_WAREHOUSE": str(cfg.warehouse_path.resolve()), "RECPIPE_SPARK_DIR": str(spark_dir(cfg))}
+    spark target's folder) and the object stores the duckdb target reads the lake from."""
+    return {"RECPIPE_WAREHOUSE": str(cfg.warehouse_path.resolve()), "RECPIPE_SPARK_DIR": str(spark_dir(cfg)),
+            **dbt_filesystems([cfg.lake_dir])}
 
 
 def spark_sources(cfg: PlatformConfig) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def spark_sources(cfg: PlatformConfig) -> dict[str, Any]:
     tables that exist."""
     exports = spark_dir(cfg) / "exports"
     return {
-        "lake": str(cfg.lake_dir.resolve()),
+        "lake": str(cfg.lake_dir.resolve()),  # local: PlatformConfig refuses a URL lake on spark
         "tables": {name: [[c.name, SPARK_TYPES[c.sql_type]] for c in t.columns] for name, t in TABLES.items()},
         "exports": {name: str(exports / name) for name in SPARK_EXPORTS if (exports / name).is_dir()},
     }

@@ -9,7 +9,9 @@ Layout (under `cfg.lake_dir`):
     _batches/<batch_id>.json                             the batch manifest, written last
 
 A batch id is a content hash of the batch, so loading a batch again rewrites the same paths with
-the same bytes. Every file is written to a hidden temporary name and then `os.replace`d.
+the same bytes. Every file is written atomically (tasks.core.atomic: a hidden temporary name, then
+`os.replace`; on an object store, one upload). The lake may be a local folder or a URL
+(tasks.core.storage).
 
 A day file shadows the month-file rows of its (day, batch): `scan_sql` (the raw views) skips them.
 So compaction (write the month file, then delete the day files) and a reload after compaction
@@ -24,7 +26,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import groupby
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 
 from tasks.core.atomic import atomic_write
 from tasks.core.contract import TABLES
+from tasks.core.storage import Location, parquet_rows, read_parquet, remove_dir_if_empty
 
 QUARANTINE = "quarantine"
 MANIFESTS = "_batches"
@@ -69,22 +71,22 @@ def schema_of(table: str) -> pa.Schema:
     return QUARANTINE_SCHEMA if table == QUARANTINE else TABLES[table].arrow_schema()
 
 
-def partition_dir(lake: Path, table: str, day: dt.date) -> Path:
+def partition_dir(lake: Location, table: str, day: dt.date) -> Location:
     """The hive partition folder of `table` for `day`."""
     return lake / table / f"dt={day.isoformat()}"
 
 
-def batch_file(lake: Path, table: str, day: dt.date, batch_id: str) -> Path:
+def batch_file(lake: Location, table: str, day: dt.date, batch_id: str) -> Location:
     """The file one batch writes into one partition."""
     return partition_dir(lake, table, day) / f"batch-{batch_id}.parquet"
 
 
-def manifest_path(lake: Path, batch_id: str) -> Path:
+def manifest_path(lake: Location, batch_id: str) -> Location:
     """Where the manifest of a loaded batch lives."""
     return lake / MANIFESTS / f"{batch_id}.json"
 
 
-def write_parquet(data: pa.Table, path: Path, schema: pa.Schema) -> None:
+def write_parquet(data: pa.Table, path: Location, schema: pa.Schema) -> None:
     """Write `data` cast to `schema` atomically: snappy, strings dictionary-encoded, min/max
     statistics on the numbers and timestamps (the columns queries prune on).
 
@@ -102,7 +104,7 @@ def write_parquet(data: pa.Table, path: Path, schema: pa.Schema) -> None:
     )
 
 
-def write_manifest(lake: Path, batch_id: str, manifest: dict[str, Any]) -> Path:
+def write_manifest(lake: Location, batch_id: str, manifest: dict[str, Any]) -> Location:
     """Write the batch manifest atomically; it marks the batch as completely loaded."""
     path = manifest_path(lake, batch_id)
     text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
@@ -110,7 +112,7 @@ def write_manifest(lake: Path, batch_id: str, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def read_manifest(lake: Path, batch_id: str) -> dict[str, Any] | None:
+def read_manifest(lake: Location, batch_id: str) -> dict[str, Any] | None:
     """The manifest of a loaded batch, or None if it was never (completely) loaded."""
     path = manifest_path(lake, batch_id)
     return json.loads(path.read_text()) if path.exists() else None
@@ -125,14 +127,14 @@ def month_schema(table: str) -> pa.Schema:
     )
 
 
-def month_file(lake: Path, table: str, month: dt.date) -> Path:
+def month_file(lake: Location, table: str, month: dt.date) -> Location:
     """The compacted file of `table` for the month of `month`."""
     return lake / table / f"month={month:%Y-%m}" / MONTH_FILE
 
 
 def table_files(
-    lake: Path, table: str, days: Iterable[dt.date] | None = None, exclude_batch: str | None = None
-) -> list[Path]:
+    lake: Location, table: str, days: Iterable[dt.date] | None = None, exclude_batch: str | None = None
+) -> list[Location]:
     """The day files of `table` (all partitions, or only `days`), optionally without one batch's."""
     if days is None:
         files = (lake / table).glob("dt=*/batch-*.parquet")
@@ -142,7 +144,7 @@ def table_files(
     return sorted(f for f in files if f.name != skip)
 
 
-def month_files(lake: Path, table: str, days: Iterable[dt.date] | None = None) -> list[Path]:
+def month_files(lake: Location, table: str, days: Iterable[dt.date] | None = None) -> list[Location]:
     """The compacted month files of `table` (all, or those holding the months of `days`)."""
     if days is None:
         return sorted((lake / table).glob(f"month=*/{MONTH_FILE}"))
@@ -150,7 +152,7 @@ def month_files(lake: Path, table: str, days: Iterable[dt.date] | None = None) -
 
 
 def rows_sql(
-    lake: Path, table: str, columns: list[str], days: list[dt.date] | None = None, exclude_batch: str | None = None
+    lake: Location, table: str, columns: list[str], days: list[dt.date] | None = None, exclude_batch: str | None = None
 ) -> tuple[str, dict[str, Any]] | None:
     """SQL and its parameters selecting `columns` of the lake rows of `table` (only those of `days`
     when given), without batch `exclude_batch`'s rows; None when there are no such files. A day
@@ -170,11 +172,11 @@ def rows_sql(
     return (" UNION ALL ".join(parts), params) if parts else None
 
 
-def _literal(path: Path) -> str:
+def _literal(path: Location) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def scan_sql(lake: Path, table: str) -> str | None:
+def scan_sql(lake: Location, table: str) -> str | None:
     """SQL over every row of a lake table with its day `dt` (DATE), whatever the layout: day files
     (the day from their hive folder, so a filter on `dt` reads only that day's folders) and month
     files (the day from their `dt` column, minus the rows that a day file of the same day and batch
@@ -202,12 +204,12 @@ def scan_sql(lake: Path, table: str) -> str | None:
     )
 
 
-def batch_files(lake: Path, batch_id: str) -> list[Path]:
+def batch_files(lake: Location, batch_id: str) -> list[Location]:
     """Every data and quarantine day file a batch has in the lake."""
     return sorted(lake.glob(f"*/dt=*/batch-{batch_id}.parquet"))
 
 
-def _day_file_key(lake: Path, path: Path) -> tuple[str, dt.date, str]:
+def _day_file_key(lake: Location, path: Location) -> tuple[str, dt.date, str]:
     """(table, day, batch id) of a day file."""
     table, rest = path.relative_to(lake).as_posix().split("/", 1)
     m = _DAY_FILE.match(rest)
@@ -216,10 +218,10 @@ def _day_file_key(lake: Path, path: Path) -> tuple[str, dt.date, str]:
     return table, dt.date.fromisoformat(m.group(1)), m.group(2)
 
 
-def _month_rows(lake: Path, path: Path) -> pa.Table:
+def _month_rows(lake: Location, path: Location) -> pa.Table:
     """A day file's rows in its table's month schema (columns it lacks as NULL, plus dt and _batch)."""
     table, day, batch = _day_file_key(lake, path)
-    rows = pq.read_table(path)
+    rows = read_parquet(path)
     n = rows.num_rows
     columns = [rows[f.name] if f.name in rows.column_names else pa.nulls(n, f.type) for f in schema_of(table)]
     columns += [pa.array([day] * n, pa.date32()), pa.array([batch] * n, pa.string())]
@@ -227,8 +229,8 @@ def _month_rows(lake: Path, path: Path) -> pa.Table:
 
 
 def _rewrite_month(
-    lake: Path, table: str, month: dt.date, add: list[Path], drop: set[tuple[dt.date, str]]
-) -> Path:
+    lake: Location, table: str, month: dt.date, add: list[Location], drop: set[tuple[dt.date, str]]
+) -> Location:
     """Rewrite a month file: its rows minus those of the (day, batch) pairs in `drop` or in the day
     files `add`, plus the rows of `add`, sorted by day and batch (file order within); atomically.
     An empty result removes the file."""
@@ -236,7 +238,7 @@ def _rewrite_month(
     replaced = drop | {_day_file_key(lake, f)[1:] for f in add}
     parts = [_month_rows(lake, f) for f in add]
     if path.exists():
-        old = pq.read_table(path, schema=month_schema(table))
+        old = read_parquet(path, schema=month_schema(table))
         keys = pc.binary_join_element_wise(
             pc.cast(old[DAY_COLUMN], pa.string()), old[BATCH_COLUMN], "/"
         )
@@ -265,7 +267,7 @@ class Compacted:
     rows: int
 
 
-def compact(lake: Path, before: dt.date) -> list[Compacted]:
+def compact(lake: Location, before: dt.date) -> list[Compacted]:
     """Merge the day files of every month that ends before `before` into one file per table and
     month (`month=YYYY-MM/compacted.parquet`; a month compacted before gets its new day files).
 
@@ -281,17 +283,16 @@ def compact(lake: Path, before: dt.date) -> list[Compacted]:
             path = _rewrite_month(lake, table, month, files, set())
             for f in files:
                 f.unlink()
-                if not any(f.parent.iterdir()):
-                    f.parent.rmdir()
-            done.append(Compacted(table, month, len(files), pq.read_metadata(path).num_rows))
+                remove_dir_if_empty(f.parent)
+            done.append(Compacted(table, month, len(files), parquet_rows(path)))
     return done
 
 
-def remove_stale(lake: Path, batch_id: str, keep: Iterable[Path]) -> list[Path]:
+def remove_stale(lake: Location, batch_id: str, keep: Iterable[Location]) -> list[Location]:
     """Delete the batch's day files that a reload did not rewrite (e.g. rows now quarantined), and
     its rows in month files (compacted since its last load, per its manifest) that no day file of
     the reload shadows. Returns the files deleted or rewritten."""
-    keep = {Path(p) for p in keep}
+    keep = set(keep)
     stale = [f for f in batch_files(lake, batch_id) if f not in keep]
     for f in stale:
         f.unlink()
@@ -307,14 +308,14 @@ def remove_stale(lake: Path, batch_id: str, keep: Iterable[Path]) -> list[Path]:
     return stale
 
 
-def drop_batch(lake: Path, batch_id: str) -> None:
+def drop_batch(lake: Location, batch_id: str) -> None:
     """Remove a loaded batch from the lake, to replace it by a batch with other content: its day
     files, its rows in month files, then its manifest."""
     for f in batch_files(lake, batch_id):
         f.unlink()
     for table in LAKE_TABLES:
         for path in month_files(lake, table):
-            rows = pq.read_table(path, columns=[DAY_COLUMN, BATCH_COLUMN])
+            rows = read_parquet(path, columns=[DAY_COLUMN, BATCH_COLUMN])
             days = pc.unique(pc.filter(rows[DAY_COLUMN], pc.equal(rows[BATCH_COLUMN], batch_id))).to_pylist()
             if days:
                 _rewrite_month(lake, table, _first_of_month(days[0]), [], {(d, batch_id) for d in days})

@@ -10,14 +10,15 @@ from pathlib import Path
 
 from tasks.core import artifacts
 from tasks.core.config import PlatformConfig
+from tasks.core.storage import Location
 
 
-def model_store(cfg: PlatformConfig, model: str) -> Path:
+def model_store(cfg: PlatformConfig, model: str) -> Location:
     """Where a model's versions live."""
     return cfg.artifacts_dir / "models" / model
 
 
-def feed_store(cfg: PlatformConfig) -> Path:
+def feed_store(cfg: PlatformConfig) -> Location:
     """Where the nightly feeds' versions live."""
     return cfg.artifacts_dir / "feeds"
 

@@ -1,5 +1,6 @@
 """The DuckDB warehouse: connections (one writer at a time) and the `raw` views over the lake.
 
+Connections can read the lake on an object store (tasks.core.storage registers its filesystem).
 DuckDB allows one writing process per file. Inside Airflow every writer runs in the one-slot pool
 `cfg.airflow.warehouse_pool`; `connect_writer` refuses to open the file for writing from a task
 in any other pool. Readers open it read-only.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -18,6 +18,7 @@ import pyarrow as pa
 from tasks.core.config import PlatformConfig
 from tasks.core.contract import TABLES
 from tasks.core.lake import QUARANTINE, scan_sql, schema_of
+from tasks.core.storage import Location, register_filesystems
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,7 +62,7 @@ def connect(cfg: PlatformConfig, read_only: bool = True) -> duckdb.DuckDBPyConne
     path = cfg.warehouse_path
     if not path.exists():
         raise FileNotFoundError(f"{path}: no warehouse yet; load a batch and refresh the views first")
-    return duckdb.connect(str(path), read_only=True)
+    return _with_lake(cfg, duckdb.connect(str(path), read_only=True))
 
 
 def connect_writer(cfg: PlatformConfig) -> duckdb.DuckDBPyConnection:
@@ -73,10 +74,16 @@ def connect_writer(cfg: PlatformConfig) -> duckdb.DuckDBPyConnection:
             f"{cfg.airflow.warehouse_pool!r} (one writer at a time)"
         )
     cfg.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    return duckdb.connect(str(cfg.warehouse_path))
+    return _with_lake(cfg, duckdb.connect(str(cfg.warehouse_path)))
 
 
-def _view_sql(lake: Path, table: str) -> str:
+def _with_lake(cfg: PlatformConfig, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """`con`, able to read the `raw` views' files when the lake is on an object store."""
+    register_filesystems(con, [cfg.lake_dir])
+    return con
+
+
+def _view_sql(lake: Location, table: str) -> str:
     """A view over every file of a lake table, day and compacted month files (tasks.core.lake.scan_sql),
     with the day column `dt`; typed and empty while the table has no files."""
     sql = scan_sql(lake, table)

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from tasks.core.contract import TABLES
 from tasks.core.lake import rows_sql
+from tasks.core.storage import Location, register_filesystems
 from tasks.ingest.batch import SourceFile
 from tasks.ingest.rules import ITEM_REFS, USER_REFS, Rule, date_lit, ident, key_repr, lit, row_rules
 from tasks.ingest.staging import stage
@@ -64,9 +65,10 @@ def _strictly_increasing(column: pa.ChunkedArray) -> bool:
 class Validator:
     """Validates the files of one batch, in load order, on one in-memory connection."""
 
-    def __init__(self, batch_id: str, day: dt.date | None, now: dt.datetime, lake: Path) -> None:
+    def __init__(self, batch_id: str, day: dt.date | None, now: dt.datetime, lake: Location) -> None:
         self._spill = tempfile.TemporaryDirectory(prefix="recpipe-duckdb-")
         self.con = connect_memory(Path(self._spill.name))
+        register_filesystems(self.con, [lake])
         self.batch_id = batch_id
         self.day = day
         self.now = now

@@ -16,11 +16,11 @@ import html
 import json
 from collections.abc import Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from tasks.core.config import PlatformConfig
+from tasks.core.storage import Location
 from tasks.ops.alerts import Alert, read_alerts
 
 PAGE_PREFIX = "alert-"
@@ -45,12 +45,12 @@ def alert_id(alert: Mapping[str, Any] | Alert) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def alerts_pages_dir(cfg: PlatformConfig) -> Path:
+def alerts_pages_dir(cfg: PlatformConfig) -> Location:
     """The folder of the alert pages: `<reports>/alerts`."""
     return cfg.reports_dir / "alerts"
 
 
-def alert_page_path(cfg: PlatformConfig, alert: Mapping[str, Any] | Alert) -> Path:
+def alert_page_path(cfg: PlatformConfig, alert: Mapping[str, Any] | Alert) -> Location:
     """Where the page of one alert is (or will be) rendered."""
     return alerts_pages_dir(cfg) / f"{PAGE_PREFIX}{alert_id(alert)}.html"
 
@@ -158,7 +158,7 @@ def render_alert(alert: Mapping[str, Any]) -> str:
     return _page(f"recpipe alert: {alert.get('title', '')}", body)
 
 
-def render_alert_pages(cfg: PlatformConfig) -> Path:
+def render_alert_pages(cfg: PlatformConfig) -> Location:
     """Render the alerts log into `<reports>/alerts/` (index + one page per alert); return the index.
 
     Pages of alerts no longer in the log are removed, so the folder mirrors the log.

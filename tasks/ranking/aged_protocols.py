@@ -56,6 +56,7 @@ from models.ranking.full import Architecture, FullRanking, load_model, predict_p
 from tasks.core import artifacts, registry
 from tasks.core.config import RANKING_HEADS, FullRankingConfig, PlatformConfig
 from tasks.core.eval_metrics import auc
+from tasks.core.storage import Location
 from tasks.core.warehouse import replace_rows
 from tasks.ranking.data import TABLE as EXPOSURES_TABLE
 from tasks.ranking.data import build_exposures, load_exposures
@@ -75,7 +76,7 @@ COLUMNS = ("day", "protocol", "arm", "head", "auc", "n", "positives", "days", "e
            "architecture", "embeddings_reused", "version", "aged_version")
 
 
-def experiment_store(cfg: PlatformConfig) -> Path:
+def experiment_store(cfg: PlatformConfig) -> Location:
     """The throwaway store of the trained arms (outside the model registry)."""
     return cfg.artifacts_dir / "experiments" / TABLE
 

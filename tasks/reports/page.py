@@ -19,13 +19,13 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections.abc import Sequence
-from pathlib import Path
 
 import altair as alt
 import pandas as pd
 
 from tasks.core.atomic import atomic_write
 from tasks.core.config import ALL, PlatformConfig
+from tasks.core.storage import Location
 from tasks.core.warehouse import connect, table_names
 from tasks.reports.experiments import experiments_section
 from tasks.reports.fragments import FINAL, chart_scripts, html_table, interval_chart, time_chart
@@ -63,7 +63,7 @@ th{background:#f6f8fa;position:sticky;top:0} .warn{background:#fff8c5;padding:.5
 """
 
 
-def reports_metrics_dir(cfg: PlatformConfig) -> Path:
+def reports_metrics_dir(cfg: PlatformConfig) -> Location:
     """Where metric reports go: `<reports>/metrics/`."""
     return cfg.reports_dir / "metrics"
 
@@ -78,7 +78,7 @@ def load_marts(cfg: PlatformConfig) -> dict[str, pd.DataFrame]:
         }
 
 
-def write_report(cfg: PlatformConfig, now: dt.datetime | None = None) -> Path:
+def write_report(cfg: PlatformConfig, now: dt.datetime | None = None) -> Location:
     """Render the report from the warehouse; return the path of `index.html` (the latest)."""
     marts = load_marts(cfg)
     sections = [experiments_section(cfg), pools_section(cfg), social_section(cfg), retrieval_section(cfg),

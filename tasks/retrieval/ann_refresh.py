@@ -29,6 +29,7 @@ from models.retrieval import ann
 from models.retrieval.two_tower_retriever import catalogue_vectors
 from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
+from tasks.core.storage import Location
 from tasks.core.warehouse import connect, table_names
 from tasks.ops.alerts import Alert, DataQualityRejected, raise_alert
 from tasks.retrieval.data import connect_read, load_catalogue
@@ -76,7 +77,7 @@ def task_id(model: str, pool: str) -> str:
     return f"index_{model}__{pool}"
 
 
-def index_store(cfg: PlatformConfig, model: str, pool: str) -> Path:
+def index_store(cfg: PlatformConfig, model: str, pool: str) -> Location:
     return cfg.artifacts_dir / "ann" / model / pool
 
 

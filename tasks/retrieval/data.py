@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from models.common.tables import Catalogue, Events
 from tasks.core.config import PlatformConfig
-from tasks.core.warehouse import table_names
+from tasks.core.warehouse import connect, table_names
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def _ts_us(values: np.ndarray) -> np.ndarray:
 
 def connect_read(cfg: PlatformConfig) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the warehouse."""
-    return duckdb.connect(str(cfg.warehouse_path), read_only=True)
+    return connect(cfg)
 
 
 def load_catalogue(con: duckdb.DuckDBPyConnection, through: dt.date) -> Catalogue:

@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -40,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
+from tasks.core.storage import Location
 from tasks.core.warehouse import table_names
 from tasks.ranking import full as full_ranking
 from tasks.ranking import pre as preranking
@@ -74,7 +74,7 @@ class Served:
     load_seconds: float
 
 
-def pointer_stores(cfg: PlatformConfig) -> list[Path]:
+def pointer_stores(cfg: PlatformConfig) -> list[Location]:
     """The artifact stores whose current version `load_context` reads: the registry models, the
     special-group models and the two-tower ANN index of every pool a channel searches."""
     models = ("two_tower", "itemcf", "swing", preranking.MODEL, full_ranking.MODEL)
@@ -85,7 +85,7 @@ def pointer_stores(cfg: PlatformConfig) -> list[Path]:
             *(ann_refresh.index_store(cfg, "two_tower", p) for p in pools)]
 
 
-def _pointer(store: Path) -> str | None:
+def _pointer(store: Location) -> str | None:
     try:
         return (store / artifacts.POINTER).read_text()
     except FileNotFoundError:

@@ -14,12 +14,12 @@ import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from tasks.core import registry
 from tasks.core.config import PlatformConfig
+from tasks.core.storage import Location
 from tasks.experiments.readout import readout_table
 from tasks.reports.experiments import experiments_section
 from tasks.reports.fragments import chart_scripts, html_table
@@ -39,7 +39,7 @@ class DatedReport:
 
     stamp: str
     written: dt.datetime
-    path: Path
+    path: Location
 
 
 def dated_reports(cfg: PlatformConfig) -> list[DatedReport]:
@@ -50,7 +50,7 @@ def dated_reports(cfg: PlatformConfig) -> list[DatedReport]:
     return sorted(reports, key=lambda r: r.written, reverse=True)
 
 
-def latest_report(cfg: PlatformConfig) -> Path | None:
+def latest_report(cfg: PlatformConfig) -> Location | None:
     """The latest report (`index.html`), None before the first."""
     path = reports_metrics_dir(cfg) / "index.html"
     return path if path.exists() else None
