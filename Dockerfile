@@ -30,7 +30,7 @@ COPY --chown=airflow:0 constraints.txt pyproject.toml README.md ./
 COPY --chown=airflow:0 tasks/ tasks/
 COPY --chown=airflow:0 models/ models/
 COPY --chown=airflow:0 expectations/ expectations/
-RUN pip install --no-cache-dir -c constraints.txt -e ".[deploy]"
+RUN pip install --no-cache-dir -c constraints.txt -e ".[deploy,s3]"
 
 # Files read at run time (compose mounts the working tree's dags/ and config/ over them, and dbt/
 # on /opt/recpipe/dbt).

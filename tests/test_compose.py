@@ -130,8 +130,9 @@ def test_dockerfile_matches_constraints() -> None:
 
     installs = [args for word, args in instructions if word == "RUN" and "pip install" in args]
     assert installs and all("-c constraints.txt" in cmd for cmd in installs), installs
-    # The image installs the `deploy` extra: what the compose settings need besides the project.
-    assert any('".[deploy]"' in cmd for cmd in installs)
+    # The image installs the `deploy` extra (what the compose settings need besides the project) and
+    # `s3` (a lake and artifacts on object storage, docs/SCALE.md).
+    assert any('".[deploy,s3]"' in cmd for cmd in installs)
     # Editable: tasks.core.dbt_runner and tasks.orchestration.local_airflow resolve dbt/ and dags/ beside tasks/.
     assert all(' -e ".' in cmd for cmd in installs if '".[' in cmd), installs
     deploy = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["deploy"]
