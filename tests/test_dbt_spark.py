@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import yaml
@@ -25,6 +27,7 @@ from tasks.experiments.assignment import publish_assignments
 from tasks.ingest.load import load_batch, load_dir
 from tasks.pools.refresh import AS_OF_FORMAT, end_of_day
 from tasks.simulator import simulate
+from tasks.social.kol import score_days
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -109,8 +112,10 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
 
 
 @pytest.fixture(scope="module")
-def marts(tmp_path_factory: pytest.TempPathFactory, spark: SparkSession) -> dict[str, tuple[pa.Table, pa.Table]]:
-    """Per mart: (DuckDB build, Spark build), sorted by its key columns."""
+def builds(tmp_path_factory: pytest.TempPathFactory, spark: SparkSession) -> dict[str, Any]:
+    """Per mart (sorted by its key columns): the DuckDB build ("duckdb"), the Spark build read by
+    Spark ("spark") and read through the DuckDB warehouse's views ("warehouse"); and the KOL scores
+    that the Python step computed from each build's kol_features ("kol_scores": duckdb, spark)."""
     tmp = tmp_path_factory.mktemp("dbt-spark")
     configs = {}
     for engine in ("duckdb", "spark"):
@@ -128,14 +133,26 @@ def marts(tmp_path_factory: pytest.TempPathFactory, spark: SparkSession) -> dict
     publish_assignments(cfg)
     lake = sorted(p.relative_to(cfg.lake_dir) for p in cfg.lake_dir.rglob("*.parquet"))
 
-    _build(cfg)
-    with duckdb.connect(str(cfg.warehouse_path), read_only=True) as con:
-        built = {name: con.sql(f"select * from {name}").to_arrow_table() for name in KEYS}
-    _build(configs["spark"])
-    assert sorted(p.relative_to(cfg.lake_dir) for p in cfg.lake_dir.rglob("*.parquet")) == lake  # untouched
     keys = {name: [(k, "ascending") for k in KEYS[name]] for name in KEYS}
-    return {name: (built[name].sort_by(keys[name]), spark.table(f"main.{name}").toArrow().sort_by(keys[name]))
-            for name in KEYS}
+    found: dict[str, Any] = {}
+    for engine, where in (("duckdb", "duckdb"), ("spark", "warehouse")):
+        _build(configs[engine])
+        score_days(configs[engine], INCREMENTAL["ds_from"], INCREMENTAL["ds"])  # reads kol_features
+        with duckdb.connect(str(cfg.warehouse_path), read_only=True) as con:
+            found[where] = {name: con.sql(f"select * from {name}").to_arrow_table().sort_by(keys[name])
+                            for name in KEYS}
+            found.setdefault("kol_scores", {})[engine] = con.sql("select * from kol_scores order by all").df()
+            found.setdefault("views", {})[engine] = {r[0] for r in con.sql(
+                "select table_name from information_schema.tables where table_type = 'VIEW'").fetchall()}
+    assert sorted(p.relative_to(cfg.lake_dir) for p in cfg.lake_dir.rglob("*.parquet")) == lake  # untouched
+    found["spark"] = {name: spark.table(f"main.{name}").toArrow().sort_by(keys[name]) for name in KEYS}
+    return found
+
+
+@pytest.fixture(scope="module")
+def marts(builds: dict[str, Any]) -> dict[str, tuple[pa.Table, pa.Table]]:
+    """Per mart: (DuckDB build, Spark build), sorted by its key columns."""
+    return {name: (builds["duckdb"][name], builds["spark"][name]) for name in KEYS}
 
 
 @pytest.mark.parametrize("name", list(KEYS))
@@ -158,3 +175,18 @@ def test_the_spark_build_equals_the_duckdb_build(marts: dict[str, tuple[pa.Table
         x, y = x[~np.isnan(x)], y[~np.isnan(y)]
         worst = np.abs(x - y) / np.maximum(np.maximum(np.abs(x), np.abs(y)), np.finfo(float).tiny)
         assert np.all(worst <= RTOL), f"{name}.{column}: relative difference up to {worst.max():.2e}"
+
+
+def test_the_python_steps_read_the_spark_build_through_the_warehouse(builds: dict[str, Any]) -> None:
+    """On spark, the warehouse's marts are views over the Parquet that Spark wrote (no DuckDB copy
+    of the models), equal to the Spark tables; the KOL scoring step, which reads kol_features from
+    the warehouse, scores the Spark build as it scores the DuckDB one."""
+    assert set(KEYS) <= builds["views"]["spark"] and not set(KEYS) & builds["views"]["duckdb"]
+    for name in KEYS:
+        assert builds["warehouse"][name].num_rows == builds["spark"][name].num_rows > 0, name
+        for column in builds["spark"][name].column_names:
+            assert _values(builds["warehouse"][name][column]) == _values(builds["spark"][name][column]), \
+                f"{name}.{column}"
+    duck, spark = builds["kol_scores"]["duckdb"], builds["kol_scores"]["spark"]
+    assert len(duck) > 0
+    pd.testing.assert_frame_equal(spark, duck, rtol=RTOL)

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from tasks.core.config import ALL, REPO_ROOT, PlatformConfig
+from tasks.core.config import ALL, REPO_ROOT, PlatformConfig, get_config
 from tasks.core.contract import TABLES
 from tasks.core.storage import dbt_filesystems
 from tasks.core.warehouse import connect, table_names
@@ -74,15 +74,48 @@ def dbt_env(cfg: PlatformConfig) -> dict[str, str]:
 
 
 def spark_sources(cfg: PlatformConfig) -> dict[str, Any]:
-    """Var spark_sources (dbt/macros/spark_sources.sql): the lake folder, each contract table's
-    columns as [name, Spark type], and the folders of the Parquet copies of the `experiments`
-    tables that exist."""
+    """Var spark_sources (dbt/macros/spark_sources.sql, spark_marts.sql): the lake folder, each
+    contract table's columns as [name, Spark type], the folders of the Parquet copies of the
+    `experiments` tables that exist, and where the built models are written for DuckDB."""
     exports = spark_dir(cfg) / "exports"
     return {
+        "marts": str(spark_dir(cfg) / "marts"),
         "lake": str(cfg.lake_dir.resolve()),  # local: PlatformConfig refuses a URL lake on spark
         "tables": {name: [[c.name, SPARK_TYPES[c.sql_type]] for c in t.columns] for name, t in TABLES.items()},
         "exports": {name: str(exports / name) for name in SPARK_EXPORTS if (exports / name).is_dir()},
     }
+
+
+def views_over_spark(cfg: PlatformConfig) -> list[str]:
+    """After a dbt run on the spark target: point the warehouse's view of every model built on Spark
+    at its newest complete Parquet folder (`<spark>/marts/<model>/<version>/`, macro spark_marts),
+    in place of a DuckDB table of that name, and delete the model's older folders. The Python steps
+    then read the Spark build through the warehouse as they read the DuckDB one. Returns the models."""
+    root = spark_dir(cfg) / "marts"
+    models = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    pointed = []
+    with connect(cfg, read_only=False) as con:
+        kinds = dict(con.execute("select table_name, table_type from information_schema.tables "
+                                 "where table_schema = 'main'").fetchall())
+        for model in models:
+            versions = sorted(model.iterdir())
+            done = [v for v in versions if (v / "_SUCCESS").exists()]
+            if not done:
+                continue
+            if kinds.get(model.name) == "BASE TABLE":
+                con.execute(f'drop table main."{model.name}"')
+            files = str(done[-1] / "*.parquet").replace("'", "''")
+            con.execute(f"create or replace view main.\"{model.name}\" as select * from read_parquet('{files}')")
+            pointed.append(model.name)
+            for old in versions[:versions.index(done[-1])]:
+                shutil.rmtree(old)
+    return pointed
+
+
+def spark_views_callback(project_dir: str, **_: Any) -> None:
+    """Cosmos callback of the DAGs' dbt tasks on the spark target (after dbt, in the same task):
+    views_over_spark for the task's config."""
+    views_over_spark(get_config())
 
 
 def export_for_spark(cfg: PlatformConfig) -> None:
@@ -190,7 +223,8 @@ def run_dbt(
     """Run `dbt <args>` (e.g. ["build"], ["test", "--select", "metrics_daily"]) on the warehouse
     with the config's vars, rebuilding days [ds_from, ds]. Without ds, `build` and `run` are full
     refreshes (every day, tables recreated). On spark the `experiments` tables are copied for it
-    first (export_for_spark). Compiled SQL and logs go next to the warehouse
+    first (export_for_spark), and the warehouse's views move to the models it built after
+    (views_over_spark). Compiled SQL and logs go next to the warehouse
     (<warehouse dir>/dbt/), not into dbt/target, which holds the DAGs' manifest; the results are
     returned, not written as JSON artifacts. The vars differ from run to run (ds), which makes dbt
     parse the whole project anyway, so partial parsing (reading its saved state) is off."""
@@ -208,4 +242,7 @@ def run_dbt(
         "--no-write-json",
         "--no-partial-parse",
     ]
-    return _invoke([*args, *flags, *full_refresh], cfg)
+    result = _invoke([*args, *flags, *full_refresh], cfg)
+    if cfg.warehouse.engine == "spark":
+        views_over_spark(cfg)
+    return result

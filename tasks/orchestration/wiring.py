@@ -157,6 +157,8 @@ def dbt_task_group(cfg: PlatformConfig, group_id: str, *, selector: str, window:
         "vars": f"{{{{ ti.xcom_pull(task_ids='{run_vars.operator.task_id}') | tojson }}}}",
         "append_env": True,
         **writer_task_kwargs(cfg),
+        # spark: the warehouse's views move to the models the task built (tasks/core/dbt_runner.py)
+        **({"callback": dbt_runner.spark_views_callback} if cfg.warehouse.engine == "spark" else {}),
     }
     if cfg.airflow.dbt_tasks == "per_dag":
         built = DbtBuildLocalOperator(
