@@ -18,39 +18,70 @@ from scipy.stats import rankdata
 BOOTSTRAP_CELLS = 1 << 22  # resampled per-user values held at once
 
 
-def _hits(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> np.ndarray:
-    """(n_users, k) bool: is the item at each position one of the user's truth items."""
-    top = retrieved[:, :k]
-    return np.array([np.isin(row, t) & (row >= 0) for row, t in zip(top, truth)], dtype=bool).reshape(len(top), -1)
+def _hits_and_sizes(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_users, k) bool: is the item at each position one of the user's truth items; and per user
+    the number of distinct truth items. All users at once: each (user, item) pair is one integer
+    key, user * width + item, looked up in the sorted distinct keys of the truth."""
+    top = retrieved[:, :k].astype(np.int64)
+    lengths = np.fromiter((len(t) for t in truth), np.int64, len(truth))
+    items = np.concatenate(truth).astype(np.int64) if len(truth) else np.zeros(0, np.int64)
+    width = max(0, int(top.max(initial=0)), int(items.max(initial=0))) + 1
+    keys = np.unique(np.repeat(np.arange(len(truth), dtype=np.int64), lengths) * width + items)
+    wanted = np.arange(len(top), dtype=np.int64)[:, None] * width + top
+    at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    hits = (keys[at] == wanted) & (top >= 0) if len(keys) else np.zeros(top.shape, dtype=bool)
+    return hits, np.bincount(keys // width, minlength=len(truth)).astype(np.float64)
+
+
+def _recall(hits: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    return hits.sum(axis=1) / sizes
+
+
+def _hit(hits: np.ndarray) -> np.ndarray:
+    return hits.any(axis=1).astype(np.float64)
+
+
+def _ndcg(hits: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
+    ideal_of = np.array([discounts[:m].sum() for m in range(hits.shape[1] + 1)])  # by distinct truth items
+    ideal = ideal_of[np.minimum(sizes, hits.shape[1]).astype(np.int64)]
+    return (hits * discounts).sum(axis=1) / ideal if len(hits) else np.zeros(0)
 
 
 def user_recall(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> np.ndarray:
     """Per user, |top-k ∩ truth| / |truth| (distinct truth items)."""
-    sizes = np.array([len(np.unique(t)) for t in truth], dtype=np.float64)
-    return _hits(retrieved, truth, k).sum(axis=1) / sizes
+    return _recall(*_hits_and_sizes(retrieved, truth, k))
 
 
 def user_hit(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> np.ndarray:
     """Per user, 1.0 if a truth item is in the top k, else 0.0."""
-    return _hits(retrieved, truth, k).any(axis=1).astype(np.float64)
+    return _hit(_hits_and_sizes(retrieved, truth, k)[0])
 
 
 def user_ndcg(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> np.ndarray:
     """Per user, DCG@k / ideal DCG@k with binary gains."""
-    hits = _hits(retrieved, truth, k)
-    discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
-    ideal = np.array([discounts[: min(len(np.unique(t)), hits.shape[1])].sum() for t in truth])
-    return (hits * discounts).sum(axis=1) / ideal if len(hits) else np.zeros(0)
+    return _ndcg(*_hits_and_sizes(retrieved, truth, k))
+
+
+TERMS = {"recall": _recall, "ndcg": _ndcg, "hit_rate": lambda hits, sizes: _hit(hits)}
+
+
+def user_terms(retrieved: np.ndarray, truth: Sequence[np.ndarray], ks: Sequence[int],
+               metrics: Sequence[str] = ("recall", "ndcg", "hit_rate")) -> np.ndarray:
+    """(n_users, len(ks) x len(metrics)): per user the `metrics` (of TERMS) at each k of `ks`, k
+    by k, the same values as user_recall, user_ndcg and user_hit; the truth is looked up once."""
+    hits, sizes = _hits_and_sizes(retrieved, truth, max(ks))
+    return np.column_stack([TERMS[name](hits[:, :k], sizes) for k in ks for name in metrics])
 
 
 def user_tail_recall(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int, tail_mask: np.ndarray) -> np.ndarray:
     """Per user, Recall@k counting only truth items in the tail (tail_mask over catalogue rows);
     NaN for a user who clicked no tail item."""
-    tail_truth = [np.unique(t[tail_mask[t]]) for t in truth]
-    keep = np.array([len(t) > 0 for t in tail_truth], dtype=bool)
+    tail_truth = [t[tail_mask[t]] for t in truth]
+    hits, sizes = _hits_and_sizes(retrieved, tail_truth, k)
     out = np.full(len(truth), np.nan)
-    if keep.any():
-        out[keep] = user_recall(retrieved[keep], [t for t in tail_truth if len(t)], k)
+    keep = sizes > 0
+    out[keep] = hits[keep].sum(axis=1) / sizes[keep]
     return out
 
 

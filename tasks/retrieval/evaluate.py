@@ -187,8 +187,7 @@ def score_retrieved(data: EvalData, retrieved: np.ndarray, ev: EvaluationConfig,
     records = []
     for segment, rows in user_groups(data).items():
         got, truth = retrieved[rows], [data.truth[i] for i in rows]
-        means = iter(intervals(np.column_stack([f(got, truth, k) for k in ks
-                                                for f in (m.user_recall, m.user_ndcg, m.user_hit)]), ev))
+        means = iter(intervals(m.user_terms(got, truth, ks), ev))
         tails = iter(intervals(np.column_stack([m.user_tail_recall(got, truth, k, data.tail) for k in ks]), ev))
         for k in ks:
             values = {"recall": next(means), "ndcg": next(means), "hit_rate": next(means),

@@ -177,7 +177,7 @@ def score_lists(what: str, lists: np.ndarray, ks: tuple[int, ...], data: EvalDat
     out = []
     for segment, rows in groups.items():
         got, truth = lists[rows], [data.truth[i] for i in rows]
-        means = iter(intervals(np.column_stack([f(got, truth, k) for k in ks for f in (m.user_recall, m.user_ndcg)]), ev))
+        means = iter(intervals(m.user_terms(got, truth, ks, ("recall", "ndcg")), ev))
         for k in ks:
             out += _rows(what, segment, k, {
                 "recall": next(means), "ndcg": next(means),
