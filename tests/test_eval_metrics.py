@@ -19,6 +19,7 @@ from tasks.core.eval_metrics import (
     user_ndcg,
     user_recall,
     user_tail_recall,
+    user_terms,
 )
 
 RETRIEVED = np.array([[3, 1, 4, -1], [2, 0, 5, 6]])
@@ -88,3 +89,28 @@ def test_bootstrap_ci_matches_an_independent_numpy_bootstrap() -> None:
     assert (float(drop_low), float(drop_high)) == pytest.approx((0.5, 0.5), abs=1e-12)
     with pytest.raises(ValueError):
         bootstrap_ci(np.zeros(0), 100, 0.05, seed=1)
+
+
+def test_all_users_at_once_match_a_set_per_user() -> None:
+    """user_terms and the per-metric functions (one key lookup for all users) against plain Python
+    sets, user by user: -1 padding, repeated items in a list and in the truth, K past the list."""
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        n, items, width = rng.integers(1, 40), rng.integers(1, 60), rng.integers(1, 30)
+        retrieved = rng.integers(-1, items, (n, width))
+        truth = [rng.integers(0, items, rng.integers(1, 6)) for _ in range(n)]
+        ks = (3, 40)
+        terms = user_terms(retrieved, truth, ks)
+        for u in range(n):
+            clicked = set(truth[u].tolist())
+            for j, k in enumerate(ks):
+                top = retrieved[u, :k].tolist()
+                hits = [i >= 0 and i in clicked for i in top]
+                ideal = sum(1 / np.log2(r + 2) for r in range(min(len(clicked), len(top))))
+                expected = (sum(hits) / len(clicked), sum(h / np.log2(r + 2) for r, h in enumerate(hits)) / ideal,
+                            float(any(hits)))
+                assert terms[u, 3 * j: 3 * j + 3] == pytest.approx(expected, rel=1e-12)
+        for j, k in enumerate(ks):
+            assert np.array_equal(terms[:, 3 * j], user_recall(retrieved, truth, k))
+            assert np.array_equal(terms[:, 3 * j + 1], user_ndcg(retrieved, truth, k))
+            assert np.array_equal(terms[:, 3 * j + 2], user_hit(retrieved, truth, k))
