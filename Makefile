@@ -16,6 +16,9 @@ BENCH_USERS ?= 1000000
 BENCH_DAYS ?= 3
 BENCH_METRICS_DAYS ?= 30
 BENCH_DIR ?= $(CURDIR)/bench-data
+SCALE_USERS ?= 1000000
+SCALE_ITEMS ?= 100000
+SCALE_DAYS ?= 30
 ML_SRC ?= $(CURDIR)/../shared/data/movielens-100k
 ML_DIR ?= $(CURDIR)/movielens-data
 STUDY_DAYS ?= 14
@@ -24,7 +27,7 @@ STUDY_CONFIG ?= config/playbook-study.yaml
 STUDY_AIRFLOW = $(CURDIR)/.airflow-$(notdir $(basename $(STUDY_CONFIG)))
 ML_SPLIT ?= 1998-03-31  # last training day: the last 10% of the ratings (1998-04-01..04-22) are the test
 
-.PHONY: install system-deps demo test airflow bench eval-movielens study clean
+.PHONY: install system-deps demo test airflow bench bench-scale eval-movielens study clean
 
 install: $(STAMP)
 
@@ -56,8 +59,12 @@ bench: $(STAMP)  ## benchmarks (not tests): simulator, loader, metric marts, Ite
 	$(BIN)/python benchmarks/bench_i2i.py
 	$(BIN)/python benchmarks/bench_two_tower.py --examples 250000 --threads 1
 	$(BIN)/python benchmarks/bench_ann.py --n 1000000 --dim 64 --queries 1000
+	$(BIN)/python benchmarks/bench_eval_metrics.py --users 200000 --items 20000 --k 100
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_closed_loop_day.py --data-dir $(BENCH_DIR)/closed_loop_day
+
+bench-scale: $(STAMP)  ## scale benchmark (not a test): ingest, dbt marts on DuckDB and Spark, dbt overhead, pools, KOL, training, ANN at SCALE_USERS x SCALE_ITEMS x SCALE_DAYS and at 1/10 of it; seconds, peak memory, growth, 10x/100x extrapolation
+	$(BIN)/python benchmarks/bench_scale.py --users $(SCALE_USERS) --items $(SCALE_ITEMS) --days $(SCALE_DAYS) --data-dir $(BENCH_DIR)/scale
 
 eval-movielens: $(STAMP)  ## MovieLens 100K through the input contract, then the offline retrieval and funnel evaluations (temporal split)
 	bash scripts/evaluate-movielens.sh $(ML_SRC) $(ML_DIR) $(ML_SPLIT)
