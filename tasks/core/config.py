@@ -937,10 +937,6 @@ class PlatformConfig(_Strict):
     def artifacts_dir(self) -> Location:
         return self._stored(self.paths.artifacts)
 
-    def stores(self) -> tuple[Location, ...]:
-        """The lake, the artifacts and the reports: the locations that may be on an object store."""
-        return self.lake_dir, self.artifacts_dir, self.reports_dir
-
 
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid platform config ({err.error_count()} error(s))"]

@@ -86,14 +86,13 @@ def spark_sources(cfg: PlatformConfig) -> dict[str, Any]:
     }
 
 
-def views_over_spark(cfg: PlatformConfig) -> list[str]:
+def views_over_spark(cfg: PlatformConfig) -> None:
     """After a dbt run on the spark target: point the warehouse's view of every model built on Spark
     at its newest complete Parquet folder (`<spark>/marts/<model>/<version>/`, macro spark_marts),
     in place of a DuckDB table of that name, and delete the model's older folders. The Python steps
-    then read the Spark build through the warehouse as they read the DuckDB one. Returns the models."""
+    then read the Spark build through the warehouse as they read the DuckDB one."""
     root = spark_dir(cfg) / "marts"
     models = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    pointed = []
     with connect(cfg, read_only=False) as con:
         kinds = dict(con.execute("select table_name, table_type from information_schema.tables "
                                  "where table_schema = 'main'").fetchall())
@@ -106,10 +105,8 @@ def views_over_spark(cfg: PlatformConfig) -> list[str]:
                 con.execute(f'drop table main."{model.name}"')
             files = str(done[-1] / "*.parquet").replace("'", "''")
             con.execute(f"create or replace view main.\"{model.name}\" as select * from read_parquet('{files}')")
-            pointed.append(model.name)
             for old in versions[:versions.index(done[-1])]:
                 shutil.rmtree(old)
-    return pointed
 
 
 def spark_views_callback(project_dir: str, **_: Any) -> None:

@@ -81,7 +81,7 @@ def user_tail_recall(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int,
     hits, sizes = _hits_and_sizes(retrieved, tail_truth, k)
     out = np.full(len(truth), np.nan)
     keep = sizes > 0
-    out[keep] = hits[keep].sum(axis=1) / sizes[keep]
+    out[keep] = _recall(hits[keep], sizes[keep])
     return out
 
 

@@ -106,8 +106,8 @@ def dbt_filesystems(paths: Iterable[Location]) -> dict[str, str]:
 def upload_folder(local: Path, remote: UPath, last: str | None = None) -> None:
     """Upload every file under `local` to `remote`, the file named `last` after all others (a
     reader that waits for it never sees a partial folder)."""
-    files = sorted(p for p in local.rglob("*") if p.is_file())
-    for f in sorted(files, key=lambda p: p.name == last):
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (p.name == last, p))
+    for f in files:
         remote.fs.put_file(str(f), f"{remote.path}/{f.relative_to(local).as_posix()}")
 
 
