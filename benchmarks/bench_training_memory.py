@@ -7,8 +7,7 @@ scale x N simulated days of the same users (or N and scale x N users over the sa
 
 Simulates and loads each size once under --out (reused on a re-run), then trains every
 (model, size, mode) in a fresh process: a cold start over all the days, one epoch, one torch
-thread; the pre-ranker label-only on the exposures of all the days (loaded in memory first, as the
-nightly DAG hands them over). Reports per run the examples, the seconds and the peak resident
+thread; the pre-ranker label-only. Reports per run the examples, the seconds and the peak resident
 memory of the `train` call above the process's memory before it (the kernel's high-water mark,
 reset first; `measure`; one-time lazy imports done before), then the ratios whole / streamed and
 scale x N / N.
@@ -109,9 +108,7 @@ def variant(cfg: PlatformConfig, model: str, rows: int, artifacts: Path) -> Plat
 def child(config: Path, model: str, rows: int, artifacts: Path) -> dict[str, float]:
     """Train `model` once in this process; its measurements."""
     from tasks.ranking import full, pre
-    from tasks.ranking.data import load_exposures
     from tasks.retrieval import two_tower
-    from tasks.retrieval.data import connect_read
 
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its first use imports torch._dynamo: not the step's memory
@@ -122,9 +119,7 @@ def child(config: Path, model: str, rows: int, artifacts: Path) -> dict[str, flo
     elif model == "full_ranking":
         version, seconds, peak = measure(lambda: full.train(cfg, last))
     else:
-        with connect_read(cfg) as con:
-            exposures = load_exposures(con, cfg.simulator.start_date, last)
-        version, seconds, peak = measure(lambda: pre.train(cfg, last, exposures, None))
+        version, seconds, peak = measure(lambda: pre.train(cfg, last, None, first=cfg.simulator.start_date))
     return {"examples": version.meta["examples"], "seconds": seconds, "peak_mb": peak,
             "seconds_per_1k_examples": 1000 * seconds / version.meta["examples"]}
 

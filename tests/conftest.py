@@ -136,9 +136,8 @@ def served_world(retrieval_sim: Path, tmp_path_factory: pytest.TempPathFactory) 
     from tasks.core.warehouse import refresh_views
     from tasks.pools.refresh import end_of_day, refresh_pools
     from tasks.ranking import full, pre
-    from tasks.ranking.data import build_exposures, load_exposures
+    from tasks.ranking.data import build_exposures
     from tasks.retrieval import ann_refresh, i2i, two_tower
-    from tasks.retrieval.data import connect_read
 
     tmp = tmp_path_factory.mktemp("serving")
     source = load_config(retrieval_sim)
@@ -163,9 +162,7 @@ def served_world(retrieval_sim: Path, tmp_path_factory: pytest.TempPathFactory) 
         first = day - dt.timedelta(days=3)
         build_exposures(cfg, first, day)
         full.train(cfg, day, make_current=True)
-        with connect_read(cfg) as con:
-            exposures = load_exposures(con, first, day)
-        pre.train(cfg, day, exposures, None, make_current=True)
+        pre.train(cfg, day, None, first=first, make_current=True)
         for pool in cfg.pools:
             if pool.refresh == "daily":
                 ann_refresh.refresh(cfg, "two_tower", pool.name)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tasks.core import artifacts
-from tasks.core.config import PlatformConfig
-from tasks.ranking import full, pre
+from tasks.core.config import RANKING_HEADS, PlatformConfig
+from tasks.core.warehouse import replace_rows
+from tasks.ranking import distillation, full, pre
 from tasks.ranking.data import load_exposures
 from tasks.retrieval import two_tower
 from tasks.retrieval.data import connect_read
@@ -47,10 +48,16 @@ def _with(cfg: PlatformConfig, processes: int) -> PlatformConfig:
 
 
 def _preranking(cfg: PlatformConfig) -> artifacts.Version:
+    """Distilled from random predictions stored as the night stores its teacher."""
+    first, last = cfg.simulator.start_date, last_day(cfg)
     with connect_read(cfg) as con:
-        exposures = load_exposures(con, cfg.simulator.start_date, last_day(cfg))
-    teacher = np.random.default_rng(0).random((len(exposures), 7)).astype(np.float32)
-    return pre.train(cfg, last_day(cfg), exposures, teacher)
+        exposures = load_exposures(con, first, last)
+    p = np.random.default_rng(0).random((len(exposures), len(RANKING_HEADS))).astype(np.float32)
+    for day in np.unique(exposures.day):
+        rows = exposures.day == day
+        replace_rows(cfg, distillation.TABLE, distillation.frame(day.astype(object), "random", exposures.select(rows),
+                                                                 p[rows], "none"), ["day"])
+    return pre.train(cfg, last, distillation.TABLE, first=first)
 
 
 TRAIN: dict[str, Callable[[PlatformConfig], artifacts.Version]] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
@@ -20,7 +21,7 @@ from models.retrieval.two_tower import TwoTower
 from models.retrieval.two_tower_data import training_set
 from tasks.core.config import RANKING_HEADS, PlatformConfig
 from tasks.ranking import full, pre
-from tasks.ranking.data import exposure_chunks, load_exposures
+from tasks.ranking.data import TEACHER_COLUMNS, exposure_chunks, load_exposures
 from tasks.retrieval import two_tower
 from tasks.retrieval.data import (
     connect_read,
@@ -68,6 +69,11 @@ def test_rechunk_cuts_record_batches_into_tables_of_exact_size() -> None:
     assert [t.num_rows for t in tables] == [5, 5, 5, 5, 3]
     assert np.concatenate([t.column("x").to_numpy() for t in tables]).tolist() == values.tolist()
     assert list(rechunk(iter([reader([])]), 5)) == []
+    # by key: runs of equal values stay whole, a table ends at the first change at or after 5 rows
+    values = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 3, 3, 3, 3, 3, 3, 3, 4, 5, 5, 6, 6, 6])
+    tables = list(rechunk((reader(c) for c in cuts), 5, key="x"))
+    assert [t.column("x").to_numpy().tolist() for t in tables] == [
+        values[:9].tolist(), values[9:17].tolist(), values[17:].tolist()]
 
 
 @pytest.mark.slow
@@ -87,13 +93,24 @@ def test_exposure_chunks_hold_the_rows_of_the_whole_table(sim: PlatformConfig) -
     first, last = sim.simulator.start_date, last_day(sim)
     with connect_read(sim) as con:
         whole = load_exposures(con, first, last)
-        chunks = list(exposure_chunks(con, first, last, ROWS))
-    assert len(chunks) > DAYS and {len(c) for c in chunks[:-1]} == {ROWS}
-    streamed = Exposures(*(np.concatenate([getattr(c, f) for c in chunks]) for f in (
+        p = np.random.default_rng(0).random((len(whole), len(RANKING_HEADS)))
+        teacher = pd.DataFrame({"day": whole.day, "user_id": whole.user_id, "item_id": whole.item_id}).join(
+            pd.DataFrame(p, columns=TEACHER_COLUMNS)).iloc[::-1]  # any order
+        chunks = list(exposure_chunks(con, first, last, ROWS, teacher))
+    longest = np.unique(whole.user_id, return_counts=True)[1].max()  # bounds any run of one user
+    assert len(chunks) > DAYS and all(ROWS <= len(c) < ROWS + longest for c, _ in chunks[:-1])
+    for c, _ in chunks:  # whole users of a day: no (day, user) in two chunks
+        keys = {(d, u) for d, u in zip(c.day.tolist(), c.user_id.tolist())}
+        assert all(keys.isdisjoint({(d, u) for d, u in zip(o.day.tolist(), o.user_id.tolist())})
+                   for o, _ in chunks if o is not c)
+    streamed = Exposures(*(np.concatenate([getattr(c, f) for c, _ in chunks]) for f in (
         "day", "user_id", "item_id", "shown_us", "position", "labels")))
-    a, b = whole.select(_key_order(whole)), streamed.select(_key_order(streamed))
+    order = _key_order(streamed)
+    a, b = whole.select(_key_order(whole)), streamed.select(order)
     for f in ("day", "user_id", "item_id", "shown_us", "position", "labels"):
         assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    joined = np.concatenate([t for _, t in chunks])[order]
+    assert np.array_equal(joined, p[_key_order(whole)].astype(np.float32))  # each row's own prediction
 
 
 @pytest.mark.slow
@@ -134,15 +151,14 @@ def test_ranking_chunks_get_the_whole_table_features(sim: PlatformConfig) -> Non
         vocabs = build_vocabs(src.catalogue, src.users, np.unique(exposures.user_id))
         whole = ranking_features(vocabs, src.catalogue, src.users, src.clicks, exposures,
                                  sim.ranking.full.sequence_length)
-        for chunk in exposure_chunks(con, first, last, ROWS):
+        for chunk, _ in exposure_chunks(con, first, last, ROWS):
             f = full.chunk_features(con, sim, vocabs, src.catalogue, src.users, chunk, first, last)
             at = _rows_of(exposures, chunk)
             for name in ("users", "items", "context", "seq"):
                 assert np.array_equal(getattr(f, name), getattr(whole, name)[at]), name
-        window = pre.sequence_window(sim, exposures)
+        window = pre.sequence_window(sim, first, last)
         whole_pre = pre.inputs(vocabs, pre.load_context(sim, exposures), exposures, sim.ranking.full.sequence_length)
-        chunks = pre.group_chunks(exposures, ROWS)
-        assert np.array_equal(np.sort(np.concatenate(chunks)), np.arange(len(exposures)))
+        chunks = [_rows_of(exposures, chunk) for chunk, _ in exposure_chunks(con, first, last, ROWS)]
         groups = pre.group_keys(exposures)
         for rows in chunks:
             assert np.isin(groups, groups[rows]).sum() == len(rows)  # whole (day, user) groups

@@ -55,18 +55,54 @@ def to_exposures(table: pa.Table) -> Exposures:
     )
 
 
-def exposure_chunks(con: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date, rows: int) -> Iterator[Exposures]:
+Teacher = str | pd.DataFrame | None
+"""A pre-ranking teacher: the name of a warehouse table of the full ranker's predictions
+(distillation_predictions), or such rows in memory (a drill's, a test's), or None (labels only).
+Its rows: day, user_id, item_id and p_<head> for every ranking head, one per exposure."""
+TEACHER_COLUMNS = [f"p_{h}" for h in RANKING_HEADS]
+
+
+def teacher_relation(con: duckdb.DuckDBPyConnection, teacher: Teacher) -> str | None:
+    """The relation `con` reads the teacher from: the table's name, or rows in memory registered
+    as the view `teacher_rows`."""
+    if isinstance(teacher, pd.DataFrame):
+        con.register("teacher_rows", teacher)
+        return "teacher_rows"
+    return teacher
+
+
+def examples_sql(teacher: str | None, where: str) -> str:
+    """The examples of `load_exposures`' columns whose day satisfies `where`, with the teacher's
+    TEACHER_COLUMNS joined by (day, user_id, item_id) (NULL where it has no row) when given."""
+    examples = f"select {_COLUMNS} from {TABLE} where {where}"
+    if teacher is None:
+        return examples
+    return (f"select e.*, {', '.join(f't.{c}' for c in TEACHER_COLUMNS)} from ({examples}) as e left join "
+            f"(select cast(day as date) as day, user_id, item_id, {', '.join(TEACHER_COLUMNS)} from {teacher} "
+            f"where {where}) as t using (day, user_id, item_id)")
+
+
+def exposure_chunks(con: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date, rows: int,
+                    teacher: Teacher = None) -> Iterator[tuple[Exposures, np.ndarray | None]]:
     """The examples of `load_exposures`, streamed: day by day (one DuckDB query and sort per day),
-    within a day in a fixed pseudo-random order (the hash of the (user, item) key), cut into chunks
-    of `rows` rows (the last one shorter; one may span days), each put back in load_exposures'
-    order."""
+    within a day the users in a fixed pseudo-random order (the hash of the id), cut into chunks of
+    whole users of about `rows` rows (`rechunk` by user; one may span days), each put back in
+    load_exposures' order; with a teacher, its (n, len(RANKING_HEADS)) float32 predictions of the
+    chunk's rows (NaN where it has none), else None."""
     cur = con.cursor()
-    sql = f"select {_COLUMNS} from {TABLE} where day = ? order by hash(user_id, item_id), user_id, item_id"
     try:
+        source = teacher_relation(cur, teacher)
+        sql = examples_sql(source, "day = $day") + " order by hash(user_id), user_id, item_id"
         days = (first + dt.timedelta(days=i) for i in range((last - first).days + 1))
-        for table in rechunk((cur.sql(sql, params=[d]).to_arrow_reader(rows) for d in days), rows):
+        readers = (cur.sql(sql, params={"day": d}).to_arrow_reader(rows) for d in days)
+        for table in rechunk(readers, rows, key="user_id"):
             chunk = to_exposures(table)
-            yield chunk.select(np.lexsort((chunk.item_id, chunk.user_id, chunk.shown_us, chunk.day)))
+            order = np.lexsort((chunk.item_id, chunk.user_id, chunk.shown_us, chunk.day))
+            p = None
+            if source is not None:
+                p = np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in TEACHER_COLUMNS], axis=1)
+                p = p.astype(np.float32)[order]
+            yield chunk.select(order), p
     finally:
         cur.close()
 

@@ -128,18 +128,13 @@ def gate_passed(cfg: PlatformConfig, day: dt.date) -> bool:
         return bool(con.execute(f"select count(*) from ({_ACCEPTED}) where day = ?", [day]).fetchone()[0])
 
 
-def teacher(cfg: PlatformConfig, day: dt.date, exposures: Exposures) -> np.ndarray | None:
-    """The full ranker's gated predictions for `exposures` (of `day`), aligned row by row; None
-    (label-only training) when the gate failed, or Skipped when the config says to skip."""
+def teacher(cfg: PlatformConfig, day: dt.date) -> str | None:
+    """The pre-ranker's teacher for `day` (tasks.ranking.data.Teacher): the table of the full
+    ranker's gated predictions; None (label-only training) when the gate failed, or Skipped when
+    the config says to skip."""
     if not gate_passed(cfg, day):
         if cfg.ranking.gate.on_failure == "skip":
             raise Skipped(f"{day}: the full ranker's predictions failed their gate; pre-ranking skips the day")
         log.warning("%s: the full ranker's predictions failed their gate: pre-ranking trains on labels only", day)
         return None
-    scored = load_scored(cfg, day)
-    keys = pd.DataFrame({"user_id": exposures.user_id, "item_id": exposures.item_id})
-    aligned = keys.merge(scored, on=["user_id", "item_id"], how="left", validate="one_to_one")
-    p = aligned[[f"p_{h}" for h in RANKING_HEADS]].to_numpy(np.float32)
-    if np.isnan(p).any():
-        raise ValueError(f"{day}: {int(np.isnan(p).any(axis=1).sum())} exposures have no gated prediction")
-    return p
+    return TABLE

@@ -28,9 +28,9 @@ import pandas as pd
 
 from models.ranking.faults import inject
 from tasks.core import artifacts, registry
-from tasks.core.config import FAULTS, RANKING_HEADS, PlatformConfig
+from tasks.core.config import FAULTS, PlatformConfig
 from tasks.core.warehouse import replace_rows
-from tasks.ranking.data import load_exposures, user_segments
+from tasks.ranking.data import TEACHER_COLUMNS, Teacher, load_exposures, user_segments
 from tasks.ranking.distillation import frame, last_accepted_day, load_scored, scorer_for
 from tasks.ranking.full import predict
 from tasks.ranking.gate import check
@@ -41,12 +41,14 @@ log = logging.getLogger(__name__)
 TABLE = "fault_drill"
 
 
-def ungated_teacher(scored: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
-    """The predictions of `scored` per exposure of `keys` (user_id, item_id), joined without
-    checks: the first row of a duplicated key, 0 for an exposure without a prediction and for NaN."""
-    first = scored.drop_duplicates(["user_id", "item_id"])
+def ungated_teacher(scored: pd.DataFrame, day: dt.date, keys: pd.DataFrame) -> pd.DataFrame:
+    """The predictions of `scored` per exposure of `keys` (user_id, item_id) of `day` as a teacher
+    (tasks.ranking.data.Teacher), joined without checks: the first row of a duplicated key, 0 for
+    an exposure without a prediction and for NaN."""
+    first = scored.drop_duplicates(["user_id", "item_id"])[["user_id", "item_id", *TEACHER_COLUMNS]]
     aligned = keys.merge(first, on=["user_id", "item_id"], how="left")
-    return np.nan_to_num(aligned[[f"p_{h}" for h in RANKING_HEADS]].to_numpy(np.float32), nan=0.0)
+    aligned[TEACHER_COLUMNS] = aligned[TEACHER_COLUMNS].fillna(0.0)
+    return aligned.assign(day=day)
 
 
 def drill(cfg: PlatformConfig, day: dt.date, faults: tuple[str, ...] = FAULTS) -> pd.DataFrame:
@@ -66,12 +68,12 @@ def drill(cfg: PlatformConfig, day: dt.date, faults: tuple[str, ...] = FAULTS) -
     rows = []
     with tempfile.TemporaryDirectory(prefix="recpipe-drill-") as tmp:
 
-        def auc_after(teacher: np.ndarray | None, name: str) -> dict[str, float]:
+        def auc_after(teacher: Teacher, name: str) -> dict[str, float]:
             store = Path(tmp) / name
             if parent is not None:  # the night as it runs: aged, 1 epoch from yesterday's pre-ranker
                 shutil.copytree(parent.path, store / "versions" / parent.name)
                 artifacts.switch(store, parent.name)
-            version = train(cfg, day, today, teacher, make_current=True, store=store)
+            version = train(cfg, day, teacher, make_current=True, store=store)
             return evaluate(cfg, version, tomorrow)
 
         label_only = auc_after(None, "label_only")
@@ -80,7 +82,7 @@ def drill(cfg: PlatformConfig, day: dt.date, faults: tuple[str, ...] = FAULTS) -
             scored = inject(frame(day, version, today, clean, fault), fault, np.random.default_rng(day.toordinal()),
                             segments)
             outcome = check(cfg, day, version, scored, keys, segments, previous)
-            ungated = auc_after(ungated_teacher(scored, keys), f"ungated-{fault}")
+            ungated = auc_after(ungated_teacher(scored, day, keys), f"ungated-{fault}")
             gated = ungated if outcome.success else label_only
             rows.append({
                 "day": day, "fault": fault, "scorer": scorer.name, "caught": not outcome.success,

@@ -132,7 +132,7 @@ def fit_streamed(cfg: PlatformConfig, model: FullRanking, vocabs: Mapping[str, V
     with connect_read(cfg) as con:
 
         def epoch() -> Iterator[Batch]:
-            for chunk in exposure_chunks(con, first, day, cfg.training.read_batch_rows):
+            for chunk, _ in exposure_chunks(con, first, day, cfg.training.read_batch_rows):
                 cut = training.day_order(chunk.day, fr.batch_size, rng)
                 mine, local = training.shard(cut, rank, world)
                 f = chunk_features(con, cfg, vocabs, catalogue, users, chunk.select(mine), first, day)

@@ -25,9 +25,8 @@ from tasks.core import artifacts, registry
 from tasks.core.config import ALL, PlatformConfig
 from tasks.ops.alerts import DataQualityRejected
 from tasks.ranking import evaluate, full, pre
-from tasks.ranking.data import build_exposures, load_exposures
+from tasks.ranking.data import build_exposures
 from tasks.ranking.distillation import FULL_RANKING, Skipped, gate_day, score_day, scorer_for, teacher
-from tasks.retrieval.data import connect_read
 
 log = logging.getLogger(__name__)
 PRERANKING = "preranking"
@@ -91,16 +90,14 @@ def train_preranking(cfg: PlatformConfig, ds: dt.date) -> dict[str, Any]:
     if current and registry.trained_through(current) >= ds:
         log.info("preranking %s is trained through %s already", current.name, ds)
         return {"day": str(ds), "version": current.name, "teacher": current.meta.get("supervision")}
-    with connect_read(cfg) as con:
-        exposures = load_exposures(con, ds, ds)
     try:
-        targets = teacher(cfg, ds, exposures)
+        source = teacher(cfg, ds)
     except Skipped as e:
         log.warning("%s", e)
         return {"day": str(ds), "skipped": True}
-    version = pre.train(cfg, ds, exposures, targets, make_current=True)
+    version = pre.train(cfg, ds, source, make_current=True)
     artifacts.prune(registry.model_store(cfg, PRERANKING), cfg.retrieval.versions_kept)
-    return {"day": str(ds), "version": version.name, "teacher": "distilled" if targets is not None else "label_only"}
+    return {"day": str(ds), "version": version.name, "teacher": version.meta["supervision"]}
 
 
 def train_full(cfg: PlatformConfig, ds: dt.date) -> dict[str, Any]:

@@ -3,7 +3,8 @@ trained on the day's exposures (tasks.ranking.data), distilled from the full ran
 as a version of the registry's `preranking` store.
 
 Supervision: with a teacher (the full ranker's probabilities, one column per RANKING_HEADS head,
-aligned with the exposures) the version is "distilled": the pointwise target is (y + p) / 2 and
+one row per exposure: the night's gated `distillation_predictions`, tasks.ranking.data.Teacher)
+the version is "distilled": the pointwise target is (y + p) / 2 and
 pairwise pairs are ordered by p. Without one (the distillation gate failed: the label-only
 fallback) it is "label_only": the pointwise target is y and pairs are ordered by y.
 cfg.ranking.preranking.loss picks pointwise, pairwise or both (their sum).
@@ -12,16 +13,16 @@ Pairs: candidates of the same user and day; up to `pairs_per_group` pairs per (u
 replacement, vectorised, inside batches made of whole (user, day) groups (days oldest first,
 groups shuffled within a day).
 
-Cold start (no current version, or warm_start off): `first_epochs` epochs on the given
-exposures. Aged ("old soup"): the current version's weights, vocabularies extended by the new
-ids, 1 epoch on the given exposures of the days after its training window.
+Cold start (no current version, or warm_start off): `first_epochs` epochs on the exposures of the
+given days (a night: its day). Aged ("old soup"): the current version's weights, vocabularies
+extended by the new ids, 1 epoch on the given days after its training window.
 
 Inputs: user id, gender, age bucket, city tier (load_users as of the last exposure day), the
 user's last `ranking.full.sequence_length` clicks before the exposure's day (within
 `retrieval.train_window_days` days), and the item's id, author, categories and cluster
-(catalogue as of the last exposure day). They are built per chunk of whole (user, day) groups of
-about `training.read_batch_rows` exposures, the clicks read for the chunk's users
-(`fit_streamed`, docs/SCALE.md "Training that streams"); with `training.processes` > 1 the
+(catalogue as of the last exposure day). The exposures and the teacher's predictions are read
+from the lake in chunks of whole users of about `training.read_batch_rows` rows, each chunk's
+inputs built from its users' clicks (`fit_streamed`, docs/SCALE.md "Training that streams"); with `training.processes` > 1 the
 training is data parallel. Version files: weights.pt, vocab.npz, meta.json.
 """
 
@@ -48,7 +49,8 @@ from models.ranking.pre import PreRanker, extend_model, load_model, pairwise_los
 from tasks.core import artifacts, registry
 from tasks.core.config import RANKING_HEADS, PlatformConfig, PreRankingConfig
 from tasks.core.eval_metrics import auc
-from tasks.retrieval.data import connect_read, events_fingerprint, load_catalogue, load_events
+from tasks.ranking.data import Teacher, examples_sql, exposure_chunks, exposure_stats, teacher_relation
+from tasks.retrieval.data import connect_read, events_fingerprint, fingerprint, load_catalogue, load_events
 from tasks.retrieval.two_tower import load_users
 
 log = logging.getLogger(__name__)
@@ -66,18 +68,17 @@ class Context:
     sequence_first: dt.date
 
 
-def sequence_window(cfg: PlatformConfig, exposures: Exposures) -> tuple[dt.date, dt.date]:
-    """(first, last) day of the clicks the sequences of `exposures` read: the
-    `retrieval.train_window_days` days before the first exposure day up to the day before the last."""
-    first, last = _day(exposures.day.min()), _day(exposures.day.max())
+def sequence_window(cfg: PlatformConfig, first: dt.date, last: dt.date) -> tuple[dt.date, dt.date]:
+    """(first, last) day of the clicks the sequences of the exposures of first..last read: the
+    `retrieval.train_window_days` days before `first` up to the day before `last`."""
     return first - dt.timedelta(days=cfg.retrieval.train_window_days), last - dt.timedelta(days=1)
 
 
 def load_context(cfg: PlatformConfig, exposures: Exposures) -> Context:
     """Catalogue and user features as of the last exposure day, and the clicks of the
     `sequence_window`."""
-    sequence_first, sequence_last = sequence_window(cfg, exposures)
     last = _day(exposures.day.max())
+    sequence_first, sequence_last = sequence_window(cfg, _day(exposures.day.min()), last)
     with connect_read(cfg) as con:
         catalogue, users = load_catalogue(con, last), load_users(con, last)
         history = load_events(con, catalogue, SEQUENCE_EVENT, sequence_first, sequence_last)
@@ -114,18 +115,29 @@ def _columns(targets: tuple[str, ...] | list[str]) -> list[int]:
     return [RANKING_HEADS.index(t) for t in targets]
 
 
-def check_teacher(teacher: np.ndarray | None, exposures: Exposures, targets: tuple[str, ...]) -> None:
-    """ValueError unless the teacher is None or (n, len(RANKING_HEADS)) probabilities in [0, 1]
-    (finite on the target columns)."""
-    if teacher is None:
-        return
-    if teacher.shape != (len(exposures), len(RANKING_HEADS)):
-        raise ValueError(f"teacher has shape {teacher.shape}; expected {(len(exposures), len(RANKING_HEADS))} "
-                         "(one row per exposure, one column per ranking head)")
-    used = teacher[:, _columns(targets)]
-    if not np.isfinite(used).all() or (used < 0).any() or (used > 1).any():
-        raise ValueError("teacher predictions must be finite probabilities in [0, 1] (the distillation gate "
-                         "should have stopped this; train label-only instead)")
+def check_teacher(con: duckdb.DuckDBPyConnection, teacher: str, first: dt.date, last: dt.date,
+                  targets: tuple[str, ...], examples: int) -> dict[str, float]:
+    """ValueError unless the teacher (a relation of `con`, tasks.ranking.data.Teacher) has exactly
+    one row per exposure of first..last, with finite probabilities in [0, 1] of the targets; the
+    mean prediction per target."""
+    cols = [f"p_{t}" for t in targets]
+    missing = " or ".join(f"{c} is null" for c in cols)
+    bad = " or ".join(f"isnan({c}) or {c} < 0 or {c} > 1" for c in cols)
+    means = ", ".join(f"avg({c})" for c in cols)
+    n, n_missing, n_bad, *mean = con.sql(
+        f"select count(*), count(*) filter (where {missing}), count(*) filter (where not ({missing}) and ({bad})), "
+        f"{means} from ({examples_sql(teacher, 'day between $first and $last')})",
+        params={"first": first, "last": last}).fetchall()[0]
+    span = f"teacher {teacher} on {first}..{last}"
+    if n != examples:
+        raise ValueError(f"{span}: {n - examples} rows more than the {examples} exposures "
+                         "(duplicated (day, user_id, item_id) keys)")
+    if n_missing:
+        raise ValueError(f"{span}: {n_missing} of {examples} exposures have no prediction")
+    if n_bad:
+        raise ValueError(f"{span}: {n_bad} predictions are not finite probabilities in [0, 1] (the distillation "
+                         "gate should have stopped this; train label-only instead)")
+    return dict(zip(targets, map(float, mean)))
 
 
 # --- batches and pairs -------------------------------------------------------------------------
@@ -135,21 +147,6 @@ def group_keys(exposures: Exposures) -> np.ndarray:
     """(n,) int64 id of each exposure's (day, user) group."""
     _, inverse = np.unique(np.stack([exposures.day.astype(np.int64), exposures.user_id]), axis=1, return_inverse=True)
     return inverse.reshape(-1).astype(np.int64)
-
-
-def group_chunks(exposures: Exposures, rows: int) -> list[np.ndarray]:
-    """Row indices of `exposures` in chunks of whole (day, user) groups, ascending within a chunk:
-    days in order, within a day the users in a fixed pseudo-random order (a multiplicative hash of
-    the id), chunk k holding the groups that start in rows [k rows, (k + 1) rows) of that order
-    (fewer than `rows` + the largest group's rows)."""
-    if not len(exposures):
-        return []
-    mixed = exposures.user_id.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # wraps: a fixed shuffle
-    order = np.lexsort((exposures.user_id, mixed, exposures.day))
-    day, user = exposures.day[order], exposures.user_id[order]
-    starts = np.flatnonzero(np.r_[True, (day[1:] != day[:-1]) | (user[1:] != user[:-1])])
-    chunk = np.repeat(starts // rows, np.diff(np.r_[starts, len(order)]))
-    return [np.sort(c) for c in np.split(order, np.flatnonzero(np.diff(chunk)) + 1)]
 
 
 def group_batches(
@@ -230,63 +227,53 @@ def chunk_inputs(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig, vocabs: Ma
 
 
 def fit_streamed(cfg: PlatformConfig, model: PreRanker, vocabs: Mapping[str, Vocab], catalogue: Catalogue,
-                 users: UserTable, exposures: Exposures, labels: np.ndarray, teacher: np.ndarray | None, day: dt.date,
-                 epochs: int) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    """Adam over `epochs` epochs (models.common.training.fit) of `exposures` with their target
-    `labels` and `teacher` (rows aligned), in `group_chunks` of about `training.read_batch_rows`
-    rows. Per chunk: `group_batches`; this rank's block of every batch (all of it with one process)
-    gets its inputs (`chunk_inputs`). (The state dict, per-epoch mean loss per example and
-    examples/s.)"""
+                 users: UserTable, first: dt.date, day: dt.date, teacher: Teacher, examples: int, epochs: int,
+                 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """Adam over `epochs` epochs (models.common.training.fit) of the `examples` exposures of
+    first..day with the teacher's predictions, read from the lake in chunks of whole users of about
+    `training.read_batch_rows` rows (tasks.ranking.data.exposure_chunks). Per chunk: `group_batches`;
+    this rank's block of every batch (all of it with one process) gets its inputs (`chunk_inputs`).
+    (The state dict, per-epoch mean loss per example and examples/s.)"""
     pr = cfg.ranking.preranking
+    columns = _columns(tuple(pr.targets))
     rank, world = training.rank_world()
     rng = np.random.default_rng([pr.seed, day.toordinal()])
-    window = sequence_window(cfg, exposures)
-    labels_t = torch.from_numpy(np.ascontiguousarray(labels, np.float32))
-    teacher_t = torch.from_numpy(np.ascontiguousarray(teacher, np.float32)) if teacher is not None else None
+    window = sequence_window(cfg, first, day)
     with connect_read(cfg) as con:
 
         def epoch() -> Iterator[Batch]:
-            for rows in group_chunks(exposures, cfg.training.read_batch_rows):
-                chunk = exposures.select(rows)
+            for chunk, p in exposure_chunks(con, first, day, cfg.training.read_batch_rows, teacher):
                 group = group_keys(chunk)
                 cut = list(group_batches(group, chunk.day, pr.batch_size, rng))
                 mine, local = training.shard(cut, rank, world)
                 x = chunk_inputs(con, cfg, vocabs, catalogue, users, window, chunk.select(mine))
+                labels = torch.from_numpy(np.ascontiguousarray(chunk.labels[:, columns]))
+                taught = torch.from_numpy(np.ascontiguousarray(p[:, columns])) if p is not None else None
                 for batch, block in zip(cut, local):
-                    at = torch.from_numpy(rows[batch])
-                    yield Batch(*(torch.from_numpy(a[block]) for a in (x.users, x.seq, x.items)), labels_t[at],
-                                teacher_t[at] if teacher_t is not None else None, group[batch],
+                    at = torch.from_numpy(batch)
+                    yield Batch(*(torch.from_numpy(a[block]) for a in (x.users, x.seq, x.items)), labels[at],
+                                taught[at] if taught is not None else None, group[batch],
                                 training.shares(len(batch), world))
 
         history = training.fit(model, epoch, lambda batch: (batch_loss(model, batch, pr, rng), len(batch.labels)),
-                               examples=len(exposures), epochs=epochs, lr=pr.learning_rate, label=MODEL)
+                               examples=examples, epochs=epochs, lr=pr.learning_rate, label=MODEL)
     return model.state_dict(), history
 
 
-def _hash(con: duckdb.DuckDBPyConnection, catalogue: Catalogue, window: tuple[dt.date, dt.date], first: dt.date,
-          exposures: Exposures, columns: list[int], teacher: np.ndarray | None) -> str:
-    h = hashlib.sha256(f"{first}:{events_fingerprint(con, catalogue, SEQUENCE_EVENT, *window)}".encode())
-    arrays = [exposures.user_id, exposures.item_id, exposures.shown_us, exposures.labels[:, columns]]
-    for a in arrays + ([teacher[:, columns]] if teacher is not None else []):
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
-def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.ndarray | None,
+def train(cfg: PlatformConfig, day: dt.date, teacher: Teacher, first: dt.date | None = None,
           make_current: bool = False, store: Path | None = None) -> artifacts.Version:
-    """Train on `exposures` (days up to `day`), distilled from `teacher` ((n, len(RANKING_HEADS))
-    float32 full-ranker probabilities aligned with the exposures) or label-only (None), cold or
-    aged (see the module doc), and publish a version in `store` (default: the registry's
-    pre-ranking store), current only with make_current; with `training.processes` > 1 on that many
-    processes (models.common.training.run), published once from rank 0's weights."""
+    """Train on the exposures of first..day (default: `day` alone; aged: only the days after the
+    parent's window), distilled from `teacher` (tasks.ranking.data.Teacher: the full ranker's
+    probabilities, one row per exposure) or label-only (None), cold or aged (see the module doc),
+    and publish a version in `store` (default: the registry's pre-ranking store), current only with
+    make_current; with `training.processes` > 1 on that many processes
+    (models.common.training.run), published once from rank 0's weights."""
     pr, store = cfg.ranking.preranking, store or registry.model_store(cfg, MODEL)
     targets = tuple(pr.targets)
     columns = _columns(targets)
-    check_teacher(teacher, exposures, targets)
-    if not len(exposures):
-        raise ValueError("preranking: no exposures to train on")
-    if _day(exposures.day.max()) > day:
-        raise ValueError(f"preranking: exposures of {exposures.day.max()} are after the training day {day}")
+    first = first or day
+    if first > day:
+        raise ValueError(f"preranking: the first training day {first} is after the training day {day}")
     parent = artifacts.current(store) if pr.warm_start else None
     if parent:
         parent_last = registry.trained_through(parent)
@@ -296,19 +283,26 @@ def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.n
         if tuple(parent.meta["targets"]) != targets:
             raise ValueError(f"preranking: cannot warm-start targets {list(targets)} from {parent.name} "
                              f"(targets {parent.meta['targets']})")
-        keep = exposures.day > np.datetime64(parent_last, "D")  # aged: only the days after its window
-        exposures = exposures.select(keep)
-        teacher = teacher[keep] if teacher is not None else None
-        if not len(exposures):
-            raise ValueError(f"preranking: no exposures after {parent_last}, the end of {parent.name}'s window")
+        first = max(first, parent_last + dt.timedelta(days=1))  # aged: only the days after its window
     epochs = 1 if parent else pr.first_epochs
-    first, last = _day(exposures.day.min()), _day(exposures.day.max())
-    window = sequence_window(cfg, exposures)
+    window = sequence_window(cfg, first, day)
     with connect_read(cfg) as con:
-        catalogue, users = load_catalogue(con, last), load_users(con, last)
-        data_hash = _hash(con, catalogue, window, first, exposures, columns, teacher)
+        stats = exposure_stats(con, first, day)
+        if not stats.examples:
+            raise ValueError(f"preranking: no ranking_exposures on {first}..{day} to train on"
+                             + (f" (after {parent.name}'s window)" if parent else ""))
+        catalogue, users = load_catalogue(con, day), load_users(con, day)
+        source = teacher_relation(con, teacher)
+        teacher_mean = check_teacher(con, source, first, day, targets, stats.examples) if source else None
+        h = hashlib.sha256(f"{first}:{events_fingerprint(con, catalogue, SEQUENCE_EVENT, *window)}:{stats.digest}"
+                           .encode())
+        if source:
+            cols = ", ".join(f"p_{t}" for t in targets)
+            h.update(fingerprint(con, f"select day, user_id, item_id, {cols} from "
+                                 f"({examples_sql(source, 'day between $first and $last')})",
+                                 {"first": first, "last": day}).encode())
     torch.manual_seed(pr.seed)
-    user_ids = np.unique(exposures.user_id)
+    user_ids = stats.users
     if parent:
         old, old_vocabs = load_model(parent.path)
         if old.dim != pr.dim:
@@ -318,13 +312,11 @@ def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.n
     else:
         vocabs = build_vocabs(catalogue, users, user_ids)
         model = PreRanker({k: len(v) for k, v in vocabs.items()}, pr.dim, len(targets))
-    labels = exposures.labels[:, columns]
-    used = teacher[:, columns] if teacher is not None else None
-    supervision = "distilled" if teacher is not None else "label_only"
+    supervision = "distilled" if source else "label_only"
     log.info("preranking %s %s training on %s..%s: %d examples, %d epoch(s), %s loss%s", "aged" if parent else "cold",
-             supervision, first, day, len(exposures), epochs, pr.loss, f", from {parent.name}" if parent else "")
+             supervision, first, day, stats.examples, epochs, pr.loss, f", from {parent.name}" if parent else "")
     state, epochs_log = training.run(cfg.training.processes, fit_streamed, cfg, model, vocabs, catalogue, users,
-                                     exposures, labels, used, day, epochs)
+                                     first, day, teacher, stats.examples, epochs)
     model.load_state_dict(state)
     meta = {
         "model": MODEL,
@@ -337,12 +329,12 @@ def train(cfg: PlatformConfig, day: dt.date, exposures: Exposures, teacher: np.n
         "sequence_window": f"{window[0]}..{day - dt.timedelta(days=1)}",
         "warm_started_from": parent.name if parent else None,
         "epochs": epochs,
-        "examples": len(exposures),
-        "label_rate": dict(zip(targets, map(float, labels.mean(axis=0)))),
-        "teacher_mean": dict(zip(targets, map(float, used.mean(axis=0)))) if used is not None else None,
+        "examples": stats.examples,
+        "label_rate": dict(zip(targets, map(float, stats.positives[columns] / stats.examples))),
+        "teacher_mean": teacher_mean,
         "loss_per_epoch": [e["loss"] for e in epochs_log],
         "examples_per_s": [e["examples_per_s"] for e in epochs_log],
-        "data_hash": data_hash,
+        "data_hash": h.hexdigest(),
     }
     return artifacts.publish(store, lambda folder: save_model(folder, model, vocabs), meta, make_current=make_current)
 

@@ -125,9 +125,11 @@ def event_chunks(
         cur.close()
 
 
-def rechunk(readers: Iterable[pa.RecordBatchReader], rows: int) -> Iterator[pa.Table]:
+def rechunk(readers: Iterable[pa.RecordBatchReader], rows: int, key: str | None = None) -> Iterator[pa.Table]:
     """The record batches of `readers`, read one after the other, as tables of exactly `rows` rows
-    (the last one shorter; none when there are no rows)."""
+    (the last one shorter; none when there are no rows). With `key` (a column whose equal values
+    are contiguous) a run of equal values is never split: a table ends where the value changes at
+    or after `rows` rows (it holds fewer than `rows` + the longest run)."""
     pending: list[pa.RecordBatch] = []
     size = 0
     for reader in readers:
@@ -136,11 +138,20 @@ def rechunk(readers: Iterable[pa.RecordBatchReader], rows: int) -> Iterator[pa.T
             size += batch.num_rows
             while size >= rows:
                 table = pa.Table.from_batches(pending)
-                yield table.slice(0, rows)
-                rest = table.slice(rows)
+                cut = rows if key is None else _run_end(table.column(key).to_numpy(), rows)
+                if cut is None:  # the run goes on in the next batch
+                    break
+                yield table.slice(0, cut)
+                rest = table.slice(cut)
                 pending, size = rest.to_batches(), rest.num_rows
     if size:
         yield pa.Table.from_batches(pending)
+
+
+def _run_end(values: np.ndarray, rows: int) -> int | None:
+    """The first position at or after `rows` whose value differs from the one at rows - 1 (None: none yet)."""
+    change = np.flatnonzero(values[rows:] != values[rows - 1])
+    return rows + int(change[0]) if len(change) else None
 
 
 def user_counts(
