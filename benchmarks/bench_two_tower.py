@@ -5,7 +5,7 @@
 Builds a synthetic click log (Zipf-popular items, 3 favourite categories per user) through the
 real data path (vocabularies, sequences, TrainingSet), then times, on the same batches from the
 same model initialisation: `tasks.retrieval.two_tower.fit` (batching, negatives, loss logging) and a
-bare loop (batches materialised beforehand; forward, backward, Adam step, nothing else); both
+bare loop (batches materialised beforehand; forward, backward, optimizer step, nothing else); both
 models must end the epoch with identical weights. Runs are
 alternated `--repeats` times (the machine may be shared) and the best of each is kept. Prints
 examples/s of both and the ratio ours / bare (target >= 0.8).
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from models.common.features import build_vocabs
+from models.common.training import optimizers
 from models.common.tables import Catalogue, Events, UserTable
 from models.retrieval.two_tower import TwoTower
 from models.retrieval.two_tower_data import batches, training_set
@@ -70,14 +71,16 @@ def synthetic(n_examples: int, n_users: int, n_items: int, days: int, seed: int)
 
 def bare(model: TwoTower, batch_list: list, tt: TwoTowerConfig) -> float:
     """Seconds of a plain forward / backward / step loop over prepared batches."""
-    opt = torch.optim.Adam(model.parameters(), lr=tt.learning_rate)
+    steppers = optimizers(model, tt.learning_rate)
     model.train()
     started = time.perf_counter()
     for batch in batch_list:
         loss = batch_loss(model, batch, tt.temperature, tt.logq_correction)
-        opt.zero_grad(set_to_none=True)
+        for opt in steppers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        for opt in steppers:
+            opt.step()
     return time.perf_counter() - started
 
 

@@ -17,8 +17,10 @@ def embedding_tables(sizes: Mapping[str, int], kinds: Sequence[str], dim: int, s
                      padding: bool = False) -> nn.ModuleDict:
     """One (sizes[kind], dim) table per kind, in `kinds` order, drawn from N(0, std²) (torch's
     global generator) with row 0 (unknown ids) zero; with `padding`, row 0 is also the padding row
-    (never trained)."""
-    emb = nn.ModuleDict({kind: nn.Embedding(sizes[kind], dim, padding_idx=0 if padding else None) for kind in kinds})
+    (never trained). Their gradients are sparse (the rows a batch looks up), so a training step
+    costs what the batch touches, not the vocabulary (models.common.training.fit)."""
+    emb = nn.ModuleDict({kind: nn.Embedding(sizes[kind], dim, padding_idx=0 if padding else None, sparse=True)
+                         for kind in kinds})
     with torch.no_grad():
         for table in emb.values():
             nn.init.normal_(table.weight, std=std)
@@ -32,7 +34,7 @@ def user_inputs(emb: nn.ModuleDict, users: Tensor, seq: Tensor) -> Tensor:
     parts = [emb[kind](users[:, i]) for i, kind in enumerate(USER_COLUMNS)]
     table = emb["item"].weight
     if seq.shape[1]:
-        parts.append(F.embedding_bag(seq, table, mode="mean", padding_idx=0))
+        parts.append(F.embedding_bag(seq, table, mode="mean", padding_idx=0, sparse=True))
     else:
         parts.append(table.new_zeros(len(users), table.shape[1]))
     return torch.cat(parts, dim=1)

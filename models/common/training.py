@@ -56,7 +56,7 @@ def fit(
     lr: float,
     label: str,
 ) -> list[dict[str, float]]:
-    """Adam over `epochs` epochs, each iterating a fresh `epoch_batches()` of `examples` examples in
+    """Adam (`optimizers`) over `epochs` epochs, each iterating a fresh `epoch_batches()` of `examples` examples in
     all (its random draws happen as it is iterated, interleaved with the steps); `batch_loss` gives a
     batch's mean loss and its number of examples (in a process group: the whole batch's, the same
     on every rank, the model wrapped in DistributedDataParallel). Per epoch: the mean loss per
@@ -65,16 +65,18 @@ def fit(
     objective: nn.Module = _Objective(model, batch_loss)
     if dist.is_initialized():
         objective = DistributedDataParallel(objective)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steppers = optimizers(model, lr)
     objective.train()
     history = []
     for epoch in range(epochs):
         started, total, done = time.perf_counter(), torch.zeros(()), 0
         for b, batch in enumerate(epoch_batches(), start=1):
             loss, n = objective(batch)
-            opt.zero_grad(set_to_none=True)
+            for opt in steppers:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for opt in steppers:
+                opt.step()
             total += loss.detach() * n
             done += n
             if b % LOG_EVERY == 0:
@@ -85,6 +87,17 @@ def fit(
         _progress(label, epoch, epochs, examples, examples, history[-1]["examples_per_s"], history[-1]["loss"])
     model.eval()
     return history
+
+
+def optimizers(model: nn.Module, lr: float) -> list[torch.optim.Optimizer]:
+    """The optimizers of one step: lazy Adam (torch's SparseAdam) over the weights of the
+    sparse-gradient embeddings, updating the rows and moments a batch touched, so a step costs the
+    batch, not the vocabulary; Adam over the other parameters (each only when it has some)."""
+    sparse = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = ((torch.optim.SparseAdam, [p for p in params if id(p) in sparse]),
+              (torch.optim.Adam, [p for p in params if id(p) not in sparse]))
+    return [kind(group, lr=lr) for kind, group in groups if group]
 
 
 def _progress(label: str, epoch: int, epochs: int, done: int, examples: int, rate: float, loss: float) -> None:
