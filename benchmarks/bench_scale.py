@@ -14,7 +14,11 @@ sampled every 0.2 s, and the kernel's high-water mark of the child from wait4):
     marts_duckdb      the project's dbt runner (tasks.core.dbt_runner.run_dbt, as the DAGs): a full
                       `dbt build` of the default selector (staging, intermediate, metric marts,
                       experiment readouts; models, data and unit tests), then `dbt build` of the
-                      pool, social and ranking models for the last day (the vars the nightly DAGs pass)
+                      pool, social and ranking models for the day before the last (the vars the
+                      nightly DAGs pass)
+    rerender          on a copy of the warehouse marts_duckdb left: `dbt run` of the pool, social and
+                      ranking models for the last day (a new day: insert only), then the same run again
+                      (a re-render, as a retry or backfill does: the day's keys deleted, then inserted)
     dbt_overhead      the same two invocations as `dbt run` (models only) on a copy of the warehouse as
                       ingest left it, and the same models' compiled SQL (`dbt compile`) run in DAG
                       order as one DuckDB script on another copy: ratios dbt build / script and dbt
@@ -61,8 +65,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-STEPS = ("simulate", "ingest", "marts_duckdb", "dbt_overhead", "marts_spark", "pools", "kol", "implicit_follows",
-         "train_prep", "train_two_tower", "gate_two_tower", "rank_score", "train_preranking", "train_full", "ann")
+STEPS = ("simulate", "ingest", "marts_duckdb", "rerender", "dbt_overhead", "marts_spark", "pools", "kol",
+         "implicit_follows", "train_prep", "train_two_tower", "gate_two_tower", "rank_score", "train_preranking",
+         "train_full", "ann")
 PREPARATION = {"simulate", "train_prep"}  # data preparation, not a nightly step
 # The nightly invocation next to the full build: the pool, social and ranking models of the day
 # before the last (the previous night's; the pools, kol, implicit_follows and train_prep steps then
@@ -87,10 +92,11 @@ def _last_day(cfg: Any) -> dt.date:
     return cfg.simulator.start_date + dt.timedelta(days=cfg.simulator.days - 1)
 
 
-def _nightly_vars(cfg: Any) -> dict[str, Any]:
+def _nightly_vars(cfg: Any, day: dt.date | None = None) -> dict[str, Any]:
+    """The nightly invocation's vars for `day` (default: the day before the last)."""
     from tasks.pools.refresh import AS_OF_FORMAT, end_of_day
 
-    day = _last_day(cfg) - dt.timedelta(days=1)
+    day = day or _last_day(cfg) - dt.timedelta(days=1)
     return {"ds_from": day.isoformat(), "ds": day.isoformat(), "as_of": [end_of_day(day).strftime(AS_OF_FORMAT)]}
 
 
@@ -221,6 +227,27 @@ def _step_dbt_overhead(cfg: Any, root: Path) -> dict[str, Any]:
     return out
 
 
+def _step_rerender(cfg: Any, root: Path) -> dict[str, Any]:
+    """On a copy of the warehouse: the nightly models for the last day (a new day), then the same run
+    again (a re-render of an already built day); seconds per invocation and per model."""
+    from tasks.core.dbt_runner import run_dbt
+
+    copy = root / "rerender.duckdb"
+    shutil.copyfile(cfg.warehouse_path, copy)
+    c = _with_warehouse(cfg, copy)
+    out: dict[str, Any] = {}
+    for name in ("new_day", "rerender"):
+        t0 = time.perf_counter()
+        result = run_dbt(c, ["run", *NIGHTLY_SELECT], **_nightly_vars(cfg, _last_day(cfg)))
+        seconds = time.perf_counter() - t0
+        models = {r.node.name: round(r.execution_time, 2) for r in result.results}
+        out[name] = {"seconds": round(seconds, 2), "models": models}
+        print(f"dbt run {name}: {seconds:.1f} s {models}", flush=True)
+    copy.unlink()
+    out["seconds"] = out["rerender"]["seconds"]
+    return out
+
+
 def _cold(cfg: Any, day: dt.date, model: str) -> Any:
     """A first version of `model` trained cold on one day, one epoch, made current (train_prep)."""
     from tasks.ranking import full
@@ -262,6 +289,10 @@ def child(step: str, config: Path, root: Path, spark_memory: str, spark_master: 
     elif step == "marts_duckdb":
         out.update(_dbt_pair(cfg, "build"))
         out["rows"] = _row_counts(cfg.warehouse_path)
+    elif step == "rerender":
+        out.update(_step_rerender(cfg, root))
+        out["rows"] = {f"{name} {model}": out[name]["models"].get(model) for name in ("new_day", "rerender")
+                       for model in ("pool_candidates", "int_item_hour_segment_stats")}
     elif step == "dbt_overhead":
         out.update(_step_dbt_overhead(cfg, root))
         out["rows"] = {"run_s": out["run"]["seconds"], "script_s": out["script"]["seconds"],

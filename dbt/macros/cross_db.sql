@@ -3,15 +3,30 @@
     cross-database macros (dbt.datediff, dbt.dateadd, dbt.array_construct). docs/SCALE.md lists them. -#}
 
 {#- The config of a model rebuilt per key (a day; (as_of, pool)): DuckDB deletes the rows whose key
-    the run produces and inserts the new ones; Spark (Parquet tables) partitions by the key and
-    overwrites the partitions the run produces (dynamic partition overwrite). Both keep every other
-    key's rows: the same table after any sequence of runs. -#}
+    the run produces and inserts the new ones (strategy replace_keys, below); Spark (Parquet tables)
+    partitions by the key and overwrites the partitions the run produces (dynamic partition
+    overwrite). Both keep every other key's rows: the same table after any sequence of runs. -#}
 {% macro incremental_by(keys) -%}
   {{ return(adapter.dispatch('incremental_by', 'recpipe')(keys)) }}
 {%- endmacro %}
 
 {% macro default__incremental_by(keys) -%}
-  {{ return({'materialized': 'incremental', 'incremental_strategy': 'delete+insert', 'unique_key': keys}) }}
+  {{ return({'materialized': 'incremental', 'incremental_strategy': 'replace_keys', 'unique_key': keys}) }}
+{%- endmacro %}
+
+{#- Incremental strategy replace_keys (dbt calls get_incremental_<strategy>_sql): delete+insert by
+    `unique_key` (a column or a list), as one semi-join. dbt-duckdb's delete+insert deletes a list
+    key `using` the new rows joined on every column, which pairs each new row with each old row of
+    its key: quadratic in a key's rows when a run re-renders a built key (a retry, a backfill).
+    Here the target's rows whose key is among the new rows' distinct keys are deleted, then the new
+    rows inserted: the same rows (null key values match nothing either way). -#}
+{% macro get_incremental_replace_keys_sql(arg_dict) -%}
+  {%- set keys = arg_dict['unique_key'] -%}
+  {%- set keys = [keys] if keys is string else keys -%}
+  {%- set columns = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
+  delete from {{ arg_dict['target_relation'] }}
+  where ({{ keys | join(', ') }}) in (select distinct {{ keys | join(', ') }} from {{ arg_dict['temp_relation'] }});
+  insert into {{ arg_dict['target_relation'] }} ({{ columns }}) (select {{ columns }} from {{ arg_dict['temp_relation'] }})
 {%- endmacro %}
 
 {% macro spark__incremental_by(keys) -%}

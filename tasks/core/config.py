@@ -759,10 +759,14 @@ class ExperimentConfig(_Strict):
 
 
 class WarehouseConfig(_Strict):
-    """Where dbt builds the models (docs/SCALE.md "dbt on Spark")."""
+    """Where dbt builds the models (docs/SCALE.md "dbt on Spark"), and DuckDB's memory."""
 
     # the dbt target (dbt/profiles.yml): `duckdb`, the warehouse file; `spark`, Spark tables over the lake
     engine: Literal["duckdb", "spark"] = "duckdb"
+    # DuckDB's memory_limit ("8GB", "512MiB", or a share of RAM: "50%") of every warehouse
+    # connection, dbt's and the Python steps' (each process its own); past it DuckDB spills to
+    # <warehouse file>.tmp/. None: DuckDB's default, 80% of RAM
+    memory_limit: Annotated[str, Field(pattern=r"(?i)^\d+(\.\d+)?\s*([KMGT]i?B|B|%)$")] | None = None
 
 
 class AirflowConfig(_Strict):

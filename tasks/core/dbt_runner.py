@@ -31,7 +31,7 @@ import yaml
 from tasks.core.config import ALL, REPO_ROOT, PlatformConfig, get_config
 from tasks.core.contract import TABLES
 from tasks.core.storage import dbt_filesystems
-from tasks.core.warehouse import connect, table_names
+from tasks.core.warehouse import connect, duckdb_settings, table_names
 
 log = logging.getLogger(__name__)
 DBT_DIR = REPO_ROOT / "dbt"
@@ -68,9 +68,10 @@ def spark_dir(cfg: PlatformConfig) -> Path:
 
 def dbt_env(cfg: PlatformConfig) -> dict[str, str]:
     """Environment of a dbt run: the absolute paths the profile reads (the DuckDB warehouse, the
-    spark target's folder) and the object stores the duckdb target reads the lake from."""
+    spark target's folder), the duckdb target's DuckDB settings (JSON; warehouse.memory_limit) and
+    the object stores it reads the lake from."""
     return {"RECPIPE_WAREHOUSE": str(cfg.warehouse_path.resolve()), "RECPIPE_SPARK_DIR": str(spark_dir(cfg)),
-            **dbt_filesystems([cfg.lake_dir])}
+            "RECPIPE_DUCKDB_SETTINGS": json.dumps(duckdb_settings(cfg)), **dbt_filesystems([cfg.lake_dir])}
 
 
 def spark_sources(cfg: PlatformConfig) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The DuckDB warehouse: connections (one writer at a time) and the `raw` views over the lake.
 
-Connections can read the lake on an object store (tasks.core.storage registers its filesystem).
+Connections can read the lake on an object store (tasks.core.storage registers its filesystem) and
+get the config's DuckDB settings (`warehouse.memory_limit`), as dbt's do (tasks/core/dbt_runner.py).
 DuckDB allows one writing process per file. Inside Airflow every writer runs in the one-slot pool
 `cfg.airflow.warehouse_pool`; `connect_writer` refuses to open the file for writing from a task
 in any other pool. Readers open it read-only.
@@ -55,6 +56,11 @@ def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
 
 
+def duckdb_settings(cfg: PlatformConfig) -> dict[str, str]:
+    """The DuckDB settings of every warehouse connection from the config (none unless set)."""
+    return {"memory_limit": cfg.warehouse.memory_limit} if cfg.warehouse.memory_limit else {}
+
+
 def connect(cfg: PlatformConfig, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     """A connection to the warehouse file; read-only unless asked (writes go through connect_writer)."""
     if not read_only:
@@ -62,7 +68,7 @@ def connect(cfg: PlatformConfig, read_only: bool = True) -> duckdb.DuckDBPyConne
     path = cfg.warehouse_path
     if not path.exists():
         raise FileNotFoundError(f"{path}: no warehouse yet; load a batch and refresh the views first")
-    return _with_lake(cfg, duckdb.connect(str(path), read_only=True))
+    return _with_lake(cfg, duckdb.connect(str(path), read_only=True, config=duckdb_settings(cfg)))
 
 
 def connect_writer(cfg: PlatformConfig) -> duckdb.DuckDBPyConnection:
@@ -74,7 +80,7 @@ def connect_writer(cfg: PlatformConfig) -> duckdb.DuckDBPyConnection:
             f"{cfg.airflow.warehouse_pool!r} (one writer at a time)"
         )
     cfg.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    return _with_lake(cfg, duckdb.connect(str(cfg.warehouse_path)))
+    return _with_lake(cfg, duckdb.connect(str(cfg.warehouse_path), config=duckdb_settings(cfg)))
 
 
 def _with_lake(cfg: PlatformConfig, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
