@@ -251,11 +251,15 @@ def test_a_declared_pool_without_a_version_raises_one_alert(built: PlatformConfi
             con.execute("insert into pool_current select * from saved")
 
 
-def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_path: Path) -> None:
-    """A new pool, declared only in the YAML, refreshed by the real content_pools DAG (`recpipe pools`);
-    the daily run also refreshes the hourly pool (pool_6h here has lost its version), so that every
-    declared pool is current after it."""
+@pytest.fixture(scope="module")
+def added_pool_run(
+    built: PlatformConfig, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess, Path]:
+    """A new pool, declared only in the YAML, refreshed by the real content_pools DAG (`recpipe pools`)
+    after pool_6h lost its version: (the config, the finished command, the folder of its Airflow
+    home, migrated with the project's pools by the command's setup; the hourly DAG's run below reuses it)."""
     cfg = built
+    tmp = tmp_path_factory.mktemp("pools-dag")
     with connect_writer(cfg) as con:
         con.execute("delete from pool_current where pool = 'pool_6h'")
     raw = cfg.model_dump(mode="json")
@@ -263,12 +267,21 @@ def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_pat
         {"name": "tier2_comments_7d", "window": "7d", "segments": ["male_18_24_tier2"], "max_size": 40,
          "score": {"action": "comment", "per": "click", "min_impressions": 3, "prior_weight": 10}}
     )
-    path = tmp_path / "added.yaml"
+    path = tmp / "added.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = _airflow_env(tmp_path, path)
+    env = _airflow_env(tmp, path)
     day = REFRESH_DAYS[-1].isoformat()
     done = subprocess.run([str(BIN / "recpipe"), "pools", "--start", day], env=env, capture_output=True,
                           text=True, timeout=900)
+    return path, done, tmp
+
+
+def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, added_pool_run) -> None:
+    """A new pool, declared only in the YAML, refreshed by the real content_pools DAG (`recpipe pools`);
+    the daily run also refreshes the hourly pool (pool_6h here has lost its version), so that every
+    declared pool is current after it."""
+    cfg = built
+    path, done, _ = added_pool_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     got = _read(cfg, "select * from pool_current_members where pool = 'tier2_comments_7d' order by rank")
     expected = _expected_members(load_config(path), load_config(path).pool("tier2_comments_7d"), end_of_day(REFRESH_DAYS[-1]))
@@ -277,11 +290,15 @@ def test_a_pool_added_in_yaml_is_built_by_the_dag(built: PlatformConfig, tmp_pat
     assert pools_without_version(load_config(path)) == []
 
 
-def test_a_rejected_pool_fails_at_once_with_one_alert(built: PlatformConfig, tmp_path: Path) -> None:
+def test_a_rejected_pool_fails_at_once_with_one_alert(built: PlatformConfig, added_pool_run, tmp_path: Path) -> None:
     """The hourly content_pools DAG (`airflow dags test`, retries on) with a new pool no version can
     pass: its publish task fails on its first try, not retried; one alert (the gate's) says the
-    pool has no previous version; no task or run failure alert repeats it."""
+    pool has no previous version; no task or run failure alert repeats it. Its Airflow home is the
+    one `recpipe pools` set up above (`airflow db migrate` and the project's pools, what
+    `recpipe airflow-setup` does), which ran no content_pools_hourly task."""
     cfg = built
+    _, pools_run, home = added_pool_run
+    assert pools_run.returncode == 0, pools_run.stdout[-3000:] + pools_run.stderr[-3000:]
     raw = cfg.model_dump(mode="json")
     raw["airflow"]["retries"] = 2
     template = next(p for p in raw["pools"] if p["name"] == "pool_6h")
@@ -289,9 +306,13 @@ def test_a_rejected_pool_fails_at_once_with_one_alert(built: PlatformConfig, tmp
                          "score": {**template["score"], "min_impressions": 10**6}})  # no eligible item
     path = tmp_path / "never.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = _airflow_env(tmp_path, path)
-    setup = subprocess.run([str(BIN / "recpipe"), "airflow-setup"], env=env, capture_output=True, text=True, timeout=600)
-    assert setup.returncode == 0, setup.stderr[-3000:]
+    # A DAG folder holding content_pools' file alone (a link to dags/content_pools.py, which
+    # defines content_pools_hourly): `airflow dags test` parses its folder twice, and the other
+    # DAGs' files are not under test here.
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "content_pools.py").symlink_to(DAGS / "content_pools.py")
+    env = _airflow_env(home, path) | {"AIRFLOW__CORE__DAGS_FOLDER": str(folder)}
     before = len(read_alerts(cfg))
     at = end_of_day(REFRESH_DAYS[-1])  # pool_6h's version of that time again: the same content
     run = subprocess.run(
@@ -299,7 +320,7 @@ def test_a_rejected_pool_fails_at_once_with_one_alert(built: PlatformConfig, tmp
          "-c", json.dumps({"at": str(at)})],
         env=env, capture_output=True, text=True, timeout=900,
     )
-    with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
+    with sqlite3.connect(home / "airflow" / "airflow.db") as db:
         tries = dict(db.execute("select task_id, try_number || ' ' || state from task_instance "
                                 "where dag_id = 'content_pools_hourly'").fetchall())
     assert tries["publish_never_enough"] == "1 failed", (tries, (run.stdout + run.stderr)[-3000:])
