@@ -184,6 +184,30 @@ def test_too_few_unchosen_clicks_skip_the_comparison_when_a_current_version_vouc
     assert _gate_table(platform).baseline_users.iloc[-1] == 12
 
 
+def test_on_a_served_night_the_feedback_sized_drop_passes_and_a_broken_candidate_is_still_rejected(
+        platform: PlatformConfig) -> None:
+    """The current version chose the clicks of a closed-loop night: a 25% drop beyond noise (what
+    that feedback costs a clean candidate) passes under max_recall_drop_served; a candidate that loses
+    every hit of 4 users in 5 is rejected all the same. Each verdict checked against the delta-method CI."""
+    ev = platform.evaluation
+    candidate, current = _versions(platform, current=True)
+    cand_recall, cur_recall = _pair(600, 0.25, seed=11)
+    low, _ = _delta_method(cand_recall, cur_recall, ev.gate_alpha)
+    assert ev.max_recall_drop < low < ev.max_recall_drop_served  # beyond noise and the usual bar, below the served one
+    _evaluation(platform, {candidate: cand_recall, current: cur_recall}, popularity=0.7,
+                unchosen=(12, {candidate: 0.0, current: 0.0}, 0.5))
+    row = nightly.gate(platform, MODEL, candidate, DS)
+    assert row["passed"] and row["gate_reason"].startswith("drop beyond noise but below max_recall_drop 50.0%")
+
+    broken, _ = _versions(platform, current=False)
+    lost = np.where(np.arange(600) % 5 == 0, cur_recall, 0.0)
+    assert _delta_method(lost, cur_recall, ev.gate_alpha)[0] > ev.max_recall_drop_served
+    _evaluation(platform, {broken: lost, current: cur_recall}, popularity=0.7,
+                unchosen=(12, {broken: 0.0, current: 0.0}, 0.5))
+    with pytest.raises(nightly.ModelRejected, match="above max_recall_drop 50.0%"):
+        nightly.gate(platform, MODEL, broken, DS)
+
+
 def test_a_first_version_on_a_closed_loop_night_with_few_unchosen_clicks_must_beat_popularity_on_all(
         platform: PlatformConfig) -> None:
     first, _ = _versions(platform, current=False)

@@ -200,7 +200,7 @@ def test_default_chunks_train_as_the_whole_tables(sim: PlatformConfig) -> None:
     vocabs = build_vocabs(data_sources.catalogue, data_sources.users, np.unique(exposures.user_id))
     torch.manual_seed(fr.seed)
     ranker = FullRanking(Architecture(sizes(vocabs), len(RANKING_HEADS), fr.embedding_dim, fr.experts, fr.expert_hidden,
-                                      fr.tower_hidden))
+                                      fr.tower_hidden, fr.interaction))
     ranker.set_priors(exposures.labels.mean(axis=0))
     features = ranking_features(vocabs, data_sources.catalogue, data_sources.users, data_sources.clicks, exposures,
                                 fr.sequence_length)

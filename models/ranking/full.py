@@ -5,8 +5,10 @@ Zhou et al., KDD 2018); one logit per head (tasks.core.config.RANKING_HEADS).
 An item (candidate or sequence entry) is the concatenation of its five embeddings (item id,
 author, category_l1, category_l2, cluster), from the same tables for both. Attention weight of
 sequence entry s for candidate c: MLP([s, c, s - c, s * c]), softmax over the non-padding entries
-(an empty sequence pools to zeros). The input x = [user, candidate, context, interest] feeds
-`experts` expert MLPs; head k mixes them with its own softmax gate over x and maps the mixture
+(an empty sequence pools to zeros). The input x = [user, candidate, context, interest] (and, with
+`interaction`, interest * candidate: the elementwise product hands the experts the match between
+the user's attended history and the candidate directly, which the concatenation leaves them to
+learn) feeds `experts` expert MLPs; head k mixes them with its own softmax gate over x and maps the mixture
 through its tower to a logit. Row 0 of every table is the unknown / padding row: zero, never
 trained.
 """
@@ -41,6 +43,7 @@ class Architecture:
     experts: int
     expert_hidden: int
     tower_hidden: int
+    interaction: bool = False  # x also holds interest * candidate (False: versions saved before it existed)
 
 
 def _mlp(*widths: int) -> nn.Sequential:
@@ -57,7 +60,7 @@ class FullRanking(nn.Module):
         self.emb = embedding_tables(arch.sizes, KINDS + CONTEXT_COLUMNS, d, INIT_STD, padding=True)
         item_d = d * len(ITEM_COLUMNS)
         self.attention = _mlp(4 * item_d, arch.tower_hidden, 1)
-        n_in = d * (len(USER_COLUMNS) + len(CONTEXT_COLUMNS)) + 2 * item_d
+        n_in = d * (len(USER_COLUMNS) + len(CONTEXT_COLUMNS)) + (3 if arch.interaction else 2) * item_d
         self.experts = nn.ModuleList(
             nn.Sequential(_mlp(n_in, arch.expert_hidden, arch.expert_hidden), nn.ReLU()) for _ in range(arch.experts)
         )
@@ -109,10 +112,13 @@ class FullRanking(nn.Module):
     def forward(self, users: Tensor, items: Tensor, context: Tensor, seq: Tensor) -> Tensor:
         """(B, heads) logits from feature rows: users (B, 4), items (B, 5), context (B, 3), seq (B, L, 5)."""
         cand = self._embed(items, ITEM_COLUMNS)
-        return self.heads(torch.cat([
-            self._embed(users, USER_COLUMNS), cand, self._embed(context, CONTEXT_COLUMNS),
-            self.interest(self._embed(seq, ITEM_COLUMNS), (seq != 0).any(-1), cand),
-        ], dim=1))
+        interest = self.interest(self._embed(seq, ITEM_COLUMNS), (seq != 0).any(-1), cand)
+        return self.heads(self.mmoe_input(self._embed(users, USER_COLUMNS), cand, self._embed(context, CONTEXT_COLUMNS),
+                                          interest))
+
+    def mmoe_input(self, user: Tensor, cand: Tensor, context: Tensor, interest: Tensor) -> Tensor:
+        """x (B, n_in): [user, candidate, context, interest], and interest * candidate with `interaction`."""
+        return torch.cat([user, cand, context, interest] + ([interest * cand] if self.arch.interaction else []), dim=1)
 
     def set_priors(self, rates: np.ndarray) -> None:
         """Start every head's output at the logit of its base rate (clipped away from 0 and 1)."""
@@ -188,7 +194,7 @@ def predict_proba_by_user(model: FullRanking, users: np.ndarray, seq: np.ndarray
         padded = cand.new_zeros((hi - lo, int(counts[lo:hi].max()), cand.shape[1]))
         padded[local, place] = cand
         interest = model.user_interest(seq_emb[lo:hi], mask[lo:hi], padded)[local, place]
-        x = torch.cat([user_emb[local + lo], cand, model._embed(torch.from_numpy(context[pairs]), CONTEXT_COLUMNS),
-                       interest], dim=1)
+        x = model.mmoe_input(user_emb[local + lo], cand, model._embed(torch.from_numpy(context[pairs]), CONTEXT_COLUMNS),
+                             interest)
         out[pairs] = torch.sigmoid(model.heads(x)).numpy()
     return out

@@ -317,6 +317,9 @@ class EvaluationConfig(_Strict):
     # nightly gate (docs/METHODS.md "Nightly retrieval gate and publish"): reject a candidate only if the lower bound of
     # the paired bootstrap CI of its relative Recall@k[0] drop vs the current version exceeds max_recall_drop
     max_recall_drop: Annotated[float, Field(ge=0, le=1)] = 0.05  # the smallest relative drop that matters
+    # ... on a night whose clicks the recommendation path chose (the closed loop): the current version
+    # helped choose what was shown, so the comparison on those clicks favours it; only a larger drop counts
+    max_recall_drop_served: Annotated[float, Field(ge=0, le=1)] = 0.5
     # resamples and seed of every bootstrap over the evaluation users: the gate's paired CI and each metric's CI
     gate_bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000  # resamples of the evaluation users
     gate_alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.01  # the CI is two-sided, 1 - gate_alpha
@@ -341,6 +344,9 @@ class FullRankingConfig(_Strict):
     experts: Annotated[int, Field(ge=1, le=32)] = 4
     expert_hidden: Annotated[int, Field(ge=4)] = 64
     tower_hidden: Annotated[int, Field(ge=4)] = 32
+    # the experts also get interest * candidate (the attended history's match with the candidate); a
+    # current version trained without it cannot be warm-started with it (and back): change it with a cold start
+    interaction: bool = True
     sequence_length: Annotated[int, Field(ge=1, le=500)] = 20
     history_days: Annotated[int, Field(ge=0, le=365)] = 30  # sequences read the clicks from this many days before
     batch_size: Annotated[int, Field(ge=16)] = 1024

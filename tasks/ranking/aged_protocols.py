@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 TABLE = "architecture_comparison"
 PROTOCOLS = ("compare", "catch_up")
 EMBEDDINGS = ("reuse", "random")
-ARCHITECTURE_KEYS = ("embedding_dim", "experts", "expert_hidden", "tower_hidden", "sequence_length")
+ARCHITECTURE_KEYS = ("embedding_dim", "experts", "expert_hidden", "tower_hidden", "interaction", "sequence_length")
 FUSION = "fusion"  # the head name of the fusion score's row
 EMBEDDINGS_DEFAULT = "reuse"
 COLUMNS = ("day", "protocol", "arm", "head", "auc", "n", "positives", "days", "embeddings", "candidate_overrides",
@@ -93,10 +93,10 @@ def candidate_config(fr: FullRankingConfig, overrides: Mapping[str, Any] | None)
 
 def architecture(fr: FullRankingConfig, vocabs: Mapping[str, Vocab] | None = None) -> Architecture:
     return Architecture(sizes(vocabs) if vocabs is not None else {}, len(RANKING_HEADS), fr.embedding_dim,
-                        fr.experts, fr.expert_hidden, fr.tower_hidden)
+                        fr.experts, fr.expert_hidden, fr.tower_hidden, fr.interaction)
 
 
-def _settings(fr: FullRankingConfig) -> dict[str, int]:
+def _settings(fr: FullRankingConfig) -> dict[str, int | bool]:
     return {k: getattr(fr, k) for k in ARCHITECTURE_KEYS}
 
 

@@ -168,7 +168,8 @@ def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False, store: 
         raise ValueError(f"full_ranking: no ranking_exposures on {first}..{day} (build them first: "
                          "tasks.ranking.data.build_exposures)")
     torch.manual_seed(fr.seed)
-    arch = Architecture({}, len(RANKING_HEADS), fr.embedding_dim, fr.experts, fr.expert_hidden, fr.tower_hidden)
+    arch = Architecture({}, len(RANKING_HEADS), fr.embedding_dim, fr.experts, fr.expert_hidden, fr.tower_hidden,
+                        fr.interaction)
     if parent:
         old, old_vocabs = load_model(parent.path)
         if replace(old.arch, sizes={}) != arch:

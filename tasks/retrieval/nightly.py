@@ -9,7 +9,10 @@ the popularity baseline are then scored on the clicks of `ds` (tasks/retrieval/e
 drop of the candidate's Recall@K (K = evaluation.k[0]) and its bootstrap CI over users
 (`evaluation.gate_bootstrap` resamples, level 1 - `evaluation.gate_alpha`, seeded); the candidate is
 rejected only if the CI's lower bound exceeds `evaluation.max_recall_drop` (a drop beyond noise
-and larger than the smallest drop that matters). That rule is the GX suite's (expectations/retrieval.py)
+and larger than the smallest drop that matters; on a night of served clicks,
+`evaluation.max_recall_drop_served`: the current version helped choose what was shown, so its
+recall on those clicks is inflated by the feedback, and only a larger drop, a broken candidate's,
+is evidence). That rule is the GX suite's (expectations/retrieval.py)
 `recall_floor`: the current recall x (1 - max_recall_drop - (drop - CI low)), i.e. widened by the
 noise margin; the candidate must also beat popularity. Each gate is a row of `model_gate`. A failed gate raises a data-quality alert listing the failed expectations
 and fails the task: the candidate stays a non-current version for inspection and nothing is
@@ -228,11 +231,14 @@ def _gate_row(cfg: PlatformConfig, model: str, candidate: str, ds: dt.date) -> d
         paired = paired_drop_ci(pairs.candidate.to_numpy(), pairs.current.to_numpy(), ev.gate_bootstrap, ev.gate_alpha,
                                 ev.gate_seed)
         current_recall = float(pairs.current.mean())
-        # candidate_recall >= floor  <=>  drop_ci_low <= max_recall_drop
-        floor = current_recall * (1 - ev.max_recall_drop - (paired.drop - paired.low))
+        # a night with served clicks (the unchosen-click recall exists only then): the current version chose them
+        served = value(model, candidate, UNCHOSEN, "n_users") is not None
+        max_drop = ev.max_recall_drop_served if served else ev.max_recall_drop
+        # candidate_recall >= floor  <=>  drop_ci_low <= max_drop
+        floor = current_recall * (1 - max_drop - (paired.drop - paired.low))
         row |= {"current_recall": current_recall, "recall_drop": paired.drop, "drop_ci_low": paired.low,
                 "drop_ci_high": paired.high, "recall_floor": max(floor, 0.0), "n_users": paired.n_users,
-                "gate_reason": verdict(paired, ev.max_recall_drop)}
+                "gate_reason": verdict(paired, max_drop)}
     if row["baseline_clicks"] == INCONCLUSIVE:
         row["gate_reason"] += (f"; popularity comparison skipped: {row['baseline_users']} users with clicks no model "
                                f"chose (< min_users {ev.min_users})")
