@@ -22,8 +22,8 @@ user's last `ranking.full.sequence_length` clicks before the exposure's day (wit
 `retrieval.train_window_days` days), and the item's id, author, categories and cluster
 (catalogue as of the last exposure day). The exposures and the teacher's predictions are read
 from the lake in chunks of whole users of about `training.read_batch_rows` rows, each chunk's
-inputs built from its users' clicks (`fit_streamed`, docs/SCALE.md "Training that streams"); with `training.processes` > 1 the
-training is data parallel. Version files: weights.pt, vocab.npz, meta.json.
+inputs built from its users' clicks (`fit_streamed`, docs/SCALE.md "Training that streams"); with
+`training.processes` > 1 the training is data parallel. Version files: weights.pt, vocab.npz, meta.json.
 """
 
 from __future__ import annotations
