@@ -5,15 +5,17 @@ and runs the two suites through a file-based context and checkpoint (data docs k
 The frames (one suite each):
 
 - rows: the scored exposures, one row per (user, item) shown: user_id, item_id, `exposed` (the
-  key is one of the day's exposures), and for every head of tasks.core.config.RANKING_HEADS
-  p_<head> (the prediction) and y_<head> (the 0/1 label). Suite: columns present; key integrity
+  key is one of the day's exposures), `chosen` (a model chose the exposure), `reference` (the row
+  counts in the calibration slices: on a closed-loop day the exposures no model chose, when they
+  are enough, see tasks/ranking/gate.py `calibration_rows`; else every row), and for every head
+  of tasks.core.config.RANKING_HEADS p_<head> (the prediction) and y_<head> (the 0/1 label). Suite: columns present; key integrity
   against the day's exposures (every (user_id, item_id) unique and exposed; with the row count
   equal to the exposures: exactly one prediction per exposure); ids, predictions (NaN = null) and
   labels present; p in [0, 1]; y in {0, 1}; coverage as the row count (at least min_coverage x
   the day's exposures, at most all of them); and, when a previous accepted day exists, drift per
   head: KL(today's p || a partition of the previous day's p) at most max_kl_divergence.
-- slices: one row per slice. check = "calibration", per head and segment ('all' = every row):
-  n, positives, mean_prediction, observed_rate, ratio = mean_prediction / observed_rate, and
+- slices: one row per slice. check = "calibration", per head and segment ('all' = every
+  reference row): n, positives, mean_prediction, observed_rate, ratio = mean_prediction / observed_rate, and
   [ratio_low, ratio_high], the confidence interval of the ratio given the slice's positives
   (exact Poisson interval of the count; a small slice gets a wide one). check = "auc", per head
   with at least auc_min_positives positives: auc (ROC AUC of p against y), auc_se (DeLong) and,
@@ -21,7 +23,9 @@ The frames (one suite each):
   z * sqrt(auc_se² + previous auc_se²). Suite: per head, every slice's interval reaches into
   calibration_band (ratio_low <= band high, ratio_high >= band low: the slice is flagged only
   when its sample shows it outside the band); the AUCs within auc_band and, with a previous day,
-  at least auc_floor; interval bounds and AUCs not null.
+  at least auc_floor; interval bounds and AUCs not null. On the day serving switches from organic
+  exposures to a model's (tasks/ranking/gate.py `regime_switch`) the checks against the organic
+  regime (drift, AUC floor, and calibration unless enough exposures were not chosen) are left out.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from great_expectations.expectations.row_conditions import Column
 
 CALIBRATION, AUC = "calibration", "auc"  # the `check` of a slices row
 KEY = ("user_id", "item_id")  # an exposure of the day
+CHOSEN = "chosen"  # rows frame: a model chose the exposure (the closed loop's feeds)
+REFERENCE = "reference"  # rows frame: the row counts in the calibration slices
 DRIFT_BINS = 20  # quantile bins of the previous day's predictions
 TAIL_WEIGHT = 1e-6  # each tail (below 0, above 1): out-of-range values give a large, finite KL
 SMOOTHING = 0.5  # pseudo-count per bin, so a bin empty yesterday does not make KL infinite
@@ -82,25 +88,27 @@ def rows_expectations(heads: Sequence[str], exposures: int, min_coverage: float)
     return suite
 
 
-def slices_expectations(heads: Sequence[str], calibration_band: tuple[float, float],
+def slices_expectations(heads: Sequence[str], calibration_band: tuple[float, float] | None,
                         auc_band: tuple[float, float], against_previous: bool) -> list[Any]:
     """Per head: the calibration intervals of its slices reach into the band (a slice fails only
     when even the bound nearest the band is outside it: its ratio is off beyond what its sample
-    size allows); every judged head's AUC within the band (below: the predictions do not rank -
-    shuffled, constant, inverted; above: the labels leaked into them) and, `against_previous`, at
-    least its floor (a drop from the last accepted day beyond noise and max_auc_drop). A NaN
-    interval bound or AUC (a slice without a single prediction) fails the not-null checks.
-    One expectation per head and bound, not per slice: GX costs ~20 ms per expectation and run;
-    the failure report names the slices (tasks/ranking/gate.py)."""
-    low, high = calibration_band
+    size allows; None: calibration not judged); every judged head's AUC within the band (below:
+    the predictions do not rank - shuffled, constant, inverted; above: the labels leaked into
+    them) and, `against_previous`, at least its floor (a drop from the last accepted day beyond
+    noise and max_auc_drop). A NaN interval bound or AUC (a slice without a single prediction)
+    fails the not-null checks. One expectation per head and bound, not per slice: GX costs ~20 ms
+    per expectation and run; the failure report names the slices (tasks/ranking/gate.py)."""
     is_calibration, is_auc = Column("check") == CALIBRATION, Column("check") == AUC
-    suite: list[Any] = [gxe.ExpectColumnValuesToNotBeNull(column="ratio_low", row_condition=is_calibration)]
-    for head in heads:
-        of_head = Column("head") == head
-        suite += [
-            gxe.ExpectColumnValuesToBeBetween(column="ratio_low", max_value=high, row_condition=of_head),
-            gxe.ExpectColumnValuesToBeBetween(column="ratio_high", min_value=low, row_condition=of_head),
-        ]
+    suite: list[Any] = []
+    if calibration_band is not None:
+        low, high = calibration_band
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column="ratio_low", row_condition=is_calibration))
+        for head in heads:
+            of_head = Column("head") == head
+            suite += [
+                gxe.ExpectColumnValuesToBeBetween(column="ratio_low", max_value=high, row_condition=of_head),
+                gxe.ExpectColumnValuesToBeBetween(column="ratio_high", min_value=low, row_condition=of_head),
+            ]
     suite += [
         gxe.ExpectColumnValuesToNotBeNull(column="auc", row_condition=is_auc),
         gxe.ExpectColumnValuesToBeBetween(column="auc", min_value=auc_band[0], max_value=auc_band[1],

@@ -23,6 +23,7 @@ from models.ranking.faults import inject
 from tasks.core.config import ALL, FAULTS, RANKING_HEADS, DistillationGateConfig, PlatformConfig
 from tasks.core.eval_metrics import auc
 from tasks.ops.alerts import read_alerts
+from tasks.ranking import distillation
 from tasks.ranking import gate as distillation_gate
 
 RATES = {"click": 0.3, "like": 0.06, "favorite": 0.03, "share": 0.02, "comment": 0.025, "follow": 0.01,
@@ -416,3 +417,91 @@ def test_half_unscored_then_rerun(platform: PlatformConfig, clean_pair: tuple, w
     assert {name: list(a["batch_definitions"]) for name, a in assets.items()} == {"rows": ["gate"], "slices": ["gate"]}
     runs = Path(second.data_docs).parent / "validations" / "distillation_rows" / "2026-01-02__ranker-v2"
     assert len(list(runs.iterdir())) == 2
+
+
+# ---- a closed-loop day: the ranker chose most exposures ---------------------------------------
+
+
+def test_first_served_day_is_judged_without_the_organic_regime(platform: PlatformConfig, clean_pair: tuple,
+                                                               world: World) -> None:
+    """The first day served by the ranker after an organic accepted day, its predictions on its own
+    picks 3x their true rate (selection, not a bug). Unflagged, it fails calibration. With 70% of
+    the exposures flagged `chosen`, calibration reads the other 30% and the day passes, while the
+    predictions scaled x3 everywhere (a bug) are still caught. With (nearly) every exposure chosen
+    the calibration band is not judged and the day passes, a shuffled ranker is still caught by the
+    AUC band; the next served day, judged against this one (same regime), fails the band again."""
+    previous, (users, items, clean, _) = clean_pair
+    rng = np.random.default_rng(5)
+    true_p = _sigmoid(world.logits(users, items))
+    keys = exposure_keys(users, items)
+
+    def served_day(chosen: np.ndarray) -> pd.DataFrame:
+        p = np.where(chosen[:, None], true_p / 3, true_p)  # the picks' true rates: a third of the prediction
+        return scored_frame(users, items, clean, (rng.random(p.shape) < p).astype(np.float32))
+
+    def gate(version: str, scored: pd.DataFrame, chosen: np.ndarray | None, before: pd.DataFrame):
+        flagged = keys if chosen is None else keys.assign(chosen=chosen)
+        return distillation_gate.check(platform, "2026-01-02", version, scored, flagged, world.segments, before)
+
+    chosen = rng.random(EXPOSURES) < 0.7
+    scored = served_day(chosen)
+    blind = gate("ranker-blind", scored, None, previous)
+    assert not blind.success and TOO_HIGH in blind.caught_by, blind.failed_expectations
+    served = gate("ranker-served", scored, chosen, previous)
+    assert served.success, served.failed_expectations
+    frames = distillation_gate.gx_root(platform) / "frames" / "2026-01-02"
+    slices = pd.read_parquet(frames / "ranker-served" / "slices.parquet")
+    overall = slices[(slices.check == "calibration") & (slices.segment == ALL)].set_index("head")
+    assert (overall.n == (~chosen).sum()).all()
+    assert overall.loc["click", "positives"] == scored.y_click[~chosen].sum()
+    assert overall.loc["click", "mean_prediction"] == pytest.approx(clean[~chosen, 0].astype(np.float64).mean())
+    rows = pd.read_parquet(frames / "ranker-served" / "rows.parquet")
+    assert (rows.chosen.to_numpy() == chosen).all() and (rows.reference.to_numpy() == ~chosen).all()
+    x3 = gate("ranker-x3", inject(scored, "scaled_x3", np.random.default_rng(11), world.segments), chosen, previous)
+    assert not x3.success and TOO_HIGH in x3.caught_by, x3.failed_expectations
+
+    every = np.ones(EXPOSURES, dtype=bool)
+    every[:5] = False  # 5 exposures not chosen: too few positives to calibrate on
+    scored = served_day(every)
+    first = gate("ranker-first", scored, every, previous)
+    assert first.success, first.failed_expectations
+    shuffled = gate("ranker-shuffled", inject(scored, "shuffled", np.random.default_rng(11), world.segments), every,
+                    previous)
+    assert not shuffled.success and AUC in shuffled.caught_by, shuffled.failed_expectations
+    second = gate("ranker-second", served_day(every), every, scored.assign(chosen=every))
+    assert not second.success and TOO_HIGH in second.caught_by, second.failed_expectations
+
+
+def test_gate_day_compares_only_with_a_steady_served_day(platform: PlatformConfig, world: World) -> None:
+    """Through the warehouse (`gate_day`): day 1 organic, days 2-4 served (a model's channel on
+    every impression). Day 2 (the switch) is judged without drift, AUC floor or calibration band,
+    day 3 without comparisons with day 2 (the first served day is no reference), day 4 against
+    day 3: drift per head and the AUC floor come back."""
+    days = [START + dt.timedelta(days=i) for i in range(4)]
+    platform.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(platform.warehouse_path)) as con:
+        con.execute("create schema raw")
+        con.execute("create table raw.events (event_type varchar, dt date, user_id bigint, item_id bigint, "
+                    "channel varchar)")
+        for i, day in enumerate(days):
+            users, items, clean, labels = world.day(i)
+            keys = exposure_keys(users, items)
+            con.register("scored", scored_frame(users, items, clean, labels).assign(day=day, version=f"ranker-{i}"))
+            con.register("keys", keys.assign(day=day, channel=None if i == 0 else "itemcf"))
+            if i == 0:
+                con.execute("create table distillation_predictions as select * from scored")
+                con.execute("create table ranking_exposures as select day, user_id, item_id from keys")
+            else:
+                con.execute("insert into distillation_predictions by name select * from scored")
+                con.execute("insert into ranking_exposures select day, user_id, item_id from keys")
+            con.execute("insert into raw.events select 'impression', day, user_id, item_id, channel from keys")
+    evaluated = []
+    for day in days:
+        outcome = distillation.gate_day(platform, day)
+        assert outcome.success, outcome.failed_expectations
+        evaluated.append(outcome.evaluated)
+        floors = pd.read_parquet(distillation_gate.gx_root(platform) / "frames" / day.isoformat()
+                                 / outcome.version / "slices.parquet").auc_floor
+        assert floors.notna().any() == (day == days[3]), day
+    alone = 6 + 4 * H + 2 * H + 1 + 2  # rows; calibration (not-null, a bound per head); AUC (not-null, band)
+    assert evaluated == [alone, alone - 2 * H - 1, alone, alone + H + 1]

@@ -9,20 +9,18 @@ in any other pool. Readers open it read-only.
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 
 from tasks.core.config import PlatformConfig
-from tasks.core.contract import TABLES
+from tasks.core.contract import FILL_CHANNEL, TABLES
 from tasks.core.lake import QUARANTINE, scan_sql, schema_of
 from tasks.core.storage import Location, register_filesystems
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 RAW_SCHEMA = "raw"
 RAW_TABLES: tuple[str, ...] = (*TABLES, QUARANTINE)
@@ -143,3 +141,21 @@ def replace_rows(cfg: PlatformConfig, table: str, rows: pd.DataFrame, keys: Sequ
     """`upsert` through a writer connection of its own."""
     with connect_writer(cfg) as con:
         upsert(con, table, rows, keys, columns=columns, stamp=stamp)
+
+
+def model_chosen(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig, event_type: str, first: dt.date,
+                 last: dt.date) -> pd.DataFrame:
+    """(user_id, item_id), distinct, of the `event_type` events of days first..last on exposures a
+    model chose (the closed loop's feeds): a `channel` other than null, the organic fill and the
+    exploration pools. None on a lake without the column (a team's own logs, the organic simulator)."""
+    if "channel" not in {r[0] for r in con.execute(f"describe {RAW_SCHEMA}.events").fetchall()}:
+        return pd.DataFrame({"user_id": pd.Series(dtype="int64"), "item_id": pd.Series(dtype="int64")})
+    unchosen = sorted({FILL_CHANNEL, *cfg.exploration_pools()})
+    return con.execute(
+        f"""
+        select distinct user_id, item_id from {RAW_SCHEMA}.events
+        where event_type = ? and dt between ? and ? and item_id is not null
+          and channel is not null and channel not in ({", ".join("?" * len(unchosen))})
+        """,
+        [event_type, first, last, *unchosen],
+    ).df()

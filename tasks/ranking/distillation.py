@@ -21,7 +21,7 @@ from models.common.tables import Exposures
 from models.ranking import faults
 from tasks.core import artifacts, registry
 from tasks.core.config import RANKING_HEADS, PlatformConfig
-from tasks.core.warehouse import replace_rows, table_names
+from tasks.core.warehouse import model_chosen, replace_rows, table_names
 from tasks.ranking.data import load_exposures, user_segments
 from tasks.ranking.full import predict
 from tasks.ranking.gate import check
@@ -108,7 +108,11 @@ def last_accepted_day(cfg: PlatformConfig, before: dt.date) -> dt.date | None:
 
 
 def gate_day(cfg: PlatformConfig, day: dt.date) -> Any:
-    """Run the GX gate on the stored predictions of `day` against the last accepted day."""
+    """Run the GX gate on the stored predictions of `day` against the last accepted day, each
+    exposure flagged `chosen` when a model picked it (the closed loop's feeds). An accepted day
+    that was the first served one (a model chose its exposures, none the day before) is no
+    reference: its ranker, trained on organic exposures only, over-predicted its own picks, and
+    the next ranker, the first trained on them, recalibrates (KL 2.8 against it in the demo)."""
     scored = load_scored(cfg, day)
     if scored is None:
         raise ValueError(f"distillation gate: {day} has not been scored")
@@ -116,8 +120,24 @@ def gate_day(cfg: PlatformConfig, day: dt.date) -> Any:
     previous = load_scored(cfg, previous_day) if previous_day else None
     with connect_read(cfg) as con:
         exposures = con.execute("select user_id, item_id from ranking_exposures where day = ?", [day]).df()
+        exposures = _flag_chosen(con, cfg, exposures, day)
+        if previous is not None:
+            previous = _flag_chosen(con, cfg, previous, previous_day)
+            before = previous_day - dt.timedelta(days=1)
+            if previous.chosen.any() and not len(model_chosen(con, cfg, "impression", before, before)):
+                log.warning("distillation gate %s: %s was the first served day, no reference to compare with",
+                            day, previous_day)
+                previous = None
         segments = user_segments(con, day, day)[["user_id", "segment"]]
     return check(cfg, day, str(scored.version.iloc[0]), scored, exposures, segments, previous)
+
+
+def _flag_chosen(con: Any, cfg: PlatformConfig, frame: pd.DataFrame, day: dt.date) -> pd.DataFrame:
+    """`frame` with `chosen`: its (user_id, item_id) was shown on `day` by a model's choice."""
+    picked = model_chosen(con, cfg, "impression", day, day)
+    keys = pd.MultiIndex.from_frame(frame[["user_id", "item_id"]])
+    return frame.assign(chosen=keys.isin(pd.MultiIndex.from_frame(picked[["user_id", "item_id"]])) if len(picked)
+                        else False)
 
 
 def gate_passed(cfg: PlatformConfig, day: dt.date) -> bool:

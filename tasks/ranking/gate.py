@@ -48,7 +48,9 @@ from scipy.stats import chi2, norm, rankdata
 from expectations.distillation import (
     AUC,
     CALIBRATION,
+    CHOSEN,
     KEY,
+    REFERENCE,
     drift_expectations,
     drift_partition,
     label,
@@ -127,16 +129,46 @@ def _require_columns(scored: pd.DataFrame, exposures: pd.DataFrame, heads: tuple
 
 def rows_frame(scored: pd.DataFrame, exposures: pd.DataFrame, heads: tuple[str, ...] = RANKING_HEADS) -> pd.DataFrame:
     """The scored rows as validated: ids, `exposed` (the row's (user_id, item_id) is a key of
-    `exposures`, the day's exposures), then p_<head>, y_<head> per head (float32, as the ranker
-    emits them). ValueError when a column is missing (a caller's bug, not a ranker's)."""
+    `exposures`, the day's exposures), `chosen` (a model chose that exposure: its key is one of
+    `exposures`' rows with `chosen` true; false where `exposures` has no such column), then p_<head>,
+    y_<head> per head (float32, as the ranker emits them). ValueError when a column is missing (a
+    caller's bug, not a ranker's)."""
     _require_columns(scored, exposures, heads)
     out = scored[list(KEY)].reset_index(drop=True).copy()
-    keys = pd.MultiIndex.from_frame(exposures[list(KEY)])
-    out["exposed"] = pd.MultiIndex.from_frame(out[list(KEY)]).isin(keys)
+    own = pd.MultiIndex.from_frame(out[list(KEY)])
+    out["exposed"] = own.isin(pd.MultiIndex.from_frame(exposures[list(KEY)]))
+    picked = exposures.loc[exposures[CHOSEN].astype(bool), list(KEY)] if CHOSEN in exposures else exposures.iloc[:0]
+    out[CHOSEN] = own.isin(pd.MultiIndex.from_frame(picked[list(KEY)])) if len(picked) else False
     for h in heads:
         out[pred(h)] = scored[pred(h)].to_numpy(dtype=np.float32)
         out[label(h)] = scored[label(h)].to_numpy(dtype=np.float32)
     return out
+
+
+def calibration_rows(frame: pd.DataFrame, min_positives: int, heads: tuple[str, ...] = RANKING_HEADS) -> np.ndarray:
+    """The rows the calibration slices read: on a day when a model chose some exposures (the
+    closed loop), the others (organic fill, exploration), as long as they hold `min_positives`
+    positives of the first head; else every row. A ranker's predictions on the items it picked
+    itself are biased upward by that selection (the winner's curse), whatever its health; on the
+    exposures it did not pick they are judged as on an organic day, and a planted bug shows there
+    as well."""
+    chosen = _chosen(frame)
+    if chosen.any() and np.nansum(frame.loc[~chosen, label(heads[0])].to_numpy(dtype=np.float64)) >= min_positives:
+        return ~chosen
+    return np.ones(len(frame), dtype=bool)
+
+
+def regime_switch(rows: pd.DataFrame, previous: pd.DataFrame | None) -> bool:
+    """Today a model chose exposures and the previous accepted day's were all organic (the first
+    served day of a closed loop): comparisons with that day (drift, AUC floor) measure the switch,
+    not the ranker, and so does calibration on the exposures it chose (up to 2-4x over the true
+    rate on the first served day, back in the band the day after, once the ranker has trained on
+    its own picks)."""
+    return previous is not None and bool(_chosen(rows).any()) and not _chosen(previous).any()
+
+
+def _chosen(frame: pd.DataFrame) -> np.ndarray:
+    return frame[CHOSEN].to_numpy(dtype=bool) if CHOSEN in frame else np.zeros(len(frame), dtype=bool)
 
 
 def poisson_interval(count: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -378,20 +410,32 @@ def check(cfg: PlatformConfig, day: dt.date | str, version: str, scored: pd.Data
           segments: pd.DataFrame | None, previous: pd.DataFrame | None) -> GateOutcome:
     """Gate the full ranker `version`'s predictions of `day` (one row per scored exposure: user_id,
     item_id, p_<head> and y_<head> for every head of RANKING_HEADS) against the day's `exposures`
-    (their keys user_id, item_id; one row each), the users' `segments` (user_id, segment) and the
-    previous accepted day's scored frame (None: no drift or AUC-drop check). Records the check,
-    alerts on failure, returns the outcome."""
+    (their keys user_id, item_id, one row each, and optionally `chosen`: a model chose it), the
+    users' `segments` (user_id, segment) and the previous accepted day's scored frame (optionally
+    with `chosen`; None: no drift or AUC-drop check). Calibration reads `calibration_rows`; on a
+    `regime_switch` the comparisons with the previous day are left out, and so is the
+    calibration band unless enough exposures were not chosen. Records the check, alerts on
+    failure, returns the outcome."""
     day = dt.date.fromisoformat(day) if isinstance(day, str) else day
     gate = cfg.ranking.gate
     rows = rows_frame(scored, exposures)
+    rows[REFERENCE] = calibration_rows(rows, gate.auc_min_positives)
+    switch = regime_switch(rows, previous)
+    calibrated = not switch or not rows[REFERENCE].all()  # on a switch: only on the exposures no model chose
+    if switch:
+        log.warning("distillation gate %s: the first day served by a model after an organic accepted day: drift and "
+                    "AUC floor not checked%s", day, "" if calibrated else
+                    ", nor the calibration band (too few exposures were not chosen by a model)")
+        previous = None
     before = ranking_frame(previous, gate.auc_min_positives) if previous is not None else None
-    slices = slices_frame(calibration_frame(rows, segments, gate.alpha),
+    slices = slices_frame(calibration_frame(rows[rows[REFERENCE]], segments, gate.alpha),
                           auc_floors(ranking_frame(rows, gate.auc_min_positives), before, gate.max_auc_drop, gate.alpha))
     frames = {"rows": rows, "slices": slices}
     suites = {
         "rows": rows_expectations(RANKING_HEADS, len(exposures), gate.min_coverage)
         + drift_expectations(drift_partitions(previous), gate.max_kl_divergence),
-        "slices": slices_expectations(RANKING_HEADS, gate.calibration_band, gate.auc_band, previous is not None),
+        "slices": slices_expectations(RANKING_HEADS, gate.calibration_band if calibrated else None, gate.auc_band,
+                                      previous is not None),
     }
 
     root = gx_root(cfg)

@@ -43,8 +43,7 @@ from models.retrieval.retriever import Popularity, Retriever
 from models.retrieval.two_tower_retriever import TwoTowerRetriever
 from tasks.core import eval_metrics as m
 from tasks.core.config import ALL, EvaluationConfig, PlatformConfig
-from tasks.core.contract import FILL_CHANNEL
-from tasks.core.warehouse import replace_rows, table_names
+from tasks.core.warehouse import model_chosen, replace_rows, table_names
 from tasks.retrieval.data import connect_read, load_catalogue, load_events, load_follows, load_implicit_follows
 from tasks.retrieval.two_tower import load_users, train
 
@@ -84,7 +83,7 @@ def load_eval_data(cfg: PlatformConfig, day: dt.date, eval_days: int = 1) -> Eva
         catalogue = load_catalogue(con, day)
         train = load_events(con, catalogue, cfg.retrieval.positive_event, first, day)
         future = load_events(con, catalogue, "click", day + dt.timedelta(days=1), last)
-        served = _served_clicks(con, cfg, day + dt.timedelta(days=1), last)
+        served = model_chosen(con, cfg, "click", day + dt.timedelta(days=1), last)
         memberships = _segments(con, day + dt.timedelta(days=1), last)
         follows, implicit = load_follows(con, day), load_implicit_follows(con, day)
     if not len(future):
@@ -112,22 +111,6 @@ def _unchosen(users: np.ndarray, truth: list[np.ndarray], served: pd.DataFrame, 
         served.item_id.to_numpy(np.int64)[known])
     keep = ~np.isin(keys, chosen)
     return [r[k] for r, k in zip(np.split(rows, np.cumsum(lengths)[:-1]), np.split(keep, np.cumsum(lengths)[:-1]))]
-
-
-def _served_clicks(con: duckdb.DuckDBPyConnection, cfg: PlatformConfig, first: dt.date, last: dt.date) -> pd.DataFrame:
-    """(user_id, item_id) of the clicks of days first..last on exposures a model chose: a `channel`
-    other than null, organic fill and the exploration pools (none on a lake without the column)."""
-    if "channel" not in {r[0] for r in con.execute("describe raw.events").fetchall()}:
-        return pd.DataFrame({"user_id": pd.Series(dtype="int64"), "item_id": pd.Series(dtype="int64")})
-    unchosen = sorted({FILL_CHANNEL, *cfg.exploration_pools()})
-    return con.execute(
-        f"""
-        select distinct user_id, item_id from raw.events
-        where event_type = 'click' and dt between ? and ? and item_id is not null
-          and channel is not null and channel not in ({", ".join("?" * len(unchosen))})
-        """,
-        [first, last, *unchosen],
-    ).df()
 
 
 def _segments(con: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date) -> pd.DataFrame:
