@@ -42,13 +42,15 @@ TARGET_DAY_S = 300.0
 TARGET_FEEDS_PER_S = 500.0
 
 
-def write_config(data_dir: Path, users: int, items: int) -> Path:
-    """config/demo.yaml (the closed loop) with its data in `data_dir` and the simulator at the given size."""
+def write_config(data_dir: Path, users: int, items: int, processes: int) -> Path:
+    """config/demo.yaml (the closed loop) with its data in `data_dir`, the simulator at the given
+    size and the feeds in `processes` worker processes."""
     path = data_dir / "bench.yaml"
     path.write_text(yaml.safe_dump({
         "extends": str(REPO_ROOT / "config" / "demo.yaml"),
         "paths": {"data_root": str(data_dir)},
         "simulator": {"users": users, "items": items},
+        "serving": {"processes": processes},
     }))
     return path
 
@@ -106,11 +108,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "bench-data" / "closed_loop_day")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="serving.processes of the feed step")
     args = parser.parse_args()
     data_dir = args.data_dir.resolve()
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    os.environ["RECPIPE_CONFIG"] = str(write_config(data_dir, args.users, args.items))
+    os.environ["RECPIPE_CONFIG"] = str(write_config(data_dir, args.users, args.items, args.processes))
     os.environ["AIRFLOW_HOME"] = str(data_dir / ".airflow")  # before setup_metadata imports airflow
     cfg = get_config()  # as the DAGs read it
     day = first_served_day(cfg)

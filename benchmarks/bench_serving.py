@@ -22,8 +22,8 @@ runs short) -> 500 -> a feed of 50; the first output lines show the funnel and e
 Measurements (on --threads threads: torch, BLAS, faiss):
 1. online: --requests single-user `recommend` calls on random users: p50 / p99 latency against the
    50 ms target, and the p50 of each stage (Feeds.seconds) with its share of the request.
-2. batch: feeds/s of --batch-users users in blocks of tasks/serving/batch.BLOCK_USERS against the
-   500 feeds/s target and against the same users one at a time (--single-sample calls timed, the
+2. batch: feeds/s of --batch-users users in blocks of tasks/serving/blocks.BLOCK_USERS (in
+   --processes worker processes) against the 500 feeds/s target and against the same users one at a time (--single-sample calls timed, the
    rate extrapolated to all of them): target >= 20x.
 --profile adds a cProfile of one request and one block. No timing asserts; not a test.
 """
@@ -66,7 +66,7 @@ from tasks.ranking import full as full_ranking
 from tasks.ranking import pre as preranking
 from tasks.retrieval import ann_refresh
 from tasks.retrieval import two_tower as two_tower_training
-from tasks.serving.batch import BLOCK_USERS
+from tasks.serving.blocks import BLOCK_USERS, feeds_in_blocks
 from tasks.serving.context import ServingContext
 from tasks.serving.funnel import Feeds, recommend
 
@@ -360,12 +360,12 @@ def online(ctx: ServingContext, args: argparse.Namespace, rng: np.random.Generat
 
 
 def batch(ctx: ServingContext, args: argparse.Namespace, rng: np.random.Generator) -> None:
-    """--batch-users users in blocks of BLOCK_USERS vs --single-sample of them one at a time."""
+    """--batch-users users in blocks of BLOCK_USERS (in --processes worker processes, as the batch
+    feeds with serving.processes) vs --single-sample of them one at a time."""
     users = np.sort(rng.choice(ctx.users.user_id, min(args.batch_users, len(ctx.users.user_id)), replace=False))
     seconds, rows = [], []
     t0 = time.perf_counter()
-    for lo in range(0, len(users), BLOCK_USERS):  # as tasks/serving/batch.compute_feeds
-        out = recommend(ctx, users[lo : lo + BLOCK_USERS], STRATEGY)
+    for _, _, out in feeds_in_blocks(ctx, [(STRATEGY, None, users)], args.processes):  # as tasks/serving/batch.compute_feeds
         rows.append(out.rows)
         seconds.append(out.seconds)
     pd.concat(rows, ignore_index=True)
@@ -376,10 +376,12 @@ def batch(ctx: ServingContext, args: argparse.Namespace, rng: np.random.Generato
     for u in sample:
         recommend(ctx, np.array([u]), STRATEGY)
     single_rate = len(sample) / (time.perf_counter() - t0)
-    print(f"batch: {len(users):,} users in {len(seconds)} block(s) of {BLOCK_USERS}: {blocks_rate:,.1f} feeds/s "
+    print(f"batch: {len(users):,} users in {len(seconds)} block(s) of {BLOCK_USERS}, {args.processes} process(es): "
+          f"{blocks_rate:,.1f} feeds/s "
           f"({blocks_s:,.1f} s); / target {TARGET_FEEDS_PER_S:.0f} feeds/s = {blocks_rate / TARGET_FEEDS_PER_S:.2f}x "
           f"({'ok' if blocks_rate >= TARGET_FEEDS_PER_S else 'MISSED'})")
-    print(stage_line("batch stages per block, mean (share of a block)", seconds, blocks_s / len(seconds), np.mean))
+    print(stage_line("batch stages per block, mean (share of a block)", seconds,
+                     blocks_s * min(args.processes, len(seconds)) / len(seconds), np.mean))
     print(f"batch vs one at a time: {len(sample)} single calls (the first of the same users) timed, "
           f"{single_rate:,.2f} feeds/s, extrapolated to all {len(users):,}: {len(users) / single_rate:,.0f} s; "
           f"blocks / single = {blocks_rate / single_rate:.1f}x (target >= {TARGET_BATCH_SPEEDUP:.0f}x: "
@@ -407,6 +409,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--single-sample", type=int, default=200, help="single calls timed for the batch comparison")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1, help="batch: worker processes (serving.processes), one thread each")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true", help="cProfile one request and one block")
     parser.add_argument("--profile-top", type=int, default=25)

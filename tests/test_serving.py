@@ -31,6 +31,7 @@ from tasks.ranking.pre import Context as PreContext
 from tasks.ranking.pre import inputs as pre_inputs
 from tasks.retrieval import ann_refresh
 from tasks.serving import batch, funnel
+from tasks.serving.blocks import BLOCK_USERS
 from tasks.serving.context import load_context, seen_matrix
 from tasks.serving.funnel import recommend
 
@@ -172,6 +173,8 @@ def test_recommend_explains_a_feed_on_the_command_line(served_world) -> None:
 
 
 def test_nightly_feeds_are_gated_published_and_rerun_the_same(served_world) -> None:
+    """The feeds of every user expected back, gated, published and written; a re-run in two worker
+    processes (`serving.processes`) writes a new version with the same rows."""
     cfg, day = served_world
     first = batch.run(cfg, day)
     store = registry.feed_store(cfg)
@@ -189,7 +192,9 @@ def test_nightly_feeds_are_gated_published_and_rerun_the_same(served_world) -> N
             "select distinct user_id from raw.events where event_type in ('impression', 'click') and dt between ? and ?",
             [first_days.astype(object), day]).fetchall()}
     assert set(table.user_id) == expected_users  # every user expected back has a feed
-    again = batch.run(cfg, day)
+    assert len(expected_users) > BLOCK_USERS  # more than one block: the re-run shares them out
+    two = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"processes": 2})})
+    again = batch.run(two, day)  # in two worker processes
     with connect(cfg) as con:
         rerun = con.execute("select * from feeds where day = ? order by user_id, position",
                             [day + dt.timedelta(days=1)]).df()

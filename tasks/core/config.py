@@ -328,6 +328,9 @@ class EvaluationConfig(_Strict):
     # a value over fewer than min_users users is flagged (below_min_users) and warned about
     ci_alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
     min_users: Annotated[int, Field(ge=1)] = 200
+    # users evaluated per night: every user with a next-day click, or this many of them (a stable hash
+    # sample): scoring a user against the whole catalogue makes an evaluation users x items
+    max_users: Annotated[int, Field(ge=1)] = 50_000
 
 
 RANKING_HEADS: tuple[str, ...] = ("click", "like", "favorite", "share", "comment", "follow", "long_view")

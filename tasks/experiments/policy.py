@@ -23,9 +23,8 @@ from tasks.core.config import PlatformConfig
 from tasks.core.contract import FILL_CHANNEL
 from tasks.experiments.assignment import arm_index, is_served, strategy_keys, strategy_of_key
 from tasks.experiments.loop import first_served_day, is_closed_loop
-from tasks.serving.batch import BLOCK_USERS
+from tasks.serving.blocks import feeds_in_blocks
 from tasks.serving.context import load_context
-from tasks.serving.funnel import recommend
 from tasks.simulator import ExposureContext, ExposurePolicy, Served, get_policy
 
 log = logging.getLogger(__name__)
@@ -44,14 +43,10 @@ def served_feeds(cfg: PlatformConfig, day: dt.date, user_ids: np.ndarray) -> pd.
     under the strategy key of the arms they are in, from the serving context of day - 1."""
     ctx = load_context(cfg, day - dt.timedelta(days=1))
     keys = strategy_keys(cfg, user_ids, day)
-    frames = []
+    groups = [(key, strategy_of_key(cfg, key), user_ids[keys == key]) for key in pd.unique(keys)]
     started = time.perf_counter()
-    for key in pd.unique(keys):
-        users = user_ids[keys == key]
-        strategy = strategy_of_key(cfg, key)
-        for lo in range(0, len(users), BLOCK_USERS):
-            rows = recommend(ctx, users[lo : lo + BLOCK_USERS], key, config=strategy).rows
-            frames.append(rows[["user_id", "position", "item_id", "strategy", "channels"]])
+    frames = [feeds.rows[["user_id", "position", "item_id", "strategy", "channels"]]
+              for _, _, feeds in feeds_in_blocks(ctx, groups, cfg.serving.processes)]
     seconds = time.perf_counter() - started
     log.info("closed loop %s: %d feeds under %d strategies in %.1f s (%.0f feeds/s)", day, len(user_ids),
              len(set(keys)), seconds, len(user_ids) / max(seconds, 1e-9))

@@ -23,13 +23,12 @@ from tasks.core import artifacts, registry
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import replace_rows
 from tasks.ops.alerts import DataQualityRejected
+from tasks.serving.blocks import feeds_in_blocks
 from tasks.serving.context import ServingContext, load_context, seen_matrix
-from tasks.serving.funnel import recommend
 
 log = logging.getLogger(__name__)
 TABLE = "feeds"
 FILE = "feeds.parquet"
-BLOCK_USERS = 500
 
 
 class FeedsRejected(DataQualityRejected):
@@ -46,18 +45,17 @@ def batch_users(ctx: ServingContext) -> np.ndarray:
 
 
 def compute_feeds(ctx: ServingContext, users: np.ndarray, strategies: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(feed rows, funnel rows) of `users` under each strategy, in blocks; one progress line per block."""
+    """(feed rows, funnel rows) of `users` under each strategy, in blocks (`serving.processes`
+    worker processes); one progress line per block."""
     rows, funnels = [], []
     started = time.perf_counter()
-    for strategy in strategies:
-        for lo in range(0, len(users), BLOCK_USERS):
-            out = recommend(ctx, users[lo : lo + BLOCK_USERS], strategy)
-            rows.append(out.rows)
-            funnels.append(out.funnel.assign(strategy=strategy))
-            done = min(lo + BLOCK_USERS, len(users))
-            elapsed = time.perf_counter() - started
-            log.info("feeds %s: %d/%d users, %.0f feeds/s", strategy, done, len(users),
-                     (strategies.index(strategy) * len(users) + done) / max(elapsed, 1e-9))
+    done = 0
+    for strategy, block, out in feeds_in_blocks(ctx, [(s, None, users) for s in strategies], ctx.cfg.serving.processes):
+        rows.append(out.rows)
+        funnels.append(out.funnel.assign(strategy=strategy))
+        done += len(block)
+        log.info("feeds %s: %d/%d feeds, %.0f feeds/s", strategy, done, len(users) * len(strategies),
+                 done / max(time.perf_counter() - started, 1e-9))
     return pd.concat(rows, ignore_index=True), pd.concat(funnels, ignore_index=True)
 
 

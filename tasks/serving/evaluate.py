@@ -56,7 +56,7 @@ from tasks.retrieval.evaluate import (
     popularity,
     user_groups,
 )
-from tasks.serving.batch import BLOCK_USERS
+from tasks.serving.blocks import BLOCK_USERS
 from tasks.serving.context import ServingContext, load_context, seen_matrix
 from tasks.serving.funnel import exposures_for, prerank_scores, recommend, retrieve
 
