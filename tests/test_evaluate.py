@@ -110,6 +110,30 @@ def test_every_mean_over_users_has_a_ci_around_it(results: pd.DataFrame) -> None
     assert (tail <= recall).all() and (tail < recall).any()  # over the users with a tail click only
 
 
+def _splitmix64(x: int, increment: int) -> int:
+    """The reference splitmix64 in Python integers (mod 2**64)."""
+    mask = (1 << 64) - 1
+    z = (x + increment) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def test_a_night_evaluates_a_stable_hash_sample_of_max_users(cfg: PlatformConfig, day: dt.date) -> None:
+    """evaluation.max_users below the night's clicking users: exactly the max_users of them with
+    the smallest hash of their id are evaluated, each with all of their clicks; the same on a re-run."""
+    full = evaluate.load_eval_data(cfg, day)
+    n = len(full.users) // 3
+    small = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"max_users": n})})
+    sampled = evaluate.load_eval_data(small, day)
+    expected = sorted(full.users.tolist(), key=lambda u: _splitmix64(u, evaluate.SAMPLE_SALT))[:n]
+    assert sampled.users.tolist() == sorted(expected)
+    truth = dict(zip(full.users.tolist(), full.truth))
+    assert all(np.array_equal(t, truth[u]) for u, t in zip(sampled.users.tolist(), sampled.truth))
+    assert set(sampled.segments.user_id) <= set(expected)
+    assert evaluate.load_eval_data(small, day).users.tolist() == sampled.users.tolist()
+
+
 def test_segments_are_those_of_each_users_scored_day(cfg: PlatformConfig, day: dt.date) -> None:
     """Two evaluation days: a user's segments are those of the first of them on which the user clicks."""
     first_day = day - dt.timedelta(days=1)

@@ -684,6 +684,7 @@ class ServingConfig(_Strict):
     max_exploration_deviation: Annotated[float, Field(gt=0)] = 0.005  # GX: feeds' exploration share vs the setting
     versions_kept: Annotated[int, Field(ge=1)] = 3
     seed: int = 11
+    processes: Annotated[int, Field(ge=1)] = 1  # worker processes of the batch and closed-loop feeds (one thread each)
     reload_check_seconds: Annotated[float, Field(gt=0)] = 5.0  # recpipe serve: how often it looks for new versions
 
     @model_validator(mode="before")

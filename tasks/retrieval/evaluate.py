@@ -43,6 +43,7 @@ from models.retrieval.retriever import Popularity, Retriever
 from models.retrieval.two_tower_retriever import TwoTowerRetriever
 from tasks.core import eval_metrics as m
 from tasks.core.config import ALL, EvaluationConfig, PlatformConfig
+from tasks.core.hashing import splitmix64
 from tasks.core.warehouse import model_chosen, replace_rows, table_names
 from tasks.retrieval.data import connect_read, load_catalogue, load_events, load_follows, load_implicit_follows
 from tasks.retrieval.two_tower import load_users, train
@@ -50,6 +51,7 @@ from tasks.retrieval.two_tower import load_users, train
 log = logging.getLogger(__name__)
 RUN_KEY = ("day", "eval_days", "train_window_days")  # with channel and version: one evaluation run
 UNCHOSEN = "recall_unchosen"  # metric: Recall@K on the clicks no model chose (days with served clicks)
+SAMPLE_SALT = 0x6576616C  # evaluation_sample's hash: its own, not the experiments' assignment
 RESULT_COLUMNS = (*RUN_KEY, "channel", "version", "segment", "k", "metric", "value", "ci_low", "ci_high", "n_users",
                   "below_min_users")
 WARM, COLD = "with_history", "without_history"  # users with / without a training positive
@@ -91,14 +93,29 @@ def load_eval_data(cfg: PlatformConfig, day: dt.date, eval_days: int = 1) -> Eva
     order = np.argsort(future.user_id, kind="stable")
     users, starts = np.unique(future.user_id[order], return_index=True)
     truth = [np.unique(t) for t in np.split(future.item[order], starts[1:])]
+    first_days = np.minimum.reduceat(future.day[order], starts)
+    sample = np.flatnonzero(evaluation_sample(users, cfg.evaluation.max_users))
+    users, truth, first_days = users[sample], [truth[i] for i in sample], first_days[sample]
     unchosen = _unchosen(users, truth, served, catalogue) if len(served) else truth
-    segments = scored_day_segments(users, np.minimum.reduceat(future.day[order], starts), memberships)
+    segments = scored_day_segments(users, first_days, memberships)
     tail = m.tail_items(train.item, len(catalogue), cfg.evaluation.tail_share)
-    log.info("evaluation %s: %d catalogue items, %d training positives (%s..%s), %d users with %d next-day clicks "
-             "(%d on exposures the recommendation path chose)", day, len(catalogue), len(train), first, day,
-             len(users), len(future), len(served))
+    log.info("evaluation %s: %d catalogue items, %d training positives (%s..%s), %d users (of %d) with %d next-day "
+             "clicks (%d on exposures the recommendation path chose)", day, len(catalogue), len(train), first, day,
+             len(users), len(starts), len(future), len(served))
     return EvalData(day, eval_days, window, catalogue, train, users, truth, segments, tail, follows, implicit,
                     unchosen, len(served))
+
+
+def evaluation_sample(users: np.ndarray, max_users: int) -> np.ndarray:
+    """Which `users` are evaluated (bool): all of them, or the `max_users` with the smallest stable
+    hash of their id (tasks.core.hashing): the same sample on every run, and largely the same users
+    from one night to the next."""
+    keep = np.zeros(len(users), dtype=bool)
+    if len(users) <= max_users:
+        keep[:] = True
+        return keep
+    keep[np.argpartition(splitmix64(users, SAMPLE_SALT), max_users - 1)[:max_users]] = True
+    return keep
 
 
 def _unchosen(users: np.ndarray, truth: list[np.ndarray], served: pd.DataFrame, catalogue: Catalogue) -> list[np.ndarray]:
