@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from models.common.tables import Events
-from models.ranking.features import behaviour_sequences, ranking_features
-from models.ranking.full import load_model
+from models.common.vocab import KINDS
+from models.ranking.features import CONTEXT_SIZES, behaviour_sequences, ranking_features
+from models.ranking.full import Architecture, FullRanking, load_model
 from tasks.core import artifacts, registry
 from tasks.core.config import RANKING_HEADS, PlatformConfig, load_config
 from tasks.core.eval_metrics import auc
@@ -169,3 +170,34 @@ def test_training_is_deterministic_and_weights_reload(ranking, tmp_path: Path) -
     assert all(isinstance(t, torch.Tensor) for t in state.values())
     assert np.load(cold.path / "vocab.npz", allow_pickle=False)["item"].dtype == np.int64
     assert len(cold.meta["data_hash"]) == 64 and len(cold.meta["loss_per_epoch"]) == cfg.ranking.full.first_epochs
+
+
+@pytest.mark.parametrize("interaction", [False, True])
+def test_fused_heads_and_split_first_layer_equal_the_modules(interaction: bool) -> None:
+    """`heads` (the experts' and gates' first layers as one product, experts and towers batched)
+    equals the MMoE computed module by module, and the first layer split by the parts of x
+    (`first_layer_blocks`, as serving uses it) sums to the same pre-activations; gradients too."""
+    torch.manual_seed(0)
+    sizes = {k: 30 for k in KINDS} | CONTEXT_SIZES
+    model = FullRanking(Architecture(sizes=sizes, heads=len(RANKING_HEADS), dim=8, experts=3, expert_hidden=16,
+                                     tower_hidden=8, interaction=interaction))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    user, cand, context, interest = (torch.randn(64, 8 * k) for k in (4, 5, 3, 5))
+    x = model.mmoe_input(user, cand, context, interest)
+
+    def by_modules(x: torch.Tensor) -> torch.Tensor:
+        experts = torch.stack([e(x) for e in model.experts], dim=1)
+        mixed = [(torch.softmax(g(x), dim=-1)[..., None] * experts).sum(1) for g in model.gates]
+        return torch.cat([t(m) for t, m in zip(model.towers, mixed)], dim=1)
+
+    expected, got = by_modules(x), model.heads(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    params = [p for part in (model.experts, model.gates, model.towers) for p in part.parameters()]
+    for a, b in zip(torch.autograd.grad(got.sum(), params), torch.autograd.grad(by_modules(x).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    blocks, bias = model.first_layer_blocks(), model.first_layer()[1]
+    parts = {"user": user, "cand": cand, "context": context, "interest": interest, "interaction": interest * cand}
+    split = sum(parts[name] @ w.T for name, w in blocks.items()) + bias
+    assert set(blocks) == set(parts) - (set() if interaction else {"interaction"})
+    torch.testing.assert_close(split, torch.nn.functional.linear(x, *model.first_layer()), rtol=1e-5, atol=1e-5)

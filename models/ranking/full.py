@@ -16,6 +16,7 @@ trained.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from itertools import pairwise
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from models.common.checkpoints import check_extension, grown, load_checkpoint
 from models.common.checkpoints import save_model as save_weights
@@ -105,9 +107,41 @@ class FullRanking(nn.Module):
 
     def heads(self, x: Tensor) -> Tensor:
         """(B, heads) logits of the MMoE input x (B, n_in): the experts mixed by each head's gate, then its tower."""
-        experts = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, H)
-        mixed = [(torch.softmax(g(x), dim=-1)[..., None] * experts).sum(1) for g in self.gates]
-        return torch.cat([t(m) for t, m in zip(self.towers, mixed)], dim=1)
+        w, b = self.first_layer()
+        return self.heads_after_first(F.linear(x, w, b))
+
+    def first_layer(self) -> tuple[Tensor, Tensor]:
+        """(W, b): every expert's first layer, then every gate, stacked: x W^T + b is (B, E*H + heads*E),
+        the experts' pre-activations, then the gates' logits (one product instead of E + heads)."""
+        w = torch.cat([e[0][0].weight for e in self.experts] + [g.weight for g in self.gates])
+        b = torch.cat([e[0][0].bias for e in self.experts] + [g.bias for g in self.gates])
+        return w, b
+
+    def first_layer_blocks(self) -> dict[str, Tensor]:
+        """`first_layer`'s W split by the parts of x (`mmoe_input`): user, cand, context, interest
+        and, with `interaction`, interaction (the columns of interest * cand)."""
+        w, d = self.first_layer()[0], self.arch.dim
+        widths = {"user": d * len(USER_COLUMNS), "cand": d * len(ITEM_COLUMNS), "context": d * len(CONTEXT_COLUMNS),
+                  "interest": d * len(ITEM_COLUMNS), **({"interaction": d * len(ITEM_COLUMNS)} if self.arch.interaction
+                                                        else {})}
+        return dict(zip(widths, torch.split(w, list(widths.values()), dim=1)))
+
+    def heads_after_first(self, first: Tensor) -> Tensor:
+        """(B, heads) logits from x W^T + b of `first_layer` (B, E*H + heads*E): each expert's ReLU and
+        second layer (batched over experts), the gates' softmax mixtures, the towers (batched over heads)."""
+        n, e, h = len(first), self.arch.experts, self.arch.expert_hidden
+        hidden = torch.relu(first[:, : e * h]).view(n, e, h).transpose(0, 1)  # (E, B, H)
+        w2 = torch.stack([x[0][2].weight for x in self.experts])  # (E, H, H)
+        b2 = torch.stack([x[0][2].bias for x in self.experts])[:, None]  # (E, 1, H)
+        experts = torch.relu(torch.baddbmm(b2, hidden, w2.transpose(1, 2))).transpose(0, 1)  # (B, E, H)
+        gates = torch.softmax(first[:, e * h :].view(n, self.arch.heads, e), dim=-1)  # (B, heads, E)
+        mixed = (gates @ experts).transpose(0, 1)  # (heads, B, H)
+        w3 = torch.stack([t[0].weight for t in self.towers])  # (heads, T, H)
+        b3 = torch.stack([t[0].bias for t in self.towers])[:, None]  # (heads, 1, T)
+        towers = torch.relu(torch.baddbmm(b3, mixed, w3.transpose(1, 2)))  # (heads, B, T)
+        w4 = torch.stack([t[2].weight[0] for t in self.towers])[:, :, None]  # (heads, T, 1)
+        b4 = torch.cat([t[2].bias for t in self.towers])  # (heads,)
+        return torch.bmm(towers, w4)[..., 0].T + b4
 
     def forward(self, users: Tensor, items: Tensor, context: Tensor, seq: Tensor) -> Tensor:
         """(B, heads) logits from feature rows: users (B, 4), items (B, 5), context (B, 3), seq (B, L, 5)."""
@@ -170,7 +204,10 @@ def predict_proba_by_user(model: FullRanking, users: np.ndarray, seq: np.ndarray
     """(n, heads) float32 probabilities of n (user, candidate) pairs, the user of pair i being row
     row_user[i] of users (U, 4) and seq (U, L, 5): `predict_proba` of (users[row_user], items,
     context, seq[row_user]), each user's rows and sequence embedded once and its candidates attended
-    together (`FullRanking.user_interest`), in blocks of users of about `budget` attention cells."""
+    together (`FullRanking.user_interest`), in blocks of users of about `budget` attention cells.
+    The experts' and gates' first layer is split by the parts of x (`first_layer_blocks`): the
+    user's, the candidate's and the context's products are computed once per distinct user, item
+    and context row; per pair only the attended interest's (and the interaction's) remain."""
     model.eval()
     n, n_users = len(items), len(users)
     out = np.zeros((n, model.arch.heads), np.float32)
@@ -180,7 +217,14 @@ def predict_proba_by_user(model: FullRanking, users: np.ndarray, seq: np.ndarray
     counts = np.bincount(row_user, minlength=n_users)
     starts = np.r_[0, np.cumsum(counts)]
     slot = np.arange(n) - starts[row_user[order]]  # the pair's place among its user's candidates
-    user_emb = model._embed(torch.from_numpy(users), USER_COLUMNS)
+    blocks, bias = model.first_layer_blocks(), model.first_layer()[1]
+    user_part = model._embed(torch.from_numpy(users), USER_COLUMNS) @ blocks["user"].T + bias
+    item_rows, item_of = _distinct_rows(items)
+    item_emb = model._embed(torch.from_numpy(item_rows), ITEM_COLUMNS)
+    item_part = item_emb @ blocks["cand"].T
+    context_rows, context_of = _distinct_rows(context)
+    context_part = model._embed(torch.from_numpy(context_rows), CONTEXT_COLUMNS) @ blocks["context"].T
+    item_of, context_of = torch.from_numpy(item_of), torch.from_numpy(context_of)
     seq_t = torch.from_numpy(seq)
     seq_emb, mask = model._embed(seq_t, ITEM_COLUMNS), (seq_t != 0).any(-1)
     step = max(1, budget // max(int(counts.max()) * seq.shape[1] * model.arch.tower_hidden, 1))
@@ -190,11 +234,28 @@ def predict_proba_by_user(model: FullRanking, users: np.ndarray, seq: np.ndarray
         if not len(pairs):
             continue
         local, place = torch.from_numpy(row_user[pairs] - lo), torch.from_numpy(slot[starts[lo] : starts[hi]])
-        cand = model._embed(torch.from_numpy(items[pairs]), ITEM_COLUMNS)
+        of_pair = torch.from_numpy(pairs)
+        cand = item_emb[item_of[of_pair]]
         padded = cand.new_zeros((hi - lo, int(counts[lo:hi].max()), cand.shape[1]))
         padded[local, place] = cand
         interest = model.user_interest(seq_emb[lo:hi], mask[lo:hi], padded)[local, place]
-        x = model.mmoe_input(user_emb[local + lo], cand, model._embed(torch.from_numpy(context[pairs]), CONTEXT_COLUMNS),
-                             interest)
-        out[pairs] = torch.sigmoid(model.heads(x)).numpy()
+        first = (user_part[local + lo] + item_part[item_of[of_pair]] + context_part[context_of[of_pair]]
+                 + interest @ blocks["interest"].T)
+        if model.arch.interaction:
+            first += (interest * cand) @ blocks["interaction"].T
+        out[pairs] = torch.sigmoid(model.heads_after_first(first)).numpy()
     return out
+
+
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct rows of a non-negative int64 (n, k) array, the index of each row among them),
+    through one int64 key per row (mixed radix; np.unique(axis=0) is ~40x slower)."""
+    radix = [int(c.max()) + 1 if len(c) else 1 for c in rows.T]
+    if math.prod(radix) >= 1 << 63:
+        distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return distinct, inverse.ravel()
+    key = np.zeros(len(rows), np.int64)
+    for column, r in zip(rows.T, radix):
+        key = key * r + column
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return rows[first], inverse
