@@ -196,7 +196,7 @@ def test_fused_heads_and_split_first_layer_equal_the_modules(interaction: bool) 
     params = [p for part in (model.experts, model.gates, model.towers) for p in part.parameters()]
     for a, b in zip(torch.autograd.grad(got.sum(), params), torch.autograd.grad(by_modules(x).sum(), params)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    blocks, bias = model.first_layer_blocks(), model.first_layer()[1]
+    blocks, bias = model.first_layer_blocks()
     parts = {"user": user, "cand": cand, "context": context, "interest": interest, "interaction": interest * cand}
     split = sum(parts[name] @ w.T for name, w in blocks.items()) + bias
     assert set(blocks) == set(parts) - (set() if interaction else {"interaction"})

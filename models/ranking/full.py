@@ -117,14 +117,14 @@ class FullRanking(nn.Module):
         b = torch.cat([e[0][0].bias for e in self.experts] + [g.bias for g in self.gates])
         return w, b
 
-    def first_layer_blocks(self) -> dict[str, Tensor]:
+    def first_layer_blocks(self) -> tuple[dict[str, Tensor], Tensor]:
         """`first_layer`'s W split by the parts of x (`mmoe_input`): user, cand, context, interest
-        and, with `interaction`, interaction (the columns of interest * cand)."""
-        w, d = self.first_layer()[0], self.arch.dim
+        and, with `interaction`, interaction (the columns of interest * cand); and its b."""
+        (w, b), d = self.first_layer(), self.arch.dim
         widths = {"user": d * len(USER_COLUMNS), "cand": d * len(ITEM_COLUMNS), "context": d * len(CONTEXT_COLUMNS),
                   "interest": d * len(ITEM_COLUMNS), **({"interaction": d * len(ITEM_COLUMNS)} if self.arch.interaction
                                                         else {})}
-        return dict(zip(widths, torch.split(w, list(widths.values()), dim=1)))
+        return dict(zip(widths, torch.split(w, list(widths.values()), dim=1))), b
 
     def heads_after_first(self, first: Tensor) -> Tensor:
         """(B, heads) logits from x W^T + b of `first_layer` (B, E*H + heads*E): each expert's ReLU and
@@ -217,7 +217,7 @@ def predict_proba_by_user(model: FullRanking, users: np.ndarray, seq: np.ndarray
     counts = np.bincount(row_user, minlength=n_users)
     starts = np.r_[0, np.cumsum(counts)]
     slot = np.arange(n) - starts[row_user[order]]  # the pair's place among its user's candidates
-    blocks, bias = model.first_layer_blocks(), model.first_layer()[1]
+    blocks, bias = model.first_layer_blocks()
     user_part = model._embed(torch.from_numpy(users), USER_COLUMNS) @ blocks["user"].T + bias
     item_rows, item_of = _distinct_rows(items)
     item_emb = model._embed(torch.from_numpy(item_rows), ITEM_COLUMNS)

@@ -24,7 +24,7 @@ from tasks.core.config import RANKING_HEADS, PlatformConfig
 from tasks.core.warehouse import model_chosen, replace_rows, table_names
 from tasks.ranking.data import load_exposures, user_segments
 from tasks.ranking.full import predict
-from tasks.ranking.gate import check
+from tasks.ranking.gate import check, key_in
 from tasks.retrieval.data import connect_read
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,7 @@ def gate_day(cfg: PlatformConfig, day: dt.date) -> Any:
 
 def _flag_chosen(con: Any, cfg: PlatformConfig, frame: pd.DataFrame, day: dt.date) -> pd.DataFrame:
     """`frame` with `chosen`: its (user_id, item_id) was shown on `day` by a model's choice."""
-    picked = model_chosen(con, cfg, "impression", day, day)
-    keys = pd.MultiIndex.from_frame(frame[["user_id", "item_id"]])
-    return frame.assign(chosen=keys.isin(pd.MultiIndex.from_frame(picked[["user_id", "item_id"]])) if len(picked)
-                        else False)
+    return frame.assign(chosen=key_in(frame, model_chosen(con, cfg, "impression", day, day)))
 
 
 def gate_passed(cfg: PlatformConfig, day: dt.date) -> bool:

@@ -135,14 +135,19 @@ def rows_frame(scored: pd.DataFrame, exposures: pd.DataFrame, heads: tuple[str, 
     caller's bug, not a ranker's)."""
     _require_columns(scored, exposures, heads)
     out = scored[list(KEY)].reset_index(drop=True).copy()
-    own = pd.MultiIndex.from_frame(out[list(KEY)])
-    out["exposed"] = own.isin(pd.MultiIndex.from_frame(exposures[list(KEY)]))
-    picked = exposures.loc[exposures[CHOSEN].astype(bool), list(KEY)] if CHOSEN in exposures else exposures.iloc[:0]
-    out[CHOSEN] = own.isin(pd.MultiIndex.from_frame(picked[list(KEY)])) if len(picked) else False
+    out["exposed"] = key_in(out, exposures)
+    out[CHOSEN] = key_in(out, exposures[exposures[CHOSEN].astype(bool)]) if CHOSEN in exposures else False
     for h in heads:
         out[pred(h)] = scored[pred(h)].to_numpy(dtype=np.float32)
         out[label(h)] = scored[label(h)].to_numpy(dtype=np.float32)
     return out
+
+
+def key_in(frame: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
+    """Whether each row's (user_id, item_id) is one of the rows of `keys`."""
+    if not len(keys):
+        return np.zeros(len(frame), dtype=bool)
+    return pd.MultiIndex.from_frame(frame[list(KEY)]).isin(pd.MultiIndex.from_frame(keys[list(KEY)]))
 
 
 def calibration_rows(frame: pd.DataFrame, min_positives: int, heads: tuple[str, ...] = RANKING_HEADS) -> np.ndarray:

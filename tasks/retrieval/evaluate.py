@@ -110,10 +110,9 @@ def evaluation_sample(users: np.ndarray, max_users: int) -> np.ndarray:
     """Which `users` are evaluated (bool): all of them, or the `max_users` with the smallest stable
     hash of their id (tasks.core.hashing): the same sample on every run, and largely the same users
     from one night to the next."""
-    keep = np.zeros(len(users), dtype=bool)
     if len(users) <= max_users:
-        keep[:] = True
-        return keep
+        return np.ones(len(users), dtype=bool)
+    keep = np.zeros(len(users), dtype=bool)
     keep[np.argpartition(splitmix64(users, SAMPLE_SALT), max_users - 1)[:max_users]] = True
     return keep
 
