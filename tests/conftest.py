@@ -25,6 +25,14 @@ from tasks.core.config import DEFAULT_CONFIG, PlatformConfig, load_config
 SMALL_SIMULATOR = {"users": 400, "items": 300, "days": 3}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with a test marked slow first (in file order), then the rest: the parallel run
+    (pyproject.toml addopts) hands each worker a whole module at a time, in this order, so the long
+    Airflow and simulation modules start at once and the short ones fill in at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 def write_config(path: Path, data_dir: Path, **overrides: dict) -> Path:
     """Write a copy of the shipped config with its data root at `data_dir` and sections overridden."""
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())

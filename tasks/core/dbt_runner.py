@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 DBT_DIR = REPO_ROOT / "dbt"
 PROFILES_PATH = DBT_DIR / "profiles.yml"
 MANIFEST_PATH = DBT_DIR / "target" / "manifest.json"
+PARSE_STATE = "partial_parse.msgpack"  # dbt's saved parse state, beside the manifest
 SELECTORS_PATH = DBT_DIR / "selectors.yml"
 SPARK_TYPES = {"BIGINT": "bigint", "INTEGER": "int", "VARCHAR": "string", "TIMESTAMP": "timestamp"}
 # The warehouse tables of dbt source `experiments` (tasks/experiments/assignment.py writes them).
@@ -203,9 +205,23 @@ def _invoke(args: list[str], cfg: PlatformConfig) -> Any:
 
 
 def build_manifest(cfg: PlatformConfig) -> Path:
-    """`dbt parse`: write dbt/target/manifest.json (Cosmos renders the DAGs' dbt task groups from it,
-    no dbt ls)."""
-    _invoke(["parse", "--quiet"], cfg)
+    """`dbt parse` into dbt/target/manifest.json (Cosmos renders the DAGs' dbt task groups from it,
+    no dbt ls). dbt writes into a scratch folder beside it and the manifest then replaces the old one
+    in one rename: a DAG file parsed meanwhile, in this process or another, reads the old manifest
+    or the new one, never half of one. dbt's saved parse state goes there and back, so an unchanged
+    project parses in under a second."""
+    target = MANIFEST_PATH.parent
+    target.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".parse-", dir=target))
+    try:
+        if (target / PARSE_STATE).exists():
+            shutil.copy2(target / PARSE_STATE, scratch / PARSE_STATE)
+        _invoke(["parse", "--quiet", "--target-path", str(scratch)], cfg)
+        if (scratch / PARSE_STATE).exists():  # not written when partial parsing is off
+            os.replace(scratch / PARSE_STATE, target / PARSE_STATE)
+        os.replace(scratch / MANIFEST_PATH.name, MANIFEST_PATH)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     log.info("dbt manifest: %s", MANIFEST_PATH)
     return MANIFEST_PATH
 
