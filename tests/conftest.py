@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Before anything imports airflow: tests never touch a developer's Airflow home.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recpipe-airflow-home-")
@@ -17,6 +19,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__COSMOS__ENABLE_TELEMETRY"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
 
+import numpy as np
 import pytest
 import yaml
 
@@ -31,6 +34,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     Airflow and simulation modules start at once and the short ones fill in at the end."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Recorded properties as plain JSON values (numpy scalars as numbers): a parallel worker sends
+    its reports to the controller, which takes only Python's own types."""
+    report.user_properties = [(name, json.loads(json.dumps(value, default=_plain)))
+                              for name, value in report.user_properties]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 def write_config(path: Path, data_dir: Path, **overrides: dict) -> Path:
