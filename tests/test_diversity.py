@@ -9,6 +9,7 @@ from collections.abc import Callable
 from itertools import pairwise
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from models.serving.diversity import (
@@ -17,6 +18,7 @@ from models.serving.diversity import (
     dpp_rows,
     interest_then_diverse,
     interest_then_diverse_rows,
+    minmax_rows,
     mmr,
     mmr_rows,
     spacing_violations,
@@ -434,3 +436,40 @@ def test_relevance_only_settings_rank_by_rel() -> None:
     order = np.argsort(-rel, kind="stable")[:10].tolist()
     assert mmr(rel, vectors, 10, 1.0).items.tolist() == order
     assert dpp(rel, vectors, 10, 0.5, window=1).items.tolist() == order  # window 1: conditioned on nothing
+
+
+def test_minmax_rows_scale_each_user_alone() -> None:
+    """Against pandas: (x - min) / (max - min) within each user; 0 for a user whose scores are all
+    equal; empty users skipped; bounds that do not cover the values are refused."""
+    rng = np.random.default_rng(3)
+    sizes = np.array([5, 0, 1, 7, 0, 4])
+    values = rng.normal(10.0, 3.0, sizes.sum())
+    values[sizes[:3].sum():sizes[:4].sum()][:3] = 2.5  # ties inside a user
+    values[-4:] = 1.25  # a user whose scores are all equal
+    bounds = np.r_[0, np.cumsum(sizes)]
+    frame = pd.DataFrame({"user": np.repeat(np.arange(len(sizes)), sizes), "x": values})
+    low, high = (frame.groupby("user")["x"].transform(f) for f in ("min", "max"))
+    expected = ((frame["x"] - low) / (high - low)).fillna(0.0).to_numpy()
+    np.testing.assert_allclose(minmax_rows(values, bounds), expected, rtol=0, atol=1e-15)
+    assert minmax_rows(np.zeros(0), np.zeros(1, np.int64)).shape == (0,)
+    with pytest.raises(ValueError, match="bounds run from 0 to 17, not from 0 to 18"):
+        minmax_rows(np.r_[values, 0.0], bounds)
+
+
+@pytest.mark.parametrize("method", ["dpp", "mmr"])
+def test_scaled_relevance_makes_the_feed_independent_of_the_scores_scale(method: str) -> None:
+    """The funnel's diversity.relevance: minmax: the feeds of scores a*x + b (a > 0, per user) are
+    those of x, while on raw scores the same eta trades more relevance away as the scores shrink."""
+    rng = np.random.default_rng(11)
+    sizes = np.array([40, 25, 60])
+    bounds = np.r_[0, np.cumsum(sizes)]
+    rel, vectors = rng.random(sizes.sum()), unit_vectors(rng, sizes.sum(), 8)
+    a, b = np.repeat([0.01, 0.2, 5.0], sizes), np.repeat([3.0, -1.0, 0.5], sizes)
+    rows = dpp_rows if method == "dpp" else mmr_rows
+    k = np.full(len(sizes), 10)
+
+    def feeds(x: np.ndarray) -> list[list[int]]:
+        return [list(sel.items) for sel in rows(x, vectors, bounds, k, 0.7, window=5)]
+
+    assert feeds(minmax_rows(a * rel + b, bounds)) == feeds(minmax_rows(rel, bounds))
+    assert feeds(a * rel + b) != feeds(rel)

@@ -266,6 +266,23 @@ def interest_then_diverse_rows(rel: np.ndarray, items: np.ndarray, bounds: np.nd
     return np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)
 
 
+def minmax_rows(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Row r's values values[bounds[r]:bounds[r + 1]] scaled to [0, 1] as (x − min) / (max − min),
+    the row's min and max (all 0 where they are equal); bounds run from 0 to len(values)."""
+    values = np.asarray(values, dtype=np.float64)
+    bounds = np.asarray(bounds, dtype=np.int64)
+    if not len(values):
+        return values.copy()
+    if bounds[0] != 0 or bounds[-1] != len(values):
+        raise ValueError(f"bounds run from {bounds[0]} to {bounds[-1]}, not from 0 to {len(values)}")
+    sizes = np.diff(bounds)
+    starts = bounds[:-1][sizes > 0]  # the rows with values, back to back
+    row = np.repeat(np.arange(len(starts)), sizes[sizes > 0])
+    low = np.minimum.reduceat(values, starts)[row]
+    span = np.maximum.reduceat(values, starts)[row] - low
+    return np.where(span > 0, (values - low) / np.where(span > 0, span, 1.0), 0.0)
+
+
 def _diverse_picks(base: np.ndarray, c: float, vectors: np.ndarray, picks: np.ndarray, k: int) -> None:
     """Fill picks[k:] in place, each the argmax of base_i − c·max sim(i, j) over picks so far
     (base_i alone before the first), ties to the lower index: the lazy rounds and runs of the module

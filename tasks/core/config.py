@@ -566,6 +566,11 @@ class FusionConfig(_Strict):
         return v
 
 
+# rel as eta weighs it against diversity: each user's scores min-max scaled to [0, 1] over their
+# candidates (eta means the same whatever the scores' scale), or the scores as they are.
+Relevance = Literal["minmax", "raw"]
+
+
 class PreRankingSelectionConfig(_Strict):
     """Of the merged candidates: the top `interest` by pre-rank score, then `diverse` more by
     eta * rel + (1 - eta) * div against the whole selection."""
@@ -573,6 +578,7 @@ class PreRankingSelectionConfig(_Strict):
     interest: Annotated[int, Field(ge=1)] = 200
     diverse: Annotated[int, Field(ge=0)] = 300
     eta: Annotated[float, Field(ge=0, le=1)] = 0.7
+    relevance: Relevance = "minmax"
 
 
 class DiversityConfig(_Strict):
@@ -581,6 +587,7 @@ class DiversityConfig(_Strict):
 
     method: Literal["mmr", "dpp", "none"] = "dpp"
     eta: Annotated[float, Field(ge=0, lt=1)] = 0.7  # MMR eta; DPP theta (relevance vs diversity)
+    relevance: Relevance = "minmax"
     window: Annotated[int, Field(ge=1)] = 10
     category_gap: Annotated[int, Field(ge=0)] = 5  # positions after an item without its category_l2
     cluster_gap: Annotated[int, Field(ge=0)] = 10  # positions after an item without its content cluster

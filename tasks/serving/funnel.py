@@ -34,7 +34,7 @@ from models.ranking.pre import score_logits
 from models.retrieval import ann
 from models.retrieval.retriever import top_k_rows
 from models.retrieval.two_tower import user_vectors
-from models.serving.diversity import Selection, dpp_rows, interest_then_diverse_rows, mmr_rows
+from models.serving.diversity import Selection, dpp_rows, interest_then_diverse_rows, minmax_rows, mmr_rows
 from models.serving.exploration import exploration_slots, interleave
 from models.serving.fusion import BONUS_HEADS, fusion_score, fusion_terms
 from tasks.core.config import ALL, RANKING_HEADS, ChannelConfig, StrategyConfig
@@ -323,7 +323,8 @@ def recommend(ctx: ServingContext, user_ids: np.ndarray, strategy: str | None = 
     pre_rel = _weighted(pre, pre_heads, s.fusion.weights)
     vectors = ctx.item_vectors if ctx.item_vectors is not None else np.zeros((len(ctx.catalogue), 1), np.float32)
     bounds = np.searchsorted(cand_user, np.arange(len(user_ids) + 1))
-    sel = interest_then_diverse_rows(pre_rel, cand_item, bounds, vectors, s.preranking.interest,
+    cut_rel = minmax_rows(pre_rel, bounds) if s.preranking.relevance == "minmax" else pre_rel
+    sel = interest_then_diverse_rows(cut_rel, cand_item, bounds, vectors, s.preranking.interest,
                                      s.preranking.diverse, s.preranking.eta)
     funnel["preranked"] = np.bincount(cand_user[sel], minlength=len(user_ids))
     clock.lap("preranking")
@@ -438,15 +439,17 @@ class _Clock:
 def _diversify(s: StrategyConfig, score: np.ndarray, vectors: np.ndarray, categories: np.ndarray,
                clusters: np.ndarray, bounds: np.ndarray, k: np.ndarray) -> list[Selection]:
     """The ranked part of each user's feed (its candidates rows bounds[r]:bounds[r + 1], k[r] slots):
-    DPP, MMR, or (none) the scores' order, under the spacing rules. Without diversity no similarity
+    DPP, MMR (on the user's scores scaled to [0, 1] unless diversity.relevance is raw), or (none)
+    the scores' order, under the spacing rules. Without diversity no similarity
     is computed (MMR with η = 1 on zero-width vectors), and without spacing rules either the order is
     a stable sort (the greedy loop's order: ties to the lower index)."""
     d = s.diversity
     kw = {"categories": categories, "clusters": clusters, "category_gap": d.category_gap, "cluster_gap": d.cluster_gap}
+    rel = minmax_rows(score, bounds) if d.relevance == "minmax" and d.method != "none" else score
     if d.method == "dpp":  # the DPP window counts the new pick: w + 1 conditions on the last w picks
-        return dpp_rows(score, vectors, bounds, k, d.eta, window=d.window + 1, **kw)
+        return dpp_rows(rel, vectors, bounds, k, d.eta, window=d.window + 1, **kw)
     if d.method == "mmr":
-        return mmr_rows(score, vectors, bounds, k, d.eta, window=d.window, **kw)
+        return mmr_rows(rel, vectors, bounds, k, d.eta, window=d.window, **kw)
     if d.category_gap <= 0 and d.cluster_gap <= 0:
         return [Selection(np.argsort(-score[lo:hi], kind="stable")[:n], np.zeros(0, np.int64))
                 for (lo, hi), n in zip(pairwise(bounds), k)]
