@@ -24,6 +24,7 @@ import pytest
 
 from tasks.core.config import load_config
 from tasks.ops.alert_pages import render_alert_pages
+from tasks.orchestration.local_airflow import EXECUTION_API_TIMEOUT_S
 from tests.conftest import write_config
 from tests.live import free_port, request_json, require_system_tool, stop_process_group, wait_for
 
@@ -117,6 +118,7 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=EXECUTION_API_TIMEOUT_S,
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__PORT=str(port),

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from tasks.core.config import PlatformConfig, load_config
+from tasks.orchestration.local_airflow import EXECUTION_API_TIMEOUT_S
 from tasks.reports.page import write_report
 from tasks.serving.context import last_data_day, load_context
 from tasks.serving.funnel import recommend
@@ -100,6 +101,7 @@ def plugin_ui(served_world: tuple[PlatformConfig, dt.date],
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
         AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=EXECUTION_API_TIMEOUT_S,
         AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
         RECPIPE_CONFIG=str(config),
     )

@@ -16,6 +16,9 @@ from tasks.core.dbt_runner import build_manifest
 log = logging.getLogger(__name__)
 DAGS_DIR = REPO_ROOT / "dags"
 PLUGINS_DIR = REPO_ROOT / "plugins"  # the recpipe UI plugin (plugins/recpipe_ui.py)
+# A task's calls to the API server may wait this long (Airflow's default, 5 s, failed a task at its
+# first call on a busy 2-core machine: httpx.ReadTimeout, the task marked failed before it ran).
+EXECUTION_API_TIMEOUT_S = "30"
 
 
 def airflow_env(home: Path | None = None) -> dict[str, str]:
@@ -27,6 +30,7 @@ def airflow_env(home: Path | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_DIR),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": EXECUTION_API_TIMEOUT_S,
     }
 
 
