@@ -203,9 +203,7 @@ def publish_models(cfg: PlatformConfig, vocabs: dict[str, Vocab], catalogue: Cat
         return out
 
     pre = PreRanker(sizes, pr.dim, len(pr.targets))
-    full = full_model.FullRanking(full_model.Architecture(
-        full_model.sizes(vocabs), len(RANKING_HEADS), fr.embedding_dim, fr.experts, fr.expert_hidden, fr.tower_hidden,
-        fr.interaction))
+    full = full_model.FullRanking(full_ranking.architecture(fr, vocabs))
     return {
         "two_tower": artifacts.publish(
             registry.model_store(cfg, two_tower_training.MODEL), write_two_tower,

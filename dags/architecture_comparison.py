@@ -4,7 +4,7 @@ ranker, run by hand (no schedule).
 Params: `day` (the evaluation day, YYYY-MM-DD; required), `days` (n: training on the n days before
 it, 1 epoch, oldest first), `embeddings` (`reuse` the aged model's or `random`; compare only),
 `candidate` (a JSON object of overrides of ranking.full's embedding_dim, experts, expert_hidden,
-tower_hidden, sequence_length) and `protocol`:
+tower_hidden, interaction, match_counts, sequence_length) and `protocol`:
 
 - `compare`: the current and the candidate architecture trained from the same start (dense layers
   random from one seed, embeddings random or reused from the aged model), both evaluated on `day`;

@@ -16,7 +16,7 @@ import torch
 from models.common.features import build_vocabs
 from models.common.tables import Exposures
 from models.ranking.features import ranking_features
-from models.ranking.full import Architecture, FullRanking, sizes
+from models.ranking.full import FullRanking
 from models.retrieval.two_tower import TwoTower
 from models.retrieval.two_tower_data import training_set
 from tasks.core.config import RANKING_HEADS, PlatformConfig
@@ -199,8 +199,7 @@ def test_default_chunks_train_as_the_whole_tables(sim: PlatformConfig) -> None:
     reference = {"two_tower": model.state_dict()}
     vocabs = build_vocabs(data_sources.catalogue, data_sources.users, np.unique(exposures.user_id))
     torch.manual_seed(fr.seed)
-    ranker = FullRanking(Architecture(sizes(vocabs), len(RANKING_HEADS), fr.embedding_dim, fr.experts, fr.expert_hidden,
-                                      fr.tower_hidden, fr.interaction))
+    ranker = FullRanking(full.architecture(fr, vocabs))
     ranker.set_priors(exposures.labels.mean(axis=0))
     features = ranking_features(vocabs, data_sources.catalogue, data_sources.users, data_sources.clicks, exposures,
                                 fr.sequence_length)

@@ -8,7 +8,10 @@ sequence entry s for candidate c: MLP([s, c, s - c, s * c]), softmax over the no
 (an empty sequence pools to zeros). The input x = [user, candidate, context, interest] (and, with
 `interaction`, interest * candidate: the elementwise product hands the experts the match between
 the user's attended history and the candidate directly, which the concatenation leaves them to
-learn) feeds `experts` expert MLPs; head k mixes them with its own softmax gate over x and maps the mixture
+learn; and, with `match_counts`, log(1 + the number of sequence entries sharing each item column with
+the candidate): the softmax attention pools a weighted mean, which keeps what the history is like but
+loses how much of it matches, the strongest click signal of a user's category interest, see
+docs/METHODS.md "Full ranker (MMoE + DIN)") feeds `experts` expert MLPs; head k mixes them with its own softmax gate over x and maps the mixture
 through its tower to a logit. Row 0 of every table is the unknown / padding row: zero, never
 trained.
 """
@@ -46,6 +49,7 @@ class Architecture:
     expert_hidden: int
     tower_hidden: int
     interaction: bool = False  # x also holds interest * candidate (False: versions saved before it existed)
+    match_counts: bool = False  # x also holds `match_counts` (False: versions saved before it existed)
 
 
 def _mlp(*widths: int) -> nn.Sequential:
@@ -62,7 +66,8 @@ class FullRanking(nn.Module):
         self.emb = embedding_tables(arch.sizes, KINDS + CONTEXT_COLUMNS, d, INIT_STD, padding=True)
         item_d = d * len(ITEM_COLUMNS)
         self.attention = _mlp(4 * item_d, arch.tower_hidden, 1)
-        n_in = d * (len(USER_COLUMNS) + len(CONTEXT_COLUMNS)) + (3 if arch.interaction else 2) * item_d
+        n_in = (d * (len(USER_COLUMNS) + len(CONTEXT_COLUMNS)) + (3 if arch.interaction else 2) * item_d
+                + (len(ITEM_COLUMNS) if arch.match_counts else 0))
         self.experts = nn.ModuleList(
             nn.Sequential(_mlp(n_in, arch.expert_hidden, arch.expert_hidden), nn.ReLU()) for _ in range(arch.experts)
         )
@@ -119,11 +124,13 @@ class FullRanking(nn.Module):
 
     def first_layer_blocks(self) -> tuple[dict[str, Tensor], Tensor]:
         """`first_layer`'s W split by the parts of x (`mmoe_input`): user, cand, context, interest
-        and, with `interaction`, interaction (the columns of interest * cand); and its b."""
+        and, with `interaction`, interaction (the columns of interest * cand), with `match_counts`,
+        matches; and its b."""
         (w, b), d = self.first_layer(), self.arch.dim
         widths = {"user": d * len(USER_COLUMNS), "cand": d * len(ITEM_COLUMNS), "context": d * len(CONTEXT_COLUMNS),
                   "interest": d * len(ITEM_COLUMNS), **({"interaction": d * len(ITEM_COLUMNS)} if self.arch.interaction
-                                                        else {})}
+                                                        else {}),
+                  **({"matches": len(ITEM_COLUMNS)} if self.arch.match_counts else {})}
         return dict(zip(widths, torch.split(w, list(widths.values()), dim=1))), b
 
     def heads_after_first(self, first: Tensor) -> Tensor:
@@ -147,12 +154,16 @@ class FullRanking(nn.Module):
         """(B, heads) logits from feature rows: users (B, 4), items (B, 5), context (B, 3), seq (B, L, 5)."""
         cand = self._embed(items, ITEM_COLUMNS)
         interest = self.interest(self._embed(seq, ITEM_COLUMNS), (seq != 0).any(-1), cand)
+        matches = match_counts(seq, items) if self.arch.match_counts else None
         return self.heads(self.mmoe_input(self._embed(users, USER_COLUMNS), cand, self._embed(context, CONTEXT_COLUMNS),
-                                          interest))
+                                          interest, matches))
 
-    def mmoe_input(self, user: Tensor, cand: Tensor, context: Tensor, interest: Tensor) -> Tensor:
-        """x (B, n_in): [user, candidate, context, interest], and interest * candidate with `interaction`."""
-        return torch.cat([user, cand, context, interest] + ([interest * cand] if self.arch.interaction else []), dim=1)
+    def mmoe_input(self, user: Tensor, cand: Tensor, context: Tensor, interest: Tensor,
+                   matches: Tensor | None = None) -> Tensor:
+        """x (B, n_in): [user, candidate, context, interest], then interest * candidate with
+        `interaction` and `matches` (`match_counts`) with `match_counts`."""
+        return torch.cat([user, cand, context, interest] + ([interest * cand] if self.arch.interaction else [])
+                         + ([matches] if self.arch.match_counts else []), dim=1)
 
     def set_priors(self, rates: np.ndarray) -> None:
         """Start every head's output at the logit of its base rate (clipped away from 0 and 1)."""
@@ -160,6 +171,13 @@ class FullRanking(nn.Module):
         with torch.no_grad():
             for tower, logit in zip(self.towers, np.log(p / (1 - p))):
                 tower[-1].bias.fill_(float(logit))
+
+
+def match_counts(seq: Tensor, items: Tensor) -> Tensor:
+    """(B, 5) float32 log(1 + count) of the entries of seq (B, L, 5) sharing each item column's row
+    with the candidate items (B, 5) (padding and unknown rows, 0, never match)."""
+    same = (seq == items[:, None, :]) & (seq != 0)
+    return torch.log1p(same.sum(1, dtype=torch.float32))
 
 
 def sizes(vocabs: Mapping[str, Vocab]) -> dict[str, int]:
@@ -207,7 +225,8 @@ def predict_proba_by_user(model: FullRanking, users: np.ndarray, seq: np.ndarray
     together (`FullRanking.user_interest`), in blocks of users of about `budget` attention cells.
     The experts' and gates' first layer is split by the parts of x (`first_layer_blocks`): the
     user's, the candidate's and the context's products are computed once per distinct user, item
-    and context row; per pair only the attended interest's (and the interaction's) remain."""
+    and context row; per pair only the attended interest's (and the interaction's and the match
+    counts') remain."""
     model.eval()
     n, n_users = len(items), len(users)
     out = np.zeros((n, model.arch.heads), np.float32)
@@ -243,6 +262,8 @@ def predict_proba_by_user(model: FullRanking, users: np.ndarray, seq: np.ndarray
                  + interest @ blocks["interest"].T)
         if model.arch.interaction:
             first += (interest * cand) @ blocks["interaction"].T
+        if model.arch.match_counts:
+            first += match_counts(seq_t[row_user[pairs]], torch.from_numpy(items[pairs])) @ blocks["matches"].T
         out[pairs] = torch.sigmoid(model.heads_after_first(first)).numpy()
     return out
 

@@ -350,6 +350,10 @@ class FullRankingConfig(_Strict):
     # the experts also get interest * candidate (the attended history's match with the candidate); a
     # current version trained without it cannot be warm-started with it (and back): change it with a cold start
     interaction: bool = True
+    # the experts also get log(1 + how many of the sequence's clicks share the candidate's item, author,
+    # categories and cluster): the intensity of the user's interest that the softmax attention pools
+    # away; like interaction, a change needs a cold start
+    match_counts: bool = True
     sequence_length: Annotated[int, Field(ge=1, le=500)] = 20
     history_days: Annotated[int, Field(ge=0, le=365)] = 30  # sequences read the clicks from this many days before
     batch_size: Annotated[int, Field(ge=16)] = 1024

@@ -8,7 +8,7 @@ nothing to do with the architecture. Two protocols, both evaluated on `day` afte
 
 - `compare` ranks architectures: the current architecture (ranking.full) and a candidate (the
   current one with `candidate` overrides of embedding_dim, experts, expert_hidden, tower_hidden,
-  sequence_length) trained from the same start: dense layers random from the same seed (identical
+  interaction, match_counts, sequence_length) trained from the same start: dense layers random from the same seed (identical
   wherever the shapes agree, whatever the vocabulary sizes), embeddings random from the same seed
   (`embeddings="random"`, vocabularies over the window as a cold start builds them) or reused from
   the aged model (`"reuse"`: the registry's current full_ranking version; its vocabularies
@@ -52,7 +52,7 @@ from models.common.features import build_vocabs
 from models.common.tables import Exposures
 from models.common.vocab import KINDS, Vocab
 from models.ranking.features import RankingFeatures, ranking_features
-from models.ranking.full import Architecture, FullRanking, load_model, predict_proba, save_model, sizes
+from models.ranking.full import Architecture, FullRanking, load_model, predict_proba, save_model
 from tasks.core import artifacts, registry
 from tasks.core.config import RANKING_HEADS, FullRankingConfig, PlatformConfig
 from tasks.core.eval_metrics import auc
@@ -61,7 +61,7 @@ from tasks.core.warehouse import replace_rows
 from tasks.ranking.data import TABLE as EXPOSURES_TABLE
 from tasks.ranking.data import build_exposures, load_exposures
 from tasks.ranking.full import MODEL as FULL_RANKING
-from tasks.ranking.full import Sources, fit, load_sources
+from tasks.ranking.full import Sources, architecture, fit, load_sources
 from tasks.retrieval.data import connect_read
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ log = logging.getLogger(__name__)
 TABLE = "architecture_comparison"
 PROTOCOLS = ("compare", "catch_up")
 EMBEDDINGS = ("reuse", "random")
-ARCHITECTURE_KEYS = ("embedding_dim", "experts", "expert_hidden", "tower_hidden", "interaction", "sequence_length")
+ARCHITECTURE_KEYS = ("embedding_dim", "experts", "expert_hidden", "tower_hidden", "interaction", "match_counts",
+                     "sequence_length")
 FUSION = "fusion"  # the head name of the fusion score's row
 EMBEDDINGS_DEFAULT = "reuse"
 COLUMNS = ("day", "protocol", "arm", "head", "auc", "n", "positives", "days", "embeddings", "candidate_overrides",
@@ -89,11 +90,6 @@ def candidate_config(fr: FullRankingConfig, overrides: Mapping[str, Any] | None)
         raise ValueError(f"architecture_comparison: unknown candidate settings {sorted(unknown)}; "
                          f"allowed: {', '.join(ARCHITECTURE_KEYS)}")
     return FullRankingConfig.model_validate({**fr.model_dump(), **overrides})
-
-
-def architecture(fr: FullRankingConfig, vocabs: Mapping[str, Vocab] | None = None) -> Architecture:
-    return Architecture(sizes(vocabs) if vocabs is not None else {}, len(RANKING_HEADS), fr.embedding_dim,
-                        fr.experts, fr.expert_hidden, fr.tower_hidden, fr.interaction)
 
 
 def _settings(fr: FullRankingConfig) -> dict[str, int | bool]:

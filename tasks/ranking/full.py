@@ -143,6 +143,12 @@ def fit_streamed(cfg: PlatformConfig, model: FullRanking, vocabs: Mapping[str, V
     return model.state_dict(), history
 
 
+def architecture(fr: FullRankingConfig, vocabs: Mapping[str, Vocab] | None = None) -> Architecture:
+    """The full ranker's architecture from its settings (embedding sizes from `vocabs`, else none)."""
+    return Architecture(sizes(vocabs) if vocabs is not None else {}, len(RANKING_HEADS), fr.embedding_dim,
+                        fr.experts, fr.expert_hidden, fr.tower_hidden, fr.interaction, fr.match_counts)
+
+
 def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False, store: Path | None = None) -> artifacts.Version:
     """Train on the exposures ending on `day` (cold or aged, see the module doc) and publish a
     version in `store` (default: the registry's full_ranking store); with `training.processes` > 1
@@ -168,8 +174,7 @@ def train(cfg: PlatformConfig, day: dt.date, make_current: bool = False, store: 
         raise ValueError(f"full_ranking: no ranking_exposures on {first}..{day} (build them first: "
                          "tasks.ranking.data.build_exposures)")
     torch.manual_seed(fr.seed)
-    arch = Architecture({}, len(RANKING_HEADS), fr.embedding_dim, fr.experts, fr.expert_hidden, fr.tower_hidden,
-                        fr.interaction)
+    arch = architecture(fr)
     if parent:
         old, old_vocabs = load_model(parent.path)
         if replace(old.arch, sizes={}) != arch:
