@@ -390,9 +390,16 @@ def _cmd_experiment(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         return 2
     if args.action == "readout":
         from tasks.experiments.readout import readout_table
+        from tasks.experiments.validity import truth_beside_readout
 
+        table = readout_table(cfg, experiment.name)
+        truth = truth_beside_readout(cfg, experiment, table)
         with pd_options():
-            print(readout_table(cfg, experiment.name).to_string(index=False))
+            print(table.to_string(index=False))
+            if not truth.empty:
+                print("\nDAU against the simulator's ground truth (its latent return probabilities, the same "
+                      "users and served days):")
+                print(truth.round(4).to_string(index=False))
         return 0
     return _run_experiment(cfg, experiment, args.days, args.verbose)
 

@@ -1,5 +1,6 @@
 """Helpers of the tests that run real servers (PostgreSQL, Airflow, Chromium): free ports, system
-tools, JSON over HTTP, and bounded waits that fail saying what was awaited."""
+tools, the environment of an Airflow subprocess, JSON over HTTP, and bounded waits that fail saying
+what was awaited."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tasks.orchestration.local_airflow import airflow_env
+
+BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
@@ -30,6 +37,15 @@ def require_system_tool(found: bool, what: str) -> None:
         pytest.fail(f"{what} is not installed: run `make system-deps` (scripts/install-system-deps.sh)")
 
 
+def airflow_subprocess_env(home: Path, config: Path, **settings: str) -> dict[str, str]:
+    """The environment of an `airflow` or `recpipe` subprocess with an Airflow home and a config of its
+    own: this process's, minus its AIRFLOW_* and RECPIPE_* settings, plus the local Airflow's
+    (`airflow_env`), the venv's bin first on PATH, RECPIPE_CONFIG, then `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
+    return env | airflow_env(home) | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                                      "RECPIPE_CONFIG": str(config)} | settings
+
+
 def request_json(
     url: str, data: dict | None = None, token: str | None = None, method: str | None = None
 ) -> tuple[int, Any]:
@@ -38,7 +54,7 @@ def request_json(
     body = json.dumps(data).encode() if data else None
     req = urllib.request.Request(url, data=body, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (a localhost test server)
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,9 +23,15 @@ import pytest
 
 from tasks.core.config import load_config
 from tasks.ops.alert_pages import render_alert_pages
-from tasks.orchestration.local_airflow import EXECUTION_API_TIMEOUT_S
 from tests.conftest import write_config
-from tests.live import free_port, request_json, require_system_tool, stop_process_group, wait_for
+from tests.live import (
+    airflow_subprocess_env,
+    free_port,
+    request_json,
+    require_system_tool,
+    stop_process_group,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -91,10 +96,10 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
     """`airflow standalone` with ingest in landing mode and a crafted batch for today's run."""
     tmp = tmp_path_factory.mktemp("airflow-ui")
     data, home = tmp / "data", tmp / "airflow"
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if now.time() < dt.time(0, 0, 30):  # the batch's timestamps must not lie in the future
         time.sleep(30 - now.second)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     # The DAG starts today (its start date is the simulator's) and is scheduled for 29 February
     # only, so the scheduler makes no run of its own: the one run is the UI's trigger (the hourly
     # pools too, whose run would hold the writer slot while ingest waits for it).
@@ -112,18 +117,12 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
         (batch / name).write_text(text.format(day=today.isoformat()))
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",  # standalone starts `airflow` subprocesses
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=EXECUTION_API_TIMEOUT_S,
+    env = airflow_subprocess_env(  # PATH: standalone starts `airflow` subprocesses
+        home, cfg,
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__PORT=str(port),
         AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
-        RECPIPE_CONFIG=str(cfg),
     )
     setup = subprocess.run(
         [str(BIN / "recpipe"), "airflow-setup"], env=env, capture_output=True, text=True, timeout=300

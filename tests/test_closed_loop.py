@@ -8,7 +8,9 @@ real `airflow dags test daily_metrics` changes nothing."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import math
 import os
 import re
 import signal
@@ -25,6 +27,7 @@ import yaml
 
 from tasks.reports.fragments import CHART
 from tests.conftest import write_config
+from tests.live import airflow_subprocess_env
 
 MARTS = ("metrics_daily", "retention_daily", "ab_readout", "experiment_readout")
 
@@ -48,11 +51,7 @@ def _env(tmp: Path) -> tuple[dict[str, str], Path]:
     raw = yaml.safe_load(cfg_path.read_text())
     raw["experiments"] = [{"name": "explore", "start": FIRST_SERVED.isoformat(), "arms": ARMS}]
     cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
-    env.update(AIRFLOW_HOME=str(tmp / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
-               AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__COSMOS__ENABLE_TELEMETRY="False",
-               RECPIPE_CONFIG=str(cfg_path))
-    return env, data
+    return airflow_subprocess_env(tmp / "airflow", cfg_path), data
 
 
 def _run_until_crash(env: dict[str, str], progress: Path) -> None:
@@ -176,6 +175,31 @@ def test_the_readout_of_the_served_day_matches_the_lake(loop) -> None:
     assert printed.returncode == 0, printed.stderr[-2000:]
     rows = {tuple(line.split()[:2]) for line in printed.stdout.splitlines()[1:]}
     assert {("dau", "none"), ("dau", "more"), ("clicks", "more")} <= rows, printed.stdout
+
+
+def test_the_readout_puts_each_arms_dau_beside_the_ground_truth(loop) -> None:
+    """On simulated data `recpipe experiment readout` adds each arm's expected DAU from the
+    simulator's latent return probabilities. An arm's measured DAU is the mean of its users'
+    Bernoulli activity, so it lies within 4 standard errors of that expectation."""
+    data, _, env = loop
+    printed = subprocess.run([str(BIN / "recpipe"), "experiment", "readout", "explore"], env=env, capture_output=True,
+                             text=True, check=False, timeout=300)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    lines = printed.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("DAU against the simulator's ground truth"))
+    truth = pd.read_csv(io.StringIO("\n".join(lines[at + 1:])), sep=r"\s+").set_index("arm")
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        readout = con.execute("select arm, diff, ci_low, ci_high, control_value, arm_value, n_control, n_arm "
+                              "from experiment_readout where experiment = 'explore' and metric = 'dau'").df()
+    assert set(truth.index) == set(readout.arm) == {"none", "more"}
+    for row in readout.itertuples():
+        t = truth.loc[row.arm]
+        assert (t["diff"], t.ci_low, t.ci_high) == pytest.approx((row.diff, row.ci_low, row.ci_high), abs=1e-4)
+        assert t.true_diff == pytest.approx(t.true_arm - t.true_control, abs=2e-4)
+        assert t.covers == (t.ci_low <= t.true_diff <= t.ci_high)
+        for measured, expected, n in ((row.arm_value, t.true_arm, row.n_arm), (row.control_value, t.true_control,
+                                                                                row.n_control)):
+            assert 0 < expected < 1 and abs(measured - expected) <= 4 * math.sqrt(expected * (1 - expected) / n)
 
 
 def _marts(warehouse: Path) -> dict[str, pd.DataFrame]:

@@ -4,7 +4,6 @@ data dir and warehouse; results checked against the landed files, read independe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import write_config
+from tests.live import airflow_subprocess_env
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -32,14 +32,7 @@ def _dag_folder(tmp: Path) -> Path:
 
 
 def _env(tmp: Path, cfg_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
-    env.update(
-        AIRFLOW_HOME=str(tmp / "airflow"),
-        AIRFLOW__CORE__DAGS_FOLDER=str(_dag_folder(tmp)),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        RECPIPE_CONFIG=str(cfg_path),
-    )
-    return env
+    return airflow_subprocess_env(tmp / "airflow", cfg_path, AIRFLOW__CORE__DAGS_FOLDER=str(_dag_folder(tmp)))
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from tasks.pools.refresh import (
 )
 from tasks.simulator import simulate
 from tests.conftest import write_config
+from tests.live import airflow_subprocess_env
 
 pytestmark = pytest.mark.slow
 START = dt.date(2026, 1, 1)
@@ -115,17 +115,6 @@ def _expected_members(cfg: PlatformConfig, pool: PoolConfig, as_of: dt.datetime)
         df["rank"] = np.arange(1, len(df) + 1)
         rows.append(df)
     return pd.concat(rows)[["segment", "item_id", "score", "rank"]].reset_index(drop=True)
-
-
-def _airflow_env(tmp_path: Path, config: Path) -> dict[str, str]:
-    """The environment of a `recpipe` / `airflow` subprocess: its own Airflow home, the config `config`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
-    env.update(
-        AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__COSMOS__ENABLE_TELEMETRY="False",
-        RECPIPE_CONFIG=str(config),
-    )
-    return env
 
 
 @pytest.mark.parametrize("name", ["pool_1d", "female_18_24_pool", "follow_promoting"])
@@ -269,7 +258,7 @@ def added_pool_run(
     )
     path = tmp / "added.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = _airflow_env(tmp, path)
+    env = airflow_subprocess_env(tmp / "airflow", path)
     day = REFRESH_DAYS[-1].isoformat()
     done = subprocess.run([str(BIN / "recpipe"), "pools", "--start", day], env=env, capture_output=True,
                           text=True, timeout=900)
@@ -312,7 +301,7 @@ def test_a_rejected_pool_fails_at_once_with_one_alert(built: PlatformConfig, add
     folder = tmp_path / "dags"
     folder.mkdir()
     (folder / "content_pools.py").symlink_to(DAGS / "content_pools.py")
-    env = _airflow_env(home, path) | {"AIRFLOW__CORE__DAGS_FOLDER": str(folder)}
+    env = airflow_subprocess_env(home / "airflow", path, AIRFLOW__CORE__DAGS_FOLDER=str(folder))
     before = len(read_alerts(cfg))
     at = end_of_day(REFRESH_DAYS[-1])  # pool_6h's version of that time again: the same content
     run = subprocess.run(

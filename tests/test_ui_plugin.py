@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,16 +27,14 @@ import pytest
 import yaml
 
 from tasks.core.config import PlatformConfig, load_config
-from tasks.orchestration.local_airflow import EXECUTION_API_TIMEOUT_S
 from tasks.reports.page import write_report
 from tasks.serving.context import last_data_day, load_context
 from tasks.serving.funnel import recommend
 from tasks.ui.pages import DatedReport, report_of_run
-from tests.live import free_port, request_json, stop_process_group, wait_for
+from tests.live import airflow_subprocess_env, free_port, request_json, stop_process_group, wait_for
 from tests.test_browser import ARTIFACTS, UI_TIMEOUT_S, browser  # noqa: F401 (the Chromium fixture)
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S, FEED_TIMEOUT_S = 240, 240
 
@@ -94,17 +91,7 @@ def plugin_ui(served_world: tuple[PlatformConfig, dt.date],
     started first; meanwhile this process writes the nightly report and computes the expected feed."""
     tmp = tmp_path_factory.mktemp("ui-plugin")
     config, home, port = _ui_config(served_world[0], tmp), tmp / "airflow", free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECPIPE"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=EXECUTION_API_TIMEOUT_S,
-        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
-        RECPIPE_CONFIG=str(config),
-    )
+    env = airflow_subprocess_env(home, config, AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}")
     log = tmp / "api-server.log"
     serve = f"{BIN}/airflow db migrate >/dev/null && exec {BIN}/airflow api-server -H 127.0.0.1 -p {port} -w 1"
     with log.open("w") as out:

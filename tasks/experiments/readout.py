@@ -5,6 +5,7 @@ The numbers themselves are the dbt marts of dbt/models/experiments."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import duckdb
@@ -79,6 +80,15 @@ def readout_rows(con: duckdb.DuckDBPyConnection, experiment: str) -> pd.DataFram
     ).df()
     order = {m: i for i, m in enumerate(EXPERIMENT_METRICS)}
     return rows.sort_values("metric", key=lambda m: m.map(order), kind="stable").reset_index(drop=True)
+
+
+def readout_end(cfg: PlatformConfig, experiment: str) -> dt.date | None:
+    """The last served day `experiment`'s readout covers (experiment_readout.period_end), if any."""
+    with connect(cfg, read_only=True) as con:
+        if "experiment_readout" not in table_names(con):
+            return None
+        end = con.execute("select max(period_end) from experiment_readout where experiment = ?", [experiment]).fetchone()[0]
+    return pd.Timestamp(end).date() if end is not None else None
 
 
 def readout_table(cfg: PlatformConfig, experiment: str) -> pd.DataFrame:

@@ -11,9 +11,10 @@ nothing of the readout is recomputed here. Then:
 
 - `aa_coverage`: per A/A experiment and metric, whether the 95% CI of the difference (and CUPED's)
   covers zero, whether the CUPED estimate lies inside the plain CI, and both CI widths;
-- `true_dau_lift`: the ground-truth DAU lift of an experiment from the simulator's latent return
-  probabilities (user_days) and the chance of an offsite visit, over the readout's users and served
-  days; `planted_check` compares the readout with it;
+- `true_dau`: the ground-truth DAU of each arm from the simulator's latent return probabilities
+  (user_days) and the chance of an offsite visit, over the readout's users and served days;
+  `planted_check` compares the planted experiment's readout with its lift, `truth_beside_readout`
+  any experiment's DAU readout (`recpipe experiment readout` on simulated data);
 - `run_validity`: the heavy command (`recpipe experiment validity`): A/A coverage over many seeds
   and the planted effect against its ground truth, written under <data root>/validity/.
 """
@@ -34,9 +35,9 @@ from scipy import stats
 from tasks.core.config import ExperimentConfig, PlatformConfig
 from tasks.core.dbt_runner import run_dbt
 from tasks.core.warehouse import connect, refresh_views
-from tasks.experiments.assignment import arm_index, publish_assignments
+from tasks.experiments.assignment import NOT_ASSIGNED, arm_index, publish_assignments
 from tasks.experiments.policy import ORGANIC, planted_shift
-from tasks.experiments.readout import readout_rows
+from tasks.experiments.readout import readout_end, readout_rows
 from tasks.ingest.load import load_dir
 from tasks.simulator import read_ground_truth, simulate
 from tasks.simulator.world import sigmoid
@@ -111,9 +112,9 @@ def coverage_summary(coverage: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def true_dau_lift(cfg: PlatformConfig, experiment: ExperimentConfig) -> dict[str, float]:
-    """Ground-truth DAU per arm and second arm - control ("diff"): the mean over the arm's users (all
-    who signed up by the last simulated day) and the served days of P(active on d) from the
+def true_dau(cfg: PlatformConfig, experiment: ExperimentConfig, last: dt.date | None = None) -> dict[str, float]:
+    """Ground-truth DAU per arm: the mean over the arm's users (all who signed up by `last`, default
+    the last simulated day) and the served days experiment.start .. last of P(active on d) from the
     simulator's latent state: 1 on the signup day, 0 before; else 1 - (1 - p)(1 - q_d), with p the
     return probability (p_return_next_day of d - 1 for a user active then; otherwise
     sigmoid(logit_activity + logit_follow) of their last active day, as follows change only on
@@ -123,6 +124,7 @@ def true_dau_lift(cfg: PlatformConfig, experiment: ExperimentConfig) -> dict[str
     sim = cfg.simulator
     user_days = read_ground_truth(cfg.ground_truth_dir, "user_days")
     truth_users = read_ground_truth(cfg.ground_truth_dir, "users")
+    last_day = (max(user_days.dt) if last is None else last) - sim.start_date
     n = int(truth_users.user_id.max())
     signup = np.full(n, -1)  # day index since the start date; -1: the initial base
     joined = truth_users[truth_users.dt > sim.start_date]
@@ -137,7 +139,7 @@ def true_dau_lift(cfg: PlatformConfig, experiment: ExperimentConfig) -> dict[str
             "where e.event_type = 'offsite_visit' and cast(u.signup_ts as date) < cast(e.dt as date) group by 1",
             [sim.start_date]).fetchall())
     p_sum = np.zeros(n)
-    for day in range(sim.days):
+    for day in range(last_day.days + 1):
         p = idle.copy()
         if day - 1 in by_day:
             prev = by_day[day - 1]
@@ -153,11 +155,37 @@ def true_dau_lift(cfg: PlatformConfig, experiment: ExperimentConfig) -> dict[str
             today = by_day[day]
             idle[today.user_id.to_numpy() - 1] = sigmoid(today.logit_activity.to_numpy(np.float64)
                                                          + today.logit_follow.to_numpy(np.float64))
-    dau = p_sum / (sim.days - first)
-    arm = arm_index(cfg, experiment, np.arange(1, n + 1))
-    per_arm = {name: float(dau[arm == i].mean()) for i, name in enumerate(experiment.arms)}
+    dau = p_sum / (last_day.days + 1 - first)
+    arm = np.where(signup <= last_day.days, arm_index(cfg, experiment, np.arange(1, n + 1)), NOT_ASSIGNED)
+    return {name: float(dau[arm == i].mean()) for i, name in enumerate(experiment.arms)}
+
+
+def true_dau_lift(cfg: PlatformConfig, experiment: ExperimentConfig) -> dict[str, float]:
+    """`true_dau` per arm over the whole simulation, and second arm - control ("diff")."""
+    per_arm = true_dau(cfg, experiment)
     treatment = list(experiment.arms)[1]
     return {**per_arm, "diff": per_arm[treatment] - per_arm[experiment.control]}
+
+
+def truth_beside_readout(cfg: PlatformConfig, experiment: ExperimentConfig, readout: pd.DataFrame) -> pd.DataFrame:
+    """Per arm against the control: the readout's DAU difference and 95% CI next to the ground truth's
+    (`true_dau` over the readout's served days), and whether the CI covers it; empty when the
+    experiment has no DAU readout or the data has no simulator ground truth."""
+    dau, end = readout[readout.metric == "dau"], readout_end(cfg, experiment.name)
+    if dau.empty or end is None or not (cfg.ground_truth_dir / "user_days").is_dir():
+        return pd.DataFrame()
+    truth = true_dau(cfg, experiment, end)
+    control = truth[experiment.control]
+    return pd.DataFrame({
+        "arm": dau.arm.to_numpy(),
+        "true_control": control,
+        "true_arm": dau.arm.map(truth).to_numpy(),
+        "true_diff": (dau.arm.map(truth) - control).to_numpy(),
+        "true_lift": (dau.arm.map(truth) / control - 1).to_numpy(),
+        "diff": dau["diff"].to_numpy(),
+        "ci_low": dau.ci_low.to_numpy(),
+        "ci_high": dau.ci_high.to_numpy(),
+    }).assign(covers=lambda t: (t.ci_low <= t.true_diff) & (t.true_diff <= t.ci_high))
 
 
 def planted_check(cfg: PlatformConfig, readout: pd.DataFrame) -> dict[str, float | bool]:
