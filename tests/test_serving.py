@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import multiprocessing
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from tasks.ranking.pre import Context as PreContext
 from tasks.ranking.pre import inputs as pre_inputs
 from tasks.retrieval import ann_refresh
 from tasks.serving import batch, funnel
-from tasks.serving.blocks import BLOCK_USERS
+from tasks.serving.blocks import BLOCK_USERS, feeds_in_blocks
 from tasks.serving.context import load_context, seen_matrix
 from tasks.serving.funnel import recommend
 
@@ -200,6 +203,34 @@ def test_nightly_feeds_are_gated_published_and_rerun_the_same(served_world) -> N
                             [day + dt.timedelta(days=1)]).df()
     assert again["version"] != first["version"]
     assert rerun.drop(columns=["version"]).equals(table.drop(columns=["version"]))
+
+
+def test_block_workers_end_when_the_iteration_is_abandoned_whatever_the_sigterm_handler(served_world) -> None:
+    """Workers forked under a SIGTERM handler that does not exit (an Airflow task runner installs
+    one): a consumer that stops after the first block still gets control back, the workers gone."""
+    cfg, day = served_world
+    ctx = load_context(cfg, day)
+    users = np.unique(ctx.clicks.user_id)[: 3 * BLOCK_USERS]
+    assert len(users) > 2 * BLOCK_USERS  # three blocks for two workers
+    done, workers = threading.Event(), []
+
+    def first_block_only() -> None:
+        blocks = feeds_in_blocks(ctx, [("default", None, users)], processes=2)
+        next(blocks)
+        workers.extend(multiprocessing.active_children())
+        blocks.close()  # Pool.terminate: SIGTERM to the workers still computing
+        done.set()
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        threading.Thread(target=first_block_only, daemon=True).start()
+        ended = done.wait(timeout=120)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for worker in multiprocessing.active_children():  # a failed run must not hang this process's exit
+            worker.kill()
+    assert ended, "the pool waited for a worker that outlived SIGTERM"
+    assert workers and not any(w.is_alive() for w in workers)
 
 
 @pytest.mark.parametrize("fault", ["duplicate", "seen", "spacing", "exploration", "strategy"])

@@ -4,7 +4,11 @@ served feeds alike.
 
 The workers are forked from the process that loaded the serving context, so they share it
 copy-on-write (models, indexes, tables: nothing is reloaded or pickled); each runs on one thread
-(torch, faiss, BLAS), so two workers use two cores instead of both oversubscribing them. Blocks
+(torch, faiss, BLAS), so two workers use two cores instead of both oversubscribing them. A worker
+ends on SIGTERM whatever handler the parent has: an Airflow task runner installs one, and a worker
+that inherited it outlived Pool.terminate, blocked on the queue lock the pool holds while the parent
+waited for it forever (a served day of the closed loop hung so). After the last block the workers
+end on the pool's sentinel (close, join); terminate is for an abandoned iteration. Blocks
 come back in order and every draw is seeded per (day, strategy, user), so the feeds are the same
 whatever the number of processes.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from collections.abc import Iterator, Sequence
 
 import faiss
@@ -45,15 +50,19 @@ def feeds_in_blocks(ctx: ServingContext, groups: Sequence[Group], processes: int
     global _context
     _context = ctx
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_setup) as pool:
             log.info("feeds: %d blocks in %d worker processes", len(jobs), workers)
             for (label, _, users), feeds in zip(jobs, pool.imap(_run, jobs)):
                 yield label, users, feeds
+            pool.close()
+            pool.join()
     finally:
         _context = None
 
 
-def _one_thread() -> None:
+def _worker_setup() -> None:
+    """A worker: the default SIGTERM action (module docstring), one thread."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     threadpool_limits(1)
