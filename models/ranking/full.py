@@ -11,8 +11,8 @@ the user's attended history and the candidate directly, which the concatenation 
 learn; and, with `match_counts`, log(1 + the number of sequence entries sharing each item column with
 the candidate): the softmax attention pools a weighted mean, which keeps what the history is like but
 loses how much of it matches, the strongest click signal of a user's category interest, see
-docs/METHODS.md "Full ranker (MMoE + DIN)") feeds `experts` expert MLPs; head k mixes them with its own softmax gate over x and maps the mixture
-through its tower to a logit. Row 0 of every table is the unknown / padding row: zero, never
+docs/METHODS.md "Full ranker (MMoE + DIN)") feeds `experts` expert MLPs; head k mixes them with its own
+softmax gate over x and maps the mixture through its tower to a logit. Row 0 of every table is the unknown / padding row: zero, never
 trained.
 """
 

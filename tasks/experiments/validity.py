@@ -175,13 +175,13 @@ def truth_beside_readout(cfg: PlatformConfig, experiment: ExperimentConfig, read
     if dau.empty or end is None or not (cfg.ground_truth_dir / "user_days").is_dir():
         return pd.DataFrame()
     truth = true_dau(cfg, experiment, end)
-    control = truth[experiment.control]
+    control, arm = truth[experiment.control], dau.arm.map(truth).to_numpy()
     return pd.DataFrame({
         "arm": dau.arm.to_numpy(),
         "true_control": control,
-        "true_arm": dau.arm.map(truth).to_numpy(),
-        "true_diff": (dau.arm.map(truth) - control).to_numpy(),
-        "true_lift": (dau.arm.map(truth) / control - 1).to_numpy(),
+        "true_arm": arm,
+        "true_diff": arm - control,
+        "true_lift": arm / control - 1,
         "diff": dau["diff"].to_numpy(),
         "ci_low": dau.ci_low.to_numpy(),
         "ci_high": dau.ci_high.to_numpy(),

@@ -8,9 +8,9 @@ nothing to do with the architecture. Two protocols, both evaluated on `day` afte
 
 - `compare` ranks architectures: the current architecture (ranking.full) and a candidate (the
   current one with `candidate` overrides of embedding_dim, experts, expert_hidden, tower_hidden,
-  interaction, match_counts, sequence_length) trained from the same start: dense layers random from the same seed (identical
-  wherever the shapes agree, whatever the vocabulary sizes), embeddings random from the same seed
-  (`embeddings="random"`, vocabularies over the window as a cold start builds them) or reused from
+  interaction, match_counts, sequence_length) trained from the same start: dense layers random from
+  the same seed (identical wherever the shapes agree, whatever the vocabulary sizes), embeddings
+  random from the same seed (`embeddings="random"`, vocabularies over the window as a cold start builds them) or reused from
   the aged model (`"reuse"`: the registry's current full_ranking version; its vocabularies
   extended by the window's new ids, its rows copied where the embedding width matches, new rows
   random). The winner is the arm with the higher mean AUC on `day`. The aged model's own AUC is
