@@ -319,20 +319,26 @@ def _cmd_fault_drill(cfg: PlatformConfig, args: argparse.Namespace) -> int:
 def _cmd_special_groups(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     """Fit the residual model and the calibrator on the days before --day, on the scores of the
     full ranker trained before those days (predictions it never trained on, as served), and print
-    calibration error, calibration ratio and AUC per head and segment on --day, before and after."""
+    calibration error, calibration ratio and AUC per head and segment on --day, before and after;
+    each small model becomes current only if it lowers the log loss on --day beyond noise."""
     from tasks.ranking import special_groups as sg
     from tasks.ranking.distillation import scorer_for
 
     s = cfg.ranking.special_groups
     last = args.day - dt.timedelta(days=1)
     full = scorer_for(cfg, args.day - dt.timedelta(days=s.days))
-    residual = sg.train_residual(cfg, last, full, make_current=True)
-    calibrator = sg.train_calibrator(cfg, last, full, make_current=True)
-    rows = sg.evaluate(cfg, args.day, full, residual, calibrator)
+    residual = sg.train_residual(cfg, last, full)
+    calibrator = sg.train_calibrator(cfg, last, full)
+    scored = sg.score_full(cfg, full, args.day, args.day)
+    rows = sg.evaluate(cfg, args.day, full, residual, calibrator, scored=scored)
     sg.write_eval(cfg, rows)
     wide = rows.pivot_table(index=["segment", "head"], columns="model", values=["ece", "ratio", "auc"])
     print(f"special groups on {args.day} (full ranker {full.name}; small models trained on the {s.days} days before):")
     print(wide.round(4).to_string())
+    print(f"kept only where the log loss on {args.day} drops beyond noise (paired bootstrap over users):")
+    for v in (sg.keep_if_better(cfg, small, scored) for small in (residual, calibrator)):
+        print(f"  {v.model} {v.version}: log loss {v.loss_full:.5f} -> {v.loss_model:.5f} over {v.n_users} users, "
+              f"difference CI [{v.low:+.5f}, {v.high:+.5f}]: {'kept (current)' if v.keep else 'not kept'}")
     return 0
 
 

@@ -15,6 +15,7 @@ calibrator's ECE on its segment not being worse than the full ranker's by more t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -27,6 +28,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from sklearn.metrics import log_loss
 from sklearn.preprocessing import FunctionTransformer
 
 from models.ranking.features import MAX_AGE_BUCKET, POSITION_EDGES
@@ -39,6 +41,7 @@ from models.ranking.special_groups import (
     load_residual,
     residual_inputs,
     save_gbdt,
+    save_residual,
 )
 from tasks.core import artifacts, registry
 from tasks.core.config import RANKING_HEADS, PlatformConfig, load_config
@@ -57,6 +60,8 @@ from tasks.ranking.special_groups import (
     apply_residual,
     evaluate,
     expected_calibration_error,
+    judge,
+    keep_if_better,
     score_full,
     settings_of,
     sigmoid,
@@ -281,6 +286,54 @@ def test_the_eval_table_holds_a_days_rows_replaced(special) -> None:
     assert stored[["head", "segment", "model", "n", "positives"]].values.tolist() == \
         expected[["head", "segment", "model", "n", "positives"]].values.tolist()
     assert np.allclose(stored.ece, expected.ece, equal_nan=True)
+
+
+
+def test_a_small_model_becomes_current_only_where_it_lowers_the_held_out_log_loss(special, record_property,
+                                                                                    tmp_path: Path) -> None:
+    """The judgement's losses are scikit-learn's log loss over the model's segments and heads on the
+    held-out day; the CI holds the difference and decides; a planted residual (+3 on every logit of
+    its heads) is not kept and leaves the current version as it was; one that undoes a planted
+    shift of the full ranker is kept."""
+    cfg, runs = special
+    day, run = _day(cfg, 12), runs["held_out"]
+    scored = score_full(cfg, run.full, day, day)
+    full = sigmoid(scored.full_logits)
+    cases = [(run.residual, ["new_users", "low_activity"], sigmoid(apply_residual(run.residual, scored))),
+             (run.calibrator, ["female_18_24"], apply_calibrator(run.calibrator, scored))]
+    for small, segments, pred in cases:
+        verdict = judge(cfg, small, scored)
+        members = np.isin(scored.exposures.user_id, list(_members(cfg, day, segments)))
+        heads = [RANKING_HEADS.index(h) for h in small.meta["heads"]]
+        y = scored.exposures.labels[members][:, heads].ravel()
+        record_property(small.meta["model"], str(verdict))
+        assert verdict.n_users == len(np.unique(scored.exposures.user_id[members]))
+        assert verdict.n == y.size
+        assert verdict.loss_full == pytest.approx(log_loss(y, full[members][:, heads].ravel(), labels=[0, 1]), rel=1e-4)
+        assert verdict.loss_model == pytest.approx(log_loss(y, pred[members][:, heads].ravel(), labels=[0, 1]), rel=1e-4)
+        assert verdict.low <= verdict.loss_model - verdict.loss_full <= verdict.high
+        assert verdict.keep == (verdict.high < 0)
+    store = tmp_path / RESIDUAL_MODEL
+    kept = artifacts.publish(store, lambda folder: save_residual(folder, load_residual(run.residual.path)),
+                             dict(run.residual.meta))
+    planted = load_residual(run.residual.path)
+    with torch.no_grad():
+        planted.net[-1].bias.fill_(3.0)
+    bad = artifacts.publish(store, lambda folder: save_residual(folder, planted), dict(run.residual.meta),
+                            make_current=False)
+    verdict = keep_if_better(cfg, bad, scored)
+    assert not verdict.keep and verdict.low > 0
+    assert artifacts.load(store, bad.name).meta["judgement"]["keep"] is False
+    assert artifacts.require_current(store).name == kept.name
+    # against a full ranker off by +3, a residual of -3 (and nothing else) is kept and made current
+    with torch.no_grad():
+        planted.net[-1].weight.zero_()
+        planted.net[-1].bias.fill_(-3.0)
+    fix = artifacts.publish(store, lambda folder: save_residual(folder, planted), dict(run.residual.meta),
+                            make_current=False)
+    verdict = keep_if_better(cfg, fix, dataclasses.replace(scored, full_logits=scored.full_logits + 3))
+    assert verdict.keep and verdict.high < 0
+    assert artifacts.require_current(store).name == fix.name
 
 
 # Without the simulation -------------------------------------------------------------------------

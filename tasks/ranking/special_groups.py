@@ -29,7 +29,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ from models.ranking.special_groups import (
 )
 from tasks.core import artifacts, registry
 from tasks.core.config import ALL, RANKING_HEADS, PlatformConfig, SpecialGroupsConfig
-from tasks.core.eval_metrics import auc
+from tasks.core.eval_metrics import auc, bootstrap_ci
 from tasks.core.warehouse import replace_rows
 from tasks.ranking.data import load_exposures, user_segments
 from tasks.ranking.full import load_sources
@@ -335,23 +335,28 @@ def _row(day: dt.date, head: str, segment: str, model: str, labels: np.ndarray, 
             "auc": auc(labels, pred), "n": n, "positives": positives}
 
 
+def _corrected(small: artifacts.Version, scored: Scored) -> tuple[str, np.ndarray, list[str], list[str]]:
+    """(model label, (n, len(RANKING_HEADS)) probabilities, its heads, its segments) of a residual
+    model's or a calibrator's version on `scored`."""
+    if small.meta["model"] == RESIDUAL_MODEL:
+        return RESIDUAL, sigmoid(apply_residual(small, scored)), small.meta["heads"], list(small.meta["segments"])
+    return CALIBRATED, apply_calibrator(small, scored), small.meta["heads"], [small.meta["segment"]]
+
+
 def evaluate(cfg: PlatformConfig, day: dt.date, full_version: artifacts.Version, residual: artifacts.Version | None,
-             calibrator: artifacts.Version | None, settings: SpecialGroupsConfig | None = None) -> pd.DataFrame:
-    """Rows (COLUMNS) for the exposures of `day`: model 'full' for every head on 'all', each
-    residual segment and the calibrated segment; 'full+residual' on its heads, for 'all' and each
-    of its segments; 'full+calibrator' on its heads, for 'all' and its segment."""
+             calibrator: artifacts.Version | None, settings: SpecialGroupsConfig | None = None,
+             scored: Scored | None = None) -> pd.DataFrame:
+    """Rows (COLUMNS) for the exposures of `day` (`scored`: score_full of that day, when already
+    computed): model 'full' for every head on 'all', each residual segment and the calibrated
+    segment; 'full+residual' on its heads, for 'all' and each of its segments; 'full+calibrator' on
+    its heads, for 'all' and its segment."""
     s = settings or settings_of(cfg)
-    scored = score_full(cfg, full_version, day, day)
+    scored = scored or score_full(cfg, full_version, day, day)
     labels, everyone = scored.exposures.labels, np.ones(len(scored.exposures), bool)
     variants = [(FULL, sigmoid(scored.full_logits), list(RANKING_HEADS),
                  [*(residual.meta["segments"] if residual else s.residual_segments),
                   calibrator.meta["segment"] if calibrator else s.calibrated_segment])]
-    if residual is not None:
-        variants.append((RESIDUAL, sigmoid(apply_residual(residual, scored)), residual.meta["heads"],
-                         list(residual.meta["segments"])))
-    if calibrator is not None:
-        variants.append((CALIBRATED, apply_calibrator(calibrator, scored), calibrator.meta["heads"],
-                         [calibrator.meta["segment"]]))
+    variants += [_corrected(small, scored) for small in (residual, calibrator) if small is not None]
     rows = []
     for model, pred, heads, segments in variants:
         for head in heads:
@@ -360,6 +365,60 @@ def evaluate(cfg: PlatformConfig, day: dt.date, full_version: artifacts.Version,
                 mask = everyone if segment == ALL else scored.members([segment])
                 rows.append(_row(day, head, segment, model, labels[mask, h], pred[mask, h], s.ece_bins))
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A small model against the full ranker alone on a held-out day, over its segments' exposures
+    and its heads: mean log loss of each, the paired difference's CI over users, the decision."""
+
+    model: str  # the registry model (residual_new_low, calibrator_<segment>)
+    version: str
+    n_users: int
+    n: int  # (exposure, head) cells judged
+    loss_full: float
+    loss_model: float
+    low: float  # CI of loss_model - loss_full
+    high: float
+    keep: bool  # high < 0: the model lowers the log loss beyond day-to-day noise
+
+
+def _log_loss(labels: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+
+
+def judge(cfg: PlatformConfig, small: artifacts.Version, scored: Scored) -> Judgement:
+    """Whether `small` (a residual model's or a calibrator's version) beats the full ranker on the
+    held-out exposures in `scored`: the mean log loss over its segments' rows and its heads, with
+    and without it; kept only if the upper end of the paired percentile bootstrap CI over users
+    (evaluation.gate_bootstrap resamples, two-sided 1 - gate_alpha) of the difference is below 0."""
+    e = cfg.evaluation
+    _, pred, heads, segments = _corrected(small, scored)
+    rows = scored.members(segments)
+    cols = [RANKING_HEADS.index(h) for h in heads]
+    labels = scored.exposures.labels[rows][:, cols].astype(np.float64)
+    full = _log_loss(labels, sigmoid(scored.full_logits[rows][:, cols])).sum(axis=1)
+    model = _log_loss(labels, pred[rows][:, cols]).sum(axis=1)
+    if not len(full):
+        raise ValueError(f"special_groups: no exposures of {segments} to judge {small.meta['model']} on")
+    per_user = pd.DataFrame({"user": scored.exposures.user_id[rows], "diff": model - full, "cells": len(cols)}
+                            ).groupby("user")[["diff", "cells"]].sum().to_numpy(np.float64)
+    low, high = bootstrap_ci(per_user, e.gate_bootstrap, e.gate_alpha, e.gate_seed,
+                             statistic=lambda means: means[:, 0] / means[:, 1])
+    cells = full.size * len(cols)
+    return Judgement(small.meta["model"], small.name, len(per_user), int(cells), float(full.sum() / cells),
+                     float(model.sum() / cells), float(low), float(high), bool(high < 0))
+
+
+def keep_if_better(cfg: PlatformConfig, small: artifacts.Version, scored: Scored) -> Judgement:
+    """`judge`, its result in the version's meta (`judgement`), and the version made current only
+    if kept (a rejected one leaves the store's current version as it was)."""
+    verdict = judge(cfg, small, scored)
+    artifacts.annotate(small.store, small.name, {"judgement": asdict(verdict)})
+    if verdict.keep:
+        artifacts.switch(small.store, small.name)
+    return verdict
 
 
 def write_eval(cfg: PlatformConfig, frame: pd.DataFrame) -> None:
