@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,8 +176,8 @@ def test_the_nightly_dag_publishes_to_the_store_and_a_fresh_process_serves_from_
 
     fresh = tmp_path / "cache-server"
     env = {**os.environ, "RECPIPE_CACHE_DIR": str(fresh)}
-    out = subprocess.run(["recpipe", "recommend", "--user", "3", "--day", str(day)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([str(Path(sys.executable).parent / "recpipe"), "recommend", "--user", "3", "--day", str(day)],
+                         check=False, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "two_tower" in out.stdout and "served without" not in out.stdout
     copied = {p.parent.name for p in fresh.rglob("meta.json")}
