@@ -22,8 +22,8 @@ import operator
 from airflow.sdk import dag, task
 
 from tasks.core.config import get_config
+from tasks.core.registry import ann_task_id
 from tasks.orchestration.wiring import ANN_INDEXES, dag_kwargs, model_asset, pool_asset, writer_task_kwargs
-from tasks.retrieval import ann_refresh
 
 cfg = get_config()
 triggers = [pool_asset(p.name) for p in cfg.pools] + [model_asset(m) for m in cfg.ann.vector_models]
@@ -40,8 +40,10 @@ def ann_refresh_dag() -> None:
     for model in cfg.ann.vector_models:
         for pool in cfg.pools:
 
-            @task(task_id=ann_refresh.task_id(model, pool.name), outlets=[ANN_INDEXES], **writer_task_kwargs(cfg))
+            @task(task_id=ann_task_id(model, pool.name), outlets=[ANN_INDEXES], **writer_task_kwargs(cfg))
             def index(model: str = model, pool: str = pool.name, outlet_events=None) -> dict:
+                from tasks.retrieval import ann_refresh
+
                 outcome = ann_refresh.refresh_or_fail(cfg, model, pool)
                 outlet_events[ANN_INDEXES].extra = outcome
                 return outcome

@@ -29,9 +29,8 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
-from tasks.core.config import get_config
+from tasks.core.config import ARCHITECTURE_KEYS, EMBEDDINGS, EMBEDDINGS_DEFAULT, PROTOCOLS, get_config
 from tasks.orchestration.wiring import dag_kwargs, writer_task_kwargs
-from tasks.ranking import aged_protocols as ac
 
 cfg = get_config()
 
@@ -45,22 +44,26 @@ cfg = get_config()
         "day": Param(None, type=["null", "string"], format="date", description="evaluation day (required)"),
         "days": Param(cfg.ranking.architecture_comparison.days, type="integer", minimum=1,
                       description="training days before `day` (n)"),
-        "embeddings": Param(ac.EMBEDDINGS_DEFAULT, type="string", enum=list(ac.EMBEDDINGS),
+        "embeddings": Param(EMBEDDINGS_DEFAULT, type="string", enum=list(EMBEDDINGS),
                             description="compare: reuse the aged model's embeddings, or random"),
-        "candidate": Param({}, type="object", description=f"overrides of {', '.join(ac.ARCHITECTURE_KEYS)}"),
-        "protocol": Param("compare", type="string", enum=list(ac.PROTOCOLS)),
+        "candidate": Param({}, type="object", description=f"overrides of {', '.join(ARCHITECTURE_KEYS)}"),
+        "protocol": Param("compare", type="string", enum=list(PROTOCOLS)),
     },
     **dag_kwargs(cfg, schedule=None, tags=["ranking", "experiment"]),
 )
 def architecture_comparison_dag() -> None:
     @task(**writer_task_kwargs(cfg))  # dbt writes ranking_exposures
     def prepare(params=None) -> dict:
+        from tasks.ranking import aged_protocols as ac
+
         settings = ac.resolve_params(cfg, params)
         built = ac.ensure_exposures(cfg, dt.date.fromisoformat(settings["day"]), settings["days"])
         return {**settings, "exposures_built": built}
 
     @task(**writer_task_kwargs(cfg))  # writes the architecture_comparison table
     def run(settings: dict) -> dict:
+        from tasks.ranking import aged_protocols as ac
+
         return ac.run(cfg, settings)
 
     run(prepare())

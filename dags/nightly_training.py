@@ -27,6 +27,8 @@ emit recpipe_model_<name> when published.
 The run ends by rewriting the report; a failed gate fails the run (watcher task). Logic:
 tasks/retrieval/nightly.py, tasks/ranking/nightly.py.
 `recpipe train --day D` runs it from the command line.
+The task modules are imported inside the tasks: they load torch and faiss, which would make every
+parse of this file slow (docs/METHODS.md "DAGs and Assets").
 """
 
 from __future__ import annotations
@@ -46,8 +48,6 @@ from tasks.orchestration.wiring import (
     resolve_days_task,
     writer_task_kwargs,
 )
-from tasks.ranking import nightly as nightly_ranking
-from tasks.retrieval import nightly as nightly_training
 
 cfg = get_config()
 
@@ -63,19 +63,23 @@ def _model_tasks(model: str, days) -> object:
 
         @task(**writer_task_kwargs(cfg))
         def train(days: dict[str, str]) -> str:
+            from tasks.retrieval import nightly as nightly_training
             return nightly_training.train_candidate(cfg, model, ds(days))
 
         @task(**writer_task_kwargs(cfg))
         def evaluate(candidate: str, days: dict[str, str]) -> dict:
+            from tasks.retrieval import nightly as nightly_training
             return nightly_training.evaluate_candidate(cfg, model, candidate, ds(days))
 
         @task(**writer_task_kwargs(cfg))
         def gate(candidate: str, days: dict[str, str]) -> str:
+            from tasks.retrieval import nightly as nightly_training
             nightly_training.gate(cfg, model, candidate, ds(days))
             return candidate
 
         @task(outlets=[model_asset(model)])
         def publish(candidate: str, outlet_events=None) -> dict:
+            from tasks.retrieval import nightly as nightly_training
             published = nightly_training.publish(cfg, model, candidate)
             outlet_events[model_asset(model)].extra = published
             return published
@@ -95,32 +99,39 @@ def _ranking_tasks(days) -> list:
 
         @task
         def exposure_days(days: dict[str, str]) -> dict[str, str]:
+            from tasks.ranking import nightly as nightly_ranking
             return nightly_ranking.exposure_days(cfg, ds(days))
 
         @task(**writer_task_kwargs(cfg))
         def prepare(window: dict[str, str], days: dict[str, str]) -> dict:
+            from tasks.ranking import nightly as nightly_ranking
             return {"exposures_from": window["ds_from"], **nightly_ranking.ensure_full_ranker(cfg, ds(days))}
 
         @task(**writer_task_kwargs(cfg))
         def score(_: dict, days: dict[str, str]) -> dict:
+            from tasks.ranking import nightly as nightly_ranking
             return nightly_ranking.score(cfg, ds(days))
 
         @task(**writer_task_kwargs(cfg))
         def evaluate_full(_: dict, days: dict[str, str]) -> dict:
+            from tasks.ranking import nightly as nightly_ranking
             return nightly_ranking.evaluate_full(cfg, ds(days))
 
         @task(**writer_task_kwargs(cfg))
         def gate(_: dict, days: dict[str, str]) -> dict:
+            from tasks.ranking import nightly as nightly_ranking
             return nightly_ranking.gate(cfg, ds(days))
 
         @task(trigger_rule="all_done", outlets=[model_asset("preranking")], **writer_task_kwargs(cfg))
         def train_preranking(days: dict[str, str], outlet_events=None) -> dict:
+            from tasks.ranking import nightly as nightly_ranking
             trained = nightly_ranking.train_preranking(cfg, ds(days))
             outlet_events[model_asset("preranking")].extra = trained
             return trained
 
         @task(outlets=[model_asset("full_ranking")], **writer_task_kwargs(cfg))
         def train_full(days: dict[str, str], outlet_events=None) -> dict:
+            from tasks.ranking import nightly as nightly_ranking
             trained = nightly_ranking.train_full(cfg, ds(days))
             outlet_events[model_asset("full_ranking")].extra = trained
             return trained

@@ -5,6 +5,8 @@ dbt models as tasks of a Cosmos task group)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +54,37 @@ def test_dag_file_imports_fast_and_clean(path: Path) -> None:
     assert bag.dags, f"{path.name} defines no DAG"
     # Far below Airflow's dagbag_import_timeout (30 s): parsing must do no data work.
     assert elapsed < 10, f"{path.name} took {elapsed:.1f}s to parse"
+
+
+# Libraries only a task's body may load: in a DAG file's imports they cost every parse seconds (10 s
+# for nightly_training on a quiet 2-core machine, past Airflow's 30 s dagbag_import_timeout under load).
+TASK_ONLY_LIBRARIES = ("torch", "faiss", "sklearn", "scipy.sparse")
+
+
+PARSE_PROBE = """
+import json, sys
+import airflow.sdk
+from airflow.dag_processing.dagbag import DagBag
+libraries, out = sys.argv[1].split(","), {}
+for path in sys.argv[2:]:
+    before = {m for m in libraries if m in sys.modules}
+    bag = DagBag(dag_folder=path)
+    out[path] = [bool(bag.import_errors), sorted({m for m in libraries if m in sys.modules} - before)]
+print(json.dumps(out))
+"""
+
+
+def test_parsing_the_dag_files_loads_no_model_library() -> None:
+    """A fresh interpreter parses the files one after another as the dag-processor does (Airflow
+    already imported) and names the first file that loaded each library."""
+    out = subprocess.run([sys.executable, "-c", PARSE_PROBE, ",".join(TASK_ONLY_LIBRARIES), *map(str, DAG_FILES)], capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted(parsed) == sorted(map(str, DAG_FILES))
+    assert not [p for p, (errors, _) in parsed.items() if errors]
+    loaded = {Path(p).name: libraries for p, (_, libraries) in parsed.items() if libraries}
+    assert loaded == {}, f"loaded at parse time (import them inside the task): {loaded}"
 
 
 def test_no_dag_file_is_named_like_a_dbt_plugin() -> None:

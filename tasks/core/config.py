@@ -451,6 +451,14 @@ class SpecialGroupsConfig(_Strict):
     seed: int = 7
 
 
+# The aged-model protocols' run settings (tasks/ranking/aged_protocols.py, the architecture_comparison DAG's params)
+PROTOCOLS = ("compare", "catch_up")
+EMBEDDINGS = ("reuse", "random")
+EMBEDDINGS_DEFAULT = "reuse"
+ARCHITECTURE_KEYS = ("embedding_dim", "experts", "expert_hidden", "tower_hidden", "interaction", "match_counts",
+                     "sequence_length")  # the full ranker's settings a candidate may override
+
+
 class ArchitectureComparisonConfig(_Strict):
     """The aged-model protocols of the full ranker (docs/METHODS.md "Aged-model protocols", the architecture_comparison DAG):
     defaults of a run."""

@@ -23,6 +23,12 @@ def feed_store(cfg: PlatformConfig) -> Location:
     return cfg.artifacts_dir / "feeds"
 
 
+def ann_task_id(model: str, pool: str) -> str:
+    """The ann_refresh task (and alert source) of one (vector model, pool) index, e.g.
+    index_two_tower__pool_30d."""
+    return f"index_{model}__{pool}"
+
+
 def registered_models(cfg: PlatformConfig) -> list[str]:
     """Models with at least one version."""
     root = cfg.artifacts_dir / "models"

@@ -54,7 +54,15 @@ from models.common.vocab import KINDS, Vocab
 from models.ranking.features import RankingFeatures, ranking_features
 from models.ranking.full import Architecture, FullRanking, load_model, predict_proba, save_model
 from tasks.core import artifacts, registry
-from tasks.core.config import RANKING_HEADS, FullRankingConfig, PlatformConfig
+from tasks.core.config import (
+    ARCHITECTURE_KEYS,
+    EMBEDDINGS,
+    EMBEDDINGS_DEFAULT,
+    PROTOCOLS,
+    RANKING_HEADS,
+    FullRankingConfig,
+    PlatformConfig,
+)
 from tasks.core.eval_metrics import auc
 from tasks.core.storage import Location
 from tasks.core.warehouse import replace_rows
@@ -67,12 +75,7 @@ from tasks.retrieval.data import connect_read
 log = logging.getLogger(__name__)
 
 TABLE = "architecture_comparison"
-PROTOCOLS = ("compare", "catch_up")
-EMBEDDINGS = ("reuse", "random")
-ARCHITECTURE_KEYS = ("embedding_dim", "experts", "expert_hidden", "tower_hidden", "interaction", "match_counts",
-                     "sequence_length")
 FUSION = "fusion"  # the head name of the fusion score's row
-EMBEDDINGS_DEFAULT = "reuse"
 COLUMNS = ("day", "protocol", "arm", "head", "auc", "n", "positives", "days", "embeddings", "candidate_overrides",
            "architecture", "embeddings_reused", "version", "aged_version")
 

@@ -72,11 +72,6 @@ class Vectors:
     user_vectors: np.ndarray
 
 
-def task_id(model: str, pool: str) -> str:
-    """The Airflow task (and alert source) of one index, e.g. index_two_tower__pool_30d."""
-    return f"index_{model}__{pool}"
-
-
 def index_store(cfg: PlatformConfig, model: str, pool: str) -> Location:
     return cfg.artifacts_dir / "ann" / model / pool
 
@@ -158,7 +153,7 @@ def _alert_low_recall(cfg: PlatformConfig, meta: dict[str, Any], previous: str |
                 f"ANN index {meta['model']} x {meta['pool']}: recall@{meta['recall_k']} {meta['recall']:.4f} "
                 f"< {ann.min_recall}, not published; the previous index stays current"
             ),
-            source=f"ann_refresh.{task_id(meta['model'], meta['pool'])}",
+            source=f"ann_refresh.{registry.ann_task_id(meta['model'], meta['pool'])}",
             details={**{k: meta[k] for k in ("model", "pool", "recall", "recall_k", "kind", "n_items",
                                               "pool_version", "model_version")},
                      "min_recall": ann.min_recall, "queries": meta["queries"], "previous_index": previous},
