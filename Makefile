@@ -43,8 +43,8 @@ system-deps:  ## PostgreSQL, Redis, Chromium and Java for the deployment, Celery
 demo: $(STAMP)  ## the closed loop (config/demo.yaml): organic warm-up, then 2 days served by the recommendation path to an experiment's arms; its readout
 	$(BIN)/recpipe --config config/demo.yaml demo
 
-test: $(STAMP) system-deps  ## the whole test suite
-	$(BIN)/python -m pytest
+test: $(STAMP) system-deps  ## the whole test suite, whole modules on two workers (pytest -n 2; `.venv/bin/pytest` alone runs serially)
+	$(BIN)/python -m pytest -n 2
 
 airflow: $(STAMP)  ## the Airflow UI on http://localhost:8080 (login: see the printed password file)
 	$(BIN)/recpipe airflow-setup

@@ -30,7 +30,7 @@ SMALL_SIMULATOR = {"users": 400, "items": 300, "days": 3}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The modules with a test marked slow first (in file order), then the rest: a parallel run
-    (`pytest -n 2`, pyproject.toml addopts) hands each worker a whole module at a time, in this
+    (`make test`: `pytest -n 2`, with pyproject.toml's addopts) hands each worker a whole module at a time, in this
     order, so the long Airflow and simulation modules start at once and the short ones fill in."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)
