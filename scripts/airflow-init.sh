@@ -14,9 +14,9 @@ set -euo pipefail
 
 recpipe airflow-setup
 airflow users create \
-  --username "${AIRFLOW_ADMIN_USERNAME}" \
-  --password "${AIRFLOW_ADMIN_PASSWORD}" \
-  --email "${AIRFLOW_ADMIN_EMAIL}" \
+  --username="${AIRFLOW_ADMIN_USERNAME}" \
+  --password="${AIRFLOW_ADMIN_PASSWORD}" \
+  --email="${AIRFLOW_ADMIN_EMAIL}" \
   --role Admin \
   --firstname recpipe \
   --lastname admin

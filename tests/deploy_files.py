@@ -163,5 +163,6 @@ def filled_dotenv(db_user: str, db_password: str, database: str) -> dict[str, st
         "AIRFLOW_API_SECRET_KEY": secrets.token_hex(32),
         "AIRFLOW_ADMIN_USERNAME": "team-admin",
         "AIRFLOW_ADMIN_EMAIL": "team-admin@example.com",
-        "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+        # a leading dash, as 1 in 64 of token_urlsafe's have: airflow-init must pass it as --password=...
+        "AIRFLOW_ADMIN_PASSWORD": "-" + secrets.token_urlsafe(18),
     }
