@@ -12,7 +12,10 @@ simulated day is split into simulation and serving (`tasks.experiments.policy.se
 feed step: context load and every user's feed, timed by wrapping it), then the validation into the
 lake and the warehouse publication; every other DAG of the day through Airflow in this process
 (`run_dag_for_days`, as `recpipe experiment run`). One line per step with its seconds; the logs
-go to <data-dir>/bench.log. No timing asserts; not a test.
+go to <data-dir>/bench.log. --funnel-scale s serves every strategy with its quotas and pre-ranking
+counts times s (benchmarks/bench_funnel_size.py measures what that costs in true clicks);
+--warm-copy DIR keeps the data folder after the warm-up and restores it on later runs, so a change
+to the day's steps is measured without the warm-up. No timing asserts; not a test.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tasks.core.config import REPO_ROOT, PlatformConfig, get_config
+from tasks.core.config import REPO_ROOT, PlatformConfig, get_config, load_config
 from tasks.core.console import logs_to_file
 from tasks.experiments import policy
 from tasks.experiments.assignment import publish_assignments
@@ -42,15 +45,21 @@ TARGET_DAY_S = 300.0
 TARGET_FEEDS_PER_S = 500.0
 
 
-def write_config(data_dir: Path, users: int, items: int, processes: int) -> Path:
+def write_config(data_dir: Path, users: int, items: int, processes: int, funnel_scale: float) -> Path:
     """config/demo.yaml (the closed loop) with its data in `data_dir`, the simulator at the given
-    size and the feeds in `processes` worker processes."""
+    size, the feeds in `processes` worker processes and every strategy's funnel times
+    `funnel_scale` (StrategyConfig.scaled)."""
     path = data_dir / "bench.yaml"
+    serving: dict[str, Any] = {"processes": processes}
+    if funnel_scale != 1:
+        strategies = load_config(REPO_ROOT / "config" / "demo.yaml").serving.strategies
+        serving["strategies"] = {name: s.scaled(funnel_scale).model_dump(mode="json")
+                                 for name, s in strategies.items()}
     path.write_text(yaml.safe_dump({
         "extends": str(REPO_ROOT / "config" / "demo.yaml"),
         "paths": {"data_root": str(data_dir)},
         "simulator": {"users": users, "items": items},
-        "serving": {"processes": processes},
+        "serving": serving,
     }))
     return path
 
@@ -109,11 +118,19 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "bench-data" / "closed_loop_day")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="serving.processes of the feed step")
+    parser.add_argument("--funnel-scale", type=float, default=1.0,
+                        help="every strategy's quotas and pre-ranking counts times this (1: 5,000 -> 500 -> 50)")
+    parser.add_argument("--warm-copy", type=Path, default=None,
+                        help="a copy of the data folder after the warm-up: made if absent, else restored instead of "
+                             "running the warm-up again (same --users, --items and --data-dir)")
     args = parser.parse_args()
     data_dir = args.data_dir.resolve()
     shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
-    os.environ["RECPIPE_CONFIG"] = str(write_config(data_dir, args.users, args.items, args.processes))
+    warm = args.warm_copy.resolve() if args.warm_copy else None
+    if warm and warm.exists():
+        shutil.copytree(warm, data_dir, symlinks=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["RECPIPE_CONFIG"] = str(write_config(data_dir, args.users, args.items, args.processes, args.funnel_scale))
     os.environ["AIRFLOW_HOME"] = str(data_dir / ".airflow")  # before setup_metadata imports airflow
     cfg = get_config()  # as the DAGs read it
     day = first_served_day(cfg)
@@ -122,9 +139,14 @@ def main() -> None:
     with logs_to_file(data_dir / "bench.log") as terminal:
         t0 = time.perf_counter()
         setup_metadata(cfg)
-        run_loop(cfg, day - dt.timedelta(days=1), lambda dag_id, d, conf: run_dag_for_days(dag_id, [d], conf=conf),
-                 (DagRunFailed,), terminal)
-        terminal.write(f"warm-up (setup, not the day): {time.perf_counter() - t0:,.0f} s\n")
+        if warm and warm.exists():
+            terminal.write(f"warm-up restored from {warm}\n")
+        else:
+            run_loop(cfg, day - dt.timedelta(days=1),
+                     lambda dag_id, d, conf: run_dag_for_days(dag_id, [d], conf=conf), (DagRunFailed,), terminal)
+            terminal.write(f"warm-up (setup, not the day): {time.perf_counter() - t0:,.0f} s\n")
+            if warm:
+                shutil.copytree(data_dir, warm, symlinks=True)
         steps = served_day(cfg, day, terminal)
     total = sum(seconds for _, seconds in steps)
     print(f"served day {day}: {total:,.1f} s in all; / target {TARGET_DAY_S:.0f} s = {total / TARGET_DAY_S:.2f}x "

@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 import torch
 from threadpoolctl import threadpool_limits
 
-from tasks.core.config import StrategyConfig, load_config
+from tasks.core.config import load_config
 from tasks.core.eval_metrics import bootstrap_ci
 from tasks.serving.blocks import BLOCK_USERS
 from tasks.serving.context import load_context
@@ -39,25 +39,6 @@ from tasks.simulator.behaviour import affinity, click_probability
 from tasks.simulator.state import latest_state_before
 
 TOP = (6, 20)
-
-
-def scaled(s: StrategyConfig, factor: float) -> StrategyConfig:
-    """`s` with every channel and segment quota and the pre-ranking counts times `factor` (rounded;
-    each segment's largest quota takes the rounding, so its quotas still sum to total_quota)."""
-    raw = s.model_dump()
-    quotas = {name: round(c["quota"] * factor) for name, c in raw["channels"].items()}
-    for name, q in quotas.items():
-        raw["channels"][name]["quota"] = q
-    raw["total_quota"] = sum(quotas.values())
-    for segment, overrides in raw["segment_quotas"].items():
-        new = {name: round(q * factor) for name, q in overrides.items()}
-        if new:
-            largest = max(new, key=new.get)
-            new[largest] += raw["total_quota"] - sum(new.get(name, q) for name, q in quotas.items())
-        raw["segment_quotas"][segment] = new
-    raw["preranking"]["interest"] = max(1, round(raw["preranking"]["interest"] * factor))
-    raw["preranking"]["diverse"] = round(raw["preranking"]["diverse"] * factor)
-    return StrategyConfig.model_validate(raw)
 
 
 def active_users(cfg, day: dt.date, n: int, seed: int) -> np.ndarray:
@@ -106,7 +87,7 @@ def main() -> None:
     results, truth = [], {}
     with threadpool_limits(1):
         for factor in (float(x) for x in args.scales.split(",")):
-            s = scaled(base, factor)
+            s = base.scaled(factor)
             seconds: dict[str, float] = {}
             parts = []
             start = time.perf_counter()

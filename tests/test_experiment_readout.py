@@ -19,7 +19,8 @@ from tasks.core.warehouse import connect_writer
 from tasks.experiments.readout import READOUT_COLUMNS, check_sample_ratio, readout_table
 from tasks.ops.alerts import read_alerts
 from tasks.reports.experiments import experiments_section
-from tasks.reports.fragments import CHART, embedded_specs
+from tasks.reports.fragments import embedded_specs
+from tests.charts import assert_valid_charts
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -319,7 +320,7 @@ def test_guardrails(world) -> None:
 
 def test_report_section(world, tmp_path) -> None:
     html = experiments_section(world["cfg"])
-    assert 'id="experiments"' in html and "exact" in html and CHART in html
+    assert 'id="experiments"' in html and "exact" in html and assert_valid_charts(html)
     exact = readout_table(world["cfg"], "exact")
     forest = embedded_specs(html[html.index("<h3>exact"):])[0]  # the forest plot: plain and CUPED per metric x arm
     plain = {(v["panel"], v["row"], f): v[f] for v in forest["data"]["values"] if v["estimator"] == "plain"

@@ -20,10 +20,11 @@ from tasks.core.warehouse import connect_writer, refresh_views
 from tasks.ingest.load import load_dir
 from tasks.ops.alerts import read_alerts
 from tasks.orchestration.local_airflow import run_dag_for_days, setup_metadata
-from tasks.reports.fragments import CHART, embedded_specs
+from tasks.reports.fragments import CHART
 from tasks.reports.social import social_section
 from tasks.simulator import read_ground_truth, simulate
 from tasks.social import kol
+from tests.charts import assert_valid_charts
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -179,7 +180,7 @@ def test_the_report_section_shows_the_kols(built, tmp_path) -> None:
     page = social_section(built)
     scores = _scores(built, LAST)
     best = scores.nlargest(1, "kol_score").user_id.item()
-    histogram = embedded_specs(page)
+    histogram = assert_valid_charts(page)
     assert page.count(CHART) == len(histogram) == 1 and f"<td>{best}</td>" in page
     positive = scores.kol_score[scores.kol_score > 0]  # log bins: every positive score counted once
     assert sum(b["count"] for b in histogram[0]["data"]["values"]) == len(positive)

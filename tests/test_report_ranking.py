@@ -17,6 +17,7 @@ from tasks.core.warehouse import connect_writer
 from tasks.reports.fragments import CHART, embedded_specs
 from tasks.reports.page import write_report
 from tasks.reports.ranking import ranking_section
+from tests.charts import assert_valid_charts
 
 DAYS = (dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 FAILED = 'distillation_slices: ratio of "like" between 0.5 and 2.0: 3 <b>'
@@ -161,7 +162,7 @@ def test_ranking_section(platform: PlatformConfig) -> None:
     assert {"datum": 0.70} in [layer["encoding"].get("y") for layer in drill_chart["layer"]]  # the clean AUC line
 
     page = write_report(platform).read_text()
-    assert "<h2>Ranking</h2>" in page and html.escape(FAILED) in page
+    assert "<h2>Ranking</h2>" in page and html.escape(FAILED) in page and len(assert_valid_charts(page)) >= 3
 
 
 def test_ranking_section_not_built(platform: PlatformConfig) -> None:

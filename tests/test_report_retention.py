@@ -15,6 +15,7 @@ import pytest
 from tasks.core.config import ALL
 from tasks.reports.fragments import FINAL, WINDOW_DAYS, embedded_specs
 from tasks.reports.page import CORE_PANELS, OPEN_WINDOW, render_report
+from tests.charts import assert_valid_charts
 
 LT7 = CORE_PANELS[3][3]  # the LT7 panel's title
 DAY = 86_400_000  # ms
@@ -43,7 +44,7 @@ def _marts(days: int, open_lt7: int, ctr: float = 0.1) -> dict[str, pd.DataFrame
 
 def _core_chart(marts: dict[str, pd.DataFrame]) -> tuple[dict, str]:
     page = render_report(marts, generated=dt.datetime(2026, 3, 1))
-    return embedded_specs(page)[0], page
+    return assert_valid_charts(page)[0], page
 
 
 def _points(spec: dict, panel: str) -> pd.DataFrame:

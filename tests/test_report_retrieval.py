@@ -16,6 +16,7 @@ from tasks.core.warehouse import connect_writer
 from tasks.reports.fragments import CHART, embedded_specs
 from tasks.reports.page import write_report
 from tasks.reports.retrieval import retrieval_section
+from tests.charts import assert_valid_charts
 
 DAYS = (dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 VERSION = "20240302T010000-two-tower"  # shown as its first 15 characters
@@ -129,7 +130,7 @@ def test_retrieval_section(platform: PlatformConfig) -> None:
     assert "Evaluation runs: the last 6 of 6, newest first" in section
 
     page = write_report(platform).read_text()
-    assert "<h2>Retrieval</h2>" in page and html.escape(FAILED) in page and page.count(CHART) >= 4
+    assert "<h2>Retrieval</h2>" in page and html.escape(FAILED) in page and len(assert_valid_charts(page)) >= 4
     assert page.count("window.vegaEmbed=") == 1 and "cdn.jsdelivr" not in page  # the JS inlined once: offline
 
 

@@ -45,12 +45,13 @@ def top_k_rows(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None)
     """Top-k columns of each row of a dense score matrix (best first, -1 where the score is -inf),
     after setting the excluded (user, item) cells to -inf. Ties, also at the cut: the lower column
     first (docs/METHODS.md "Offline retrieval evaluation", Top-K cut)."""
-    scores = np.array(scores, dtype=np.float64, copy=True)
+    scores = np.array(scores, dtype=np.result_type(scores, np.float32), copy=True)  # float32 stays float32
     if exclude is not None and exclude.nnz:
         r, c = exclude.nonzero()
         scores[r, c] = -np.inf
-    k_eff = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff else np.zeros((len(scores), 0), int)
+    n, k_eff = scores.shape[1], min(k, scores.shape[1])
+    part = (np.argpartition(scores, n - k_eff, axis=1)[:, n - k_eff:] if k_eff  # the k largest, in any order
+            else np.zeros((len(scores), 0), int))
     part_scores = np.take_along_axis(scores, part, axis=1)
     if k_eff:
         # argpartition keeps an arbitrary subset of the items tied with the k-th best score: where

@@ -672,6 +672,25 @@ class StrategyConfig(_Strict):
                 return self.segment_quotas[segment][channel]
         return self.channels[channel].quota
 
+    def scaled(self, factor: float) -> "StrategyConfig":
+        """This strategy with every channel and segment quota and the pre-ranking counts times
+        `factor` (rounded; each segment's largest quota takes the rounding, so its quotas still sum
+        to total_quota): the same funnel, larger or smaller."""
+        raw = self.model_dump()
+        quotas = {name: round(c["quota"] * factor) for name, c in raw["channels"].items()}
+        for name, q in quotas.items():
+            raw["channels"][name]["quota"] = q
+        raw["total_quota"] = sum(quotas.values())
+        for segment, overrides in raw["segment_quotas"].items():
+            new = {name: round(q * factor) for name, q in overrides.items()}
+            if new:
+                largest = max(new, key=new.get)
+                new[largest] += raw["total_quota"] - sum(new.get(name, q) for name, q in quotas.items())
+            raw["segment_quotas"][segment] = new
+        raw["preranking"]["interest"] = max(1, round(raw["preranking"]["interest"] * factor))
+        raw["preranking"]["diverse"] = round(raw["preranking"]["diverse"] * factor)
+        return StrategyConfig.model_validate(raw)
+
 
 def _merged(base: dict, override: dict) -> dict:
     out = dict(base)

@@ -125,10 +125,14 @@ def bootstrap_ci(per_user: np.ndarray, resamples: int, alpha: float, seed: int,
     if n == 0:
         raise ValueError("a bootstrap needs at least one user")
     rng = np.random.default_rng(seed)
-    chunk = max(1, BOOTSTRAP_CELLS // values.size)
+    chunk = max(1, BOOTSTRAP_CELLS // n)
     stats = []
     for start in range(0, resamples, chunk):
-        means = values[rng.integers(0, n, (min(chunk, resamples - start), n))].mean(axis=1)
+        draws = rng.integers(0, n, (min(chunk, resamples - start), n))
+        # each resample's mean as (how often each row was drawn) @ values / n: one count per draw,
+        # whatever the number of columns, instead of gathering every column of every drawn row
+        counts = np.bincount((draws + n * np.arange(len(draws))[:, None]).ravel(), minlength=draws.size)
+        means = counts.reshape(draws.shape).astype(np.float64) @ values / n
         stats.append(means if statistic is None else statistic(means))
     low, high = np.quantile(np.concatenate(stats), [alpha / 2, 1 - alpha / 2], axis=0)
     return low, high
@@ -137,7 +141,7 @@ def bootstrap_ci(per_user: np.ndarray, resamples: int, alpha: float, seed: int,
 def coverage_at_k(retrieved: np.ndarray, k: int, n_items: int) -> float:
     """Share of the catalogue that appears in anyone's top k."""
     top = retrieved[:, :k]
-    return float(len(np.unique(top[top >= 0])) / n_items) if n_items else float("nan")
+    return float(np.count_nonzero(np.bincount(top[top >= 0], minlength=n_items)) / n_items) if n_items else float("nan")
 
 
 def tail_items(train_item_rows: np.ndarray, n_items: int, tail_share: float) -> np.ndarray:

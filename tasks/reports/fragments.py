@@ -37,6 +37,11 @@ WIDTH = 1000  # the charts' width in pixels (the page is 1200 wide)
 FINAL = "final"
 ROWS = "rows"  # the name of a builder's top-level data until its rows are put in
 FEW_USERS = "fewer users than evaluation.min_users"  # the status of evaluation values drawn apart
+# altair checks every schema object against the Vega-Lite schema as it is built (its "debug mode"),
+# and that and the charts' own checks were half of a report's time, rewritten at the end of every DAG
+# run: off here; the tests check every chart of the pages they render (tests/charts.py).
+alt.utils.schemapi.disable_debug_mode()
+
 _DRAW = f"""
 for (const block of document.querySelectorAll('script[type="{SPEC_TYPE}"]')) {{
   const target = document.createElement("div");
@@ -151,16 +156,14 @@ def chart_scripts(content: str) -> str:
 
 def embed_chart(chart: alt.TopLevelMixin) -> str:
     """`chart` (its data inline, small) as a <div class="chart"> holding its Vega-Lite spec (JSON),
-    checked against the Vega-Lite schema, drawn by chart_scripts."""
-    return _html(chart.to_dict())
+    drawn by chart_scripts (checked against the Vega-Lite schema by the tests, see above)."""
+    return _html(chart.to_dict(validate=False))
 
 
 def _embed(chart: alt.TopLevelMixin, rows: list[dict]) -> str:
     """embed_chart of `chart`, whose top-level data is named ROWS, with `rows` put in as its values
-    after the schema check (altair would copy and check thousands of rows one by one: seconds)."""
-    spec = chart.to_dict(validate=False)
-    type(chart).validate(spec)
-    return _html({**spec, "data": {"values": rows}})
+    (altair would copy thousands of rows one by one: seconds)."""
+    return _html({**chart.to_dict(validate=False), "data": {"values": rows}})
 
 
 def _html(spec: dict) -> str:

@@ -90,10 +90,12 @@ def load_eval_data(cfg: PlatformConfig, day: dt.date, eval_days: int = 1) -> Eva
         follows, implicit = load_follows(con, day), load_implicit_follows(con, day)
     if not len(future):
         raise ValueError(f"evaluation of {day}: no clicks on the {eval_days} day(s) after it (data through {day}?)")
-    order = np.argsort(future.user_id, kind="stable")
-    users, starts = np.unique(future.user_id[order], return_index=True)
-    truth = [np.unique(t) for t in np.split(future.item[order], starts[1:])]
+    order = np.lexsort((future.item, future.user_id))  # by user, then item: each user's distinct items in one pass
+    user_of, item_of = future.user_id[order], future.item[order]
+    users, starts = np.unique(user_of, return_index=True)
     first_days = np.minimum.reduceat(future.day[order], starts)
+    distinct = np.r_[True, (user_of[1:] != user_of[:-1]) | (item_of[1:] != item_of[:-1])]
+    truth = np.split(item_of[distinct], np.searchsorted(np.flatnonzero(distinct), starts[1:]))
     sample = np.flatnonzero(evaluation_sample(users, cfg.evaluation.max_users))
     users, truth, first_days = users[sample], [truth[i] for i in sample], first_days[sample]
     unchosen = _unchosen(users, truth, served, catalogue) if len(served) else truth
