@@ -40,6 +40,25 @@ def test_a_config_extends_another_and_changes_only_what_differs(tmp_path: Path) 
         load_config(tmp_path / "a.yaml")
 
 
+def test_a_scaled_strategy_keeps_its_funnel_shape() -> None:
+    """StrategyConfig.scaled (the benchmarks' smaller funnels): every quota times the factor,
+    rounded, each segment's quotas still summing to total_quota, the pre-ranking counts scaled."""
+    s = load_config(DEFAULT_CONFIG).serving.strategy("baseline")
+    for factor in (0.25, 0.5, 2.0):
+        scaled = s.scaled(factor)
+        assert {n: c.quota for n, c in scaled.channels.items()} == {n: round(c.quota * factor)
+                                                                   for n, c in s.channels.items()}
+        assert scaled.total_quota == sum(c.quota for c in scaled.channels.values())
+        for segment in s.segment_quotas:  # the model's own check, and each quota within one of its scaled value
+            assert sum(scaled.quota(n, (segment,)) for n in scaled.channels) == scaled.total_quota
+            assert all(abs(scaled.quota(n, (segment,)) - s.quota(n, (segment,)) * factor) <= len(s.channels)
+                       for n in s.channels)
+        assert (scaled.preranking.interest, scaled.preranking.diverse) == (
+            round(s.preranking.interest * factor), round(s.preranking.diverse * factor))
+        assert scaled.feed_length == s.feed_length and scaled.fusion == s.fusion
+    assert s.scaled(1.0) == s
+
+
 def test_data_dir_env_moves_every_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECPIPE_DATA_DIR", str(tmp_path))
     cfg = load_config(DEFAULT_CONFIG)
