@@ -13,24 +13,25 @@ warm-up. A re-run of a day re-triggers its runs (reset), each idempotent for its
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
 from tasks.core.config import get_config
-from tasks.experiments.loop import CHAIN, first_served_day, is_closed_loop
+from tasks.experiments.loop import CHAIN, REPORT_LEFT, first_served_day, is_closed_loop
 from tasks.orchestration.wiring import dag_kwargs
 
 cfg = get_config()
 
 
-def _trigger(dag_id: str, conf: dict[str, str]) -> TriggerDagRunOperator:
+def _trigger(dag_id: str, conf: dict[str, Any]) -> TriggerDagRunOperator:
     return TriggerDagRunOperator(
         task_id=f"run_{dag_id}",
         trigger_dag_id=dag_id,
         trigger_run_id=f"closed_loop__{{{{ ds }}}}__{dag_id}",
         logical_date="{{ logical_date }}",
-        conf=conf,
+        conf={**conf, "report": False} if dag_id in REPORT_LEFT else conf,
         reset_dag_run=True,
         wait_for_completion=True,
         poke_interval=10,

@@ -21,6 +21,7 @@ from tasks.orchestration.wiring import (
     day_range_params,
     dbt_task_group,
     resolve_days_task,
+    rewrite_report,
     writer_task_kwargs,
 )
 
@@ -42,11 +43,9 @@ def daily_metrics_dag() -> None:
     # DuckDB: a reader may not open the file while a writer has it. The METRICS event tells the
     # pool and social DAGs which days are ready.
     @task(outlets=[METRICS], **writer_task_kwargs(cfg))
-    def write_report(days: dict[str, str], outlet_events=None) -> str:
-        from tasks.reports.page import write_report  # altair + vl-convert, ~1.5 s: kept out of DAG parsing
-
+    def write_report(days: dict[str, str], params=None, outlet_events=None) -> str:
         outlet_events[METRICS].extra = days
-        return str(write_report(cfg))
+        return rewrite_report(cfg, params)
 
     # One data-quality alert per experiment with a sample-ratio mismatch (experiment_srm).
     @task(task_id="check_sample_ratio", **writer_task_kwargs(cfg))

@@ -215,7 +215,7 @@ def test_social_dags_follow_metrics_and_write_in_the_pool(dagbag, dag_id, check,
     assert t.upstream_task_ids == {"resolve_days", f"dbt.{model}_model_build"}
     assert [a.name for a in t.outlets] == [asset]
     assert social.get_task("write_report").upstream_task_ids == {check}
-    assert set(social.params.keys()) == {"day", "through"}
+    assert set(social.params.keys()) == {"day", "through", "report"}
     assert set(social.tags) == {"recpipe", "social", tag, "dbt", "gx"}
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from tasks.core.config import PlatformConfig
 from tasks.core.warehouse import connect_writer
+from tasks.experiments.loop import REPORT_LEFT, first_served_day, steps_for_day
+from tasks.orchestration.wiring import rewrite_report
 from tasks.reports.fragments import CHART, embedded_specs
 from tasks.reports.page import write_report
 from tasks.reports.retrieval import retrieval_section
@@ -160,3 +162,17 @@ def test_retrieval_section_not_built(platform: PlatformConfig) -> None:
     assert "Retrieval evaluation: not built yet" in section and "Evaluation gate: not built yet" in section
     assert "recpipe evaluate --day D" in section and CHART not in section
     assert "Retrieval evaluation: not built yet" in write_report(platform).read_text()
+
+
+def test_a_run_with_report_false_leaves_the_report_to_a_later_dag(platform: PlatformConfig) -> None:
+    """The report task of a DAG run whose conf says report: false (the closed loop's DAGs before the
+    day's last) writes nothing; without it, or with report: true, it writes the page."""
+    with connect_writer(platform) as con:
+        con.execute("create table unrelated (x integer)")
+    page = platform.reports_dir / "metrics" / "index.html"
+    assert "not rewritten" in rewrite_report(platform, {"day": "2026-01-08", "report": False}) and not page.exists()
+    assert rewrite_report(platform, {"day": "2026-01-08", "report": True}) == str(page) and page.exists()
+    page.unlink()
+    assert rewrite_report(platform, None) == str(page) and page.exists()
+    left = [s.dag_id for s in steps_for_day(platform, first_served_day(platform)) if s.conf.get("report") is False]
+    assert left == list(REPORT_LEFT) and "nightly_training" not in left  # the day's last DAG with a report writes it

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tasks.core.config import REPO_ROOT, PlatformConfig
 from tasks.core.dbt_runner import build_manifest
@@ -72,7 +73,7 @@ class DagRunFailed(RuntimeError):
     """A DAG run ended in a state other than success."""
 
 
-def run_dag_for_days(dag_id: str, days: list[dt.date], conf: dict[str, str] | None = None) -> None:
+def run_dag_for_days(dag_id: str, days: list[dt.date], conf: dict[str, Any] | None = None) -> None:
     """Run one DAG once per logical day, in the given order, in this process (`dag.test`, with
     conf {"day": <that day>} plus `conf`); stop on the first failed run (DagRunFailed)."""
     use_local_airflow()

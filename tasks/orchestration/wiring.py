@@ -9,7 +9,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from airflow.sdk import DAG, Asset, BaseOperator, ExceptionRetryPolicy, Param, RetryAction, RetryRule, XComArg, dag, task
+from airflow.sdk import (
+    DAG,
+    Asset,
+    BaseOperator,
+    ExceptionRetryPolicy,
+    Param,
+    RetryAction,
+    RetryRule,
+    XComArg,
+    dag,
+    task,
+)
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 from cosmos.operators.local import DbtBuildLocalOperator
@@ -107,12 +118,21 @@ def write_report_task(cfg: PlatformConfig, **task_kwargs: Any) -> Any:
     writer pool: DuckDB refuses a reader while another process writes."""
 
     @task(task_id="write_report", **writer_task_kwargs(cfg), **task_kwargs)
-    def write_report() -> str:
-        from tasks.reports.page import write_report  # lazy: altair + vl-convert, ~1.5 s, kept out of DAG parsing
-
-        return str(write_report(cfg))
+    def write_report(params=None) -> str:
+        return rewrite_report(cfg, params)
 
     return write_report()
+
+
+def rewrite_report(cfg: PlatformConfig, params: dict[str, Any] | None) -> str:
+    """Rewrite the report (the path of its page), unless the run's params say `report: false`: the
+    closed loop runs a day's DAGs one after another and leaves the report to the last of them
+    (tasks/experiments/loop.py `REPORT_LEFT`)."""
+    if params and params.get("report") is False:
+        return "report not rewritten: this run's conf has report: false (a later DAG of the day writes it)"
+    from tasks.reports.page import write_report  # lazy: altair + vl-convert, ~1.5 s, kept out of DAG parsing
+
+    return str(write_report(cfg))
 
 
 def day_range_params(verb: str) -> dict[str, Param]:
@@ -120,6 +140,8 @@ def day_range_params(verb: str) -> dict[str, Param]:
     return {
         "day": Param(None, type=["null", "string"], format="date", description=f"first day to {verb}"),
         "through": Param(None, type=["null", "string"], format="date", description="last day (default: day)"),
+        "report": Param(True, type="boolean", description="rewrite the report at the end (the closed loop: only "
+                                                          "the day's last DAG does)"),
     }
 
 
