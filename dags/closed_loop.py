@@ -19,7 +19,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import dag, task
 
 from tasks.core.config import get_config
-from tasks.experiments.loop import CHAIN, REPORT_LEFT, first_served_day, is_closed_loop
+from tasks.experiments.loop import CHAIN, chain_conf, first_served_day, is_closed_loop
 from tasks.orchestration.wiring import dag_kwargs
 
 cfg = get_config()
@@ -31,7 +31,7 @@ def _trigger(dag_id: str, conf: dict[str, Any]) -> TriggerDagRunOperator:
         trigger_dag_id=dag_id,
         trigger_run_id=f"closed_loop__{{{{ ds }}}}__{dag_id}",
         logical_date="{{ logical_date }}",
-        conf={**conf, "report": False} if dag_id in REPORT_LEFT else conf,
+        conf=chain_conf(dag_id, conf),
         reset_dag_run=True,
         wait_for_completion=True,
         poke_interval=10,

@@ -11,7 +11,7 @@ from tasks.reports.fragments import embedded_specs
 
 def assert_valid_charts(page: str) -> list[dict]:
     """Every Vega-Lite spec embedded in `page`, each checked against the Vega-Lite schema altair
-    writes (jsonschema.ValidationError naming the first wrong part otherwise); returns them."""
+    writes (an AssertionError naming the chart and its first wrong part otherwise); returns them."""
     specs = embedded_specs(page)
     validator = jsonschema.Draft7Validator(load_schema())
     for number, spec in enumerate(specs):

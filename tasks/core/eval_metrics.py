@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.stats import rankdata
 
-BOOTSTRAP_CELLS = 1 << 22  # resampled per-user values held at once
+BOOTSTRAP_CELLS = 1 << 22  # draws (resamples x users) held at once
 
 
 def _hits_and_sizes(retrieved: np.ndarray, truth: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -65,6 +65,11 @@ def log_path(cfg: PlatformConfig) -> Path:
     return cfg.data_root / "closed_loop" / "loop.log"
 
 
+def chain_conf(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+    """`conf` of a chain DAG's run, with `report: false` for those of REPORT_LEFT (both drivers)."""
+    return {**conf, "report": False} if dag_id in REPORT_LEFT else conf
+
+
 def steps_for_day(cfg: PlatformConfig, day: dt.date) -> list[Step]:
     """The DAG runs of `day`: ingest only while warming up; the whole chain from the last warm-up day on."""
     start, last_warmup = cfg.simulator.start_date, first_served_day(cfg) - dt.timedelta(days=1)
@@ -72,11 +77,9 @@ def steps_for_day(cfg: PlatformConfig, day: dt.date) -> list[Step]:
         return [Step(day, "ingest", {})]
     steps = []
     for dag_id in CHAIN:
-        quiet = {"report": False} if dag_id in REPORT_LEFT else {}
-        if dag_id == "daily_metrics" and day == last_warmup:  # the whole warm-up at once
-            steps.append(Step(start, dag_id, {"through": day.isoformat(), **quiet}))
-        else:
-            steps.append(Step(day, dag_id, {"through": day.isoformat(), **quiet} if dag_id != "nightly_training" else {}))
+        whole_warmup = dag_id == "daily_metrics" and day == last_warmup  # its metrics over the whole warm-up at once
+        conf = {} if dag_id == "nightly_training" else {"through": day.isoformat()}
+        steps.append(Step(start if whole_warmup else day, dag_id, chain_conf(dag_id, conf)))
     return steps
 
 
