@@ -14,6 +14,7 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 
 from tasks.core.config import DEFAULT_CONFIG, get_config
+from tasks.core.dbt_runner import RUN_ENV, dbt_state_dir
 from tasks.experiments.loop import CHAIN
 from tasks.ops.notifier import RecpipeNotifier
 from tasks.orchestration.wiring import WATCHER
@@ -125,8 +126,8 @@ def test_warehouse_writers_share_the_one_slot_pool(dagbag) -> None:
 @pytest.mark.parametrize("dag_id", sorted(DBT_GROUPS))
 def test_dbt_models_and_their_tests_are_tasks_of_a_task_group(dagbag, dbt_manifest, dag_id) -> None:
     """One task per model, in the DAG's Cosmos task group, running `dbt build` of that model: the
-    model, then its dbt tests (every model here has some). The group's vars come from the task
-    `<group>_vars`, upstream of it. No other dbt model runs in the DAG."""
+    model, then its dbt tests (every model here has some). The group's vars and run window
+    (environment) come from the task `<group>_vars`, upstream of it. No other dbt model runs in the DAG."""
     cfg = get_config()
     group, models = DBT_GROUPS[dag_id]
     dag = dagbag.dags[dag_id]
@@ -141,7 +142,8 @@ def test_dbt_models_and_their_tests_are_tasks_of_a_task_group(dagbag, dbt_manife
         assert task.task_group.group_id == group and task.base_cmd == ["build"], task.task_id
         assert task.select == "fqn:" + ".".join(node["fqn"]) and uid in tested, task.task_id
         assert task.pool == cfg.airflow.warehouse_pool and task.pool_slots == 1, task.task_id
-        assert task.vars == f"{{{{ ti.xcom_pull(task_ids='{group}_vars') | tojson }}}}", task.task_id
+        assert task.vars == f"{{{{ ti.xcom_pull(task_ids='{group}_vars')['vars'] | tojson }}}}", task.task_id
+        assert task.env[RUN_ENV] == f"{{{{ ti.xcom_pull(task_ids='{group}_vars')['run'] | tojson }}}}", task.task_id
         if not task.upstream_task_ids & set(dbt_tasks):
             assert task.upstream_task_ids == {f"{group}_vars"}, task.task_id
 
@@ -152,7 +154,7 @@ SELECTORS = {"daily_metrics": "metrics", "content_pools": "pools", "content_pool
 
 def test_per_dag_dbt_runs_one_build_of_the_dags_selector(tmp_path, monkeypatch) -> None:
     """airflow.dbt_tasks per_dag: in place of the task group, one task `dbt build --selector <the
-    DAG's selector>` (dbt/selectors.yml), with the same vars, pool and position."""
+    DAG's selector>` (dbt/selectors.yml), with the same vars, run window, pool and position."""
     cfg_path = tmp_path / "per-dag.yaml"
     cfg_path.write_text(f"extends: {DEFAULT_CONFIG}\nairflow: {{dbt_tasks: per_dag}}\n")
     monkeypatch.setenv("RECPIPE_CONFIG", str(cfg_path))
@@ -165,7 +167,9 @@ def test_per_dag_dbt_runs_one_build_of_the_dags_selector(tmp_path, monkeypatch) 
         task = dag.get_task(group)
         assert task.base_cmd == ["build"] and task.selector == SELECTORS[dag_id], dag_id
         assert task.pool == pool and task.pool_slots == 1, dag_id
-        assert task.vars == f"{{{{ ti.xcom_pull(task_ids='{group}_vars') | tojson }}}}", dag_id
+        assert task.vars == f"{{{{ ti.xcom_pull(task_ids='{group}_vars')['vars'] | tojson }}}}", dag_id
+        assert task.env[RUN_ENV] == f"{{{{ ti.xcom_pull(task_ids='{group}_vars')['run'] | tojson }}}}", dag_id
+        assert task.cache_dir == dbt_state_dir(get_config()), dag_id  # the warehouse's saved parse state
         assert task.upstream_task_ids == {f"{group}_vars"}, dag_id
 
 

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from tasks.core.config import PlatformConfig, load_config
-from tasks.core.dbt_runner import DbtError, dbt_vars, run_dbt
+from tasks.core.dbt_runner import DbtError, run_dbt, run_window
 from tasks.core.warehouse import refresh_views
 from tasks.ingest.load import load_dir
 from tasks.simulator import simulate
@@ -208,7 +208,7 @@ def test_bad_days_and_dbt_failures_raise(built, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="after"):
         run_dbt(cfg, ["run"], ds="2026-01-02", ds_from="2026-01-05")
     with pytest.raises(ValueError, match="needs ds"):
-        dbt_vars(cfg, ds_from="2026-01-02")
+        run_window(cfg, ds_from="2026-01-02")
     empty = _same_lake_new_warehouse(cfg, tmp_path / "no-views.duckdb")  # no raw views
     with pytest.raises(DbtError, match="raw.events"):
         run_dbt(empty, ["run", "--select", "stg_events", "int_user_day_activity"])

@@ -180,7 +180,7 @@ def test_the_gx_suite_passes_and_catches_an_explicit_follow(built, lake) -> None
 
 def test_without_ds_the_model_fails_clearly(built) -> None:
     cfg, _, _ = built
-    with pytest.raises(DbtError, match="implicit_follows needs var ds"):
+    with pytest.raises(DbtError, match="implicit_follows needs run value ds"):
         run_dbt(cfg, ["run", "--select", "implicit_follows"])
 
 

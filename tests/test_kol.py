@@ -165,7 +165,7 @@ def test_a_failing_suite_alerts_and_writes_nothing(built) -> None:
 
 
 def test_without_ds_the_model_fails_clearly(built) -> None:
-    with pytest.raises(DbtError, match="kol_features needs var ds"):
+    with pytest.raises(DbtError, match="kol_features needs run value ds"):
         run_dbt(built, ["run", "--select", "kol_features"])
 
 

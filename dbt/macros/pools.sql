@@ -9,28 +9,30 @@
   '{{ name }}'
 {%- endmacro %}
 
-{#- The refresh times of a run (var as_of: one 'YYYY-MM-DD HH:00:00' or a list of them, UTC, on
-    the hour), as a list of strings. -#}
+{#- The refresh times of a run (run value as_of, macro run_var: one 'YYYY-MM-DD HH:00:00' or a list of
+    them, UTC, on the hour), as a list of strings. -#}
 {% macro refresh_times() -%}
-  {%- set value = var('as_of', none) -%}
+  {%- set value = run_var('as_of') -%}
   {%- if not execute -%}
-    {{ return(['1970-01-01 00:00:00']) }}  {#- parsing (dbt parse, the manifest): no vars needed -#}
+    {{ return(['1970-01-01 00:00:00']) }}  {#- parsing (dbt parse, the manifest): no run values -#}
   {%- endif -%}
   {%- if value is none or value == '' or value == 'None' -%}
-    {{ exceptions.raise_compiler_error("var as_of (the refresh time, 'YYYY-MM-DD HH:00:00') is required") }}
+    {{ exceptions.raise_compiler_error("run value as_of (the refresh time, 'YYYY-MM-DD HH:00:00') is required") }}
   {%- endif -%}
   {%- set values = [value] if value is string else value -%}
   {%- for v in values if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:00:00', v | string) -%}
-    {{ exceptions.raise_compiler_error("var as_of must be 'YYYY-MM-DD HH:00:00' (on the hour), got " ~ v) }}
+    {{ exceptions.raise_compiler_error("run value as_of must be 'YYYY-MM-DD HH:00:00' (on the hour), got " ~ v) }}
   {%- endfor -%}
   {{ return(values | map('string') | list) }}
 {%- endmacro %}
 
-{#- One row per (pool, target segment): the pool's settings as SQL literals. A pool without
-    target segments has one row for everyone (segment 'all'). -#}
+{#- One row per (pool, target segment) of the run's pools (run value pools: their names; none: every
+    pool of var pools): the pool's settings as SQL literals. A pool without target segments has one
+    row for everyone (segment 'all'). -#}
 {% macro pool_spec_rows() -%}
   {%- set rows = [] -%}
-  {%- for p in var('pools') -%}
+  {%- set names = run_var('pools') -%}
+  {%- for p in var('pools') if names is none or p['name'] in names -%}
     {%- for segment in (p['segments'] or ['all']) -%}
       {%- do rows.append(
         "('" ~ sql_identifier(p['name']) ~ "', '" ~ sql_identifier(segment) ~ "', "
@@ -42,7 +44,7 @@
     {%- endfor -%}
   {%- endfor -%}
   {%- if not rows and execute -%}
-    {{ exceptions.raise_compiler_error("var pools is empty: no content pool to render") }}
+    {{ exceptions.raise_compiler_error("no content pool to render: var pools is empty or names none of run value pools") }}
   {%- elif not rows -%}
     {%- do rows.append("('parse', 'all', 1, 'click', 'impression', 0, 0.0, 0.0, true, 1)") -%}
   {%- endif -%}

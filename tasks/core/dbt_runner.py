@@ -39,6 +39,8 @@ DBT_DIR = REPO_ROOT / "dbt"
 PROFILES_PATH = DBT_DIR / "profiles.yml"
 MANIFEST_PATH = DBT_DIR / "target" / "manifest.json"
 PARSE_STATE = "partial_parse.msgpack"  # dbt's saved parse state, beside the manifest
+PROFILE = "recpipe"  # dbt/profiles.yml
+RUN_ENV = "RECPIPE_DBT_RUN"  # a run's window (run_window, JSON), read by dbt macro run_var
 SELECTORS_PATH = DBT_DIR / "selectors.yml"
 SPARK_TYPES = {"BIGINT": "bigint", "INTEGER": "int", "VARCHAR": "string", "TIMESTAMP": "timestamp"}
 # The warehouse tables of dbt source `experiments` (tasks/experiments/assignment.py writes them).
@@ -60,6 +62,12 @@ def selection(selector: str) -> list[str]:
     if any(set(c) != {"method", "value"} for c in criteria):
         raise ValueError(f"dbt selector {selector!r}: only method/value criteria and their union are supported")
     return [f"{c['method']}:{c['value']}" for c in criteria]
+
+
+def dbt_state_dir(cfg: PlatformConfig) -> Path:
+    """dbt's folder of the config's warehouse (<warehouse dir>/dbt): target/ (compiled SQL, dbt's
+    saved parse state) and logs/, for run_dbt and the DAGs' per-DAG dbt tasks alike."""
+    return cfg.warehouse_path.resolve().parent / "dbt"
 
 
 def spark_dir(cfg: PlatformConfig) -> Path:
@@ -134,40 +142,45 @@ def export_for_spark(cfg: PlatformConfig) -> None:
         shutil.rmtree(exports / name, ignore_errors=True)
 
 
-def dbt_vars(
+def dbt_vars(cfg: PlatformConfig) -> dict[str, Any]:
+    """dbt vars from the config, the same on every run of it (so dbt's saved parse state stays
+    valid from run to run): the segments (validated by the config; 'all' is reserved), the
+    experiment buckets (the first is control), every pool (with its window in hours), the KOL,
+    implicit-follow and ranking-label settings; on spark, spark_sources."""
+    names = [s.name for s in cfg.segments] + list(cfg.simulator.experiment_buckets)
+    if ALL in names:
+        raise ValueError(f"segment and bucket names may not be {ALL!r} (the marts' 'every' slice)")
+    spark = {"spark_sources": spark_sources(cfg)} if cfg.warehouse.engine == "spark" else {}
+    return {
+        "segments": [s.model_dump(mode="json") for s in cfg.segments],
+        "buckets": list(cfg.simulator.experiment_buckets),
+        "pools": [{**p.model_dump(mode="json"), "window_hours": p.window_hours} for p in cfg.pools],
+        "kol": cfg.kol.model_dump(mode="json"),
+        "implicit_follows": cfg.implicit_follows.model_dump(mode="json"),
+        "ranking": {"long_view_seconds": cfg.ranking.full.long_view_seconds},
+        **spark,
+    }
+
+
+def run_window(
     cfg: PlatformConfig,
     ds: str | None = None,
     ds_from: str | None = None,
     as_of: str | list[str] | None = None,
     pools: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """dbt vars from the config: the days to rebuild, [ds_from, ds] (ds_from None: ds alone; ds
-    None: every day), the segments
-    (validated by the config; 'all' is reserved), the experiment buckets (the first is control),
-    and for the pool and social models the refresh time(s) `as_of` ('YYYY-MM-DD HH:00:00', UTC),
-    the pools (those named in `pools`, default all; with their window in hours), the KOL,
-    implicit-follow and ranking-label settings."""
+    """The window of a run, which dbt reads from the environment (RUN_ENV; macro run_var in
+    dbt/macros/day_window.sql) when a node executes: the days to rebuild, [ds_from, ds] (ds_from
+    None: ds alone; ds None: every day), and for the pool models the refresh time(s) `as_of`
+    ('YYYY-MM-DD HH:00:00', UTC) and the pools to render (None: every pool of the config)."""
     if ds_from is not None and ds is None:
-        raise ValueError("dbt vars: ds_from needs ds (the last day to rebuild)")
-    names = [s.name for s in cfg.segments] + list(cfg.simulator.experiment_buckets)
-    if ALL in names:
-        raise ValueError(f"segment and bucket names may not be {ALL!r} (the marts' 'every' slice)")
-    spark = {"spark_sources": spark_sources(cfg)} if cfg.warehouse.engine == "spark" else {}
-    return {
-        "ds": ds,
-        "ds_from": ds_from,
-        "segments": [s.model_dump(mode="json") for s in cfg.segments],
-        "buckets": list(cfg.simulator.experiment_buckets),
-        "as_of": as_of,
-        "pools": [
-            {**cfg.pool(name).model_dump(mode="json"), "window_hours": cfg.pool(name).window_hours}
-            for name in (pools if pools is not None else [p.name for p in cfg.pools])
-        ],
-        "kol": cfg.kol.model_dump(mode="json"),
-        "implicit_follows": cfg.implicit_follows.model_dump(mode="json"),
-        "ranking": {"long_view_seconds": cfg.ranking.full.long_view_seconds},
-        **spark,
-    }
+        raise ValueError("dbt run window: ds_from needs ds (the last day to rebuild)")
+    first, last = (dt.date.fromisoformat(d) if d else None for d in (ds_from, ds))
+    if first and last and first > last:
+        raise ValueError(f"ds_from {ds_from} is after ds {ds}")
+    for name in pools or []:
+        cfg.pool(name)  # an unknown pool raises, naming it
+    return {"ds": ds, "ds_from": ds_from, "as_of": as_of, "pools": None if pools is None else list(pools)}
 
 
 @contextlib.contextmanager
@@ -185,13 +198,16 @@ def _environ(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _invoke(args: list[str], cfg: PlatformConfig) -> Any:
-    """Run one dbt command in this process on the config's target; return dbt's result, or raise
-    DbtError with its errors."""
+def _invoke(args: list[str], cfg: PlatformConfig, window: dict[str, Any] | None = None) -> Any:
+    """Run one dbt command in this process on the config's target, with the config's vars and the
+    run's `window` (run_window; None: none); return dbt's result, or raise DbtError with its errors.
+    Profile, target and vars are passed as the DAGs' dbt tasks pass them, so that dbt's saved parse
+    state serves both."""
     from dbt.cli.main import dbtRunner  # lazy: dbt takes ~1.5 s to import; DAG files import this module
 
-    with _environ(dbt_env(cfg)):
-        result = dbtRunner().invoke([*args, "--target", cfg.warehouse.engine,
+    with _environ({**dbt_env(cfg), RUN_ENV: json.dumps(window or {})}):
+        result = dbtRunner().invoke([*args, "--vars", json.dumps(dbt_vars(cfg)), "--profile", PROFILE,
+                                     "--target", cfg.warehouse.engine,
                                      "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR)])
     if result.success:
         return result.result
@@ -209,7 +225,8 @@ def build_manifest(cfg: PlatformConfig) -> Path:
     no dbt ls). dbt writes into a scratch folder beside it and the manifest then replaces the old one
     in one rename: a DAG file parsed meanwhile, in this process or another, reads the old manifest
     or the new one, never half of one. dbt's saved parse state goes there and back, so an unchanged
-    project parses in under a second."""
+    project parses in under a second; parsed with the config's vars, it also spares the DAGs' dbt
+    tasks and run_dbt their first parse."""
     target = MANIFEST_PATH.parent
     target.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".parse-", dir=target))
@@ -240,23 +257,19 @@ def run_dbt(
     first (export_for_spark), and the warehouse's views move to the models it built after
     (views_over_spark). Compiled SQL and logs go next to the warehouse
     (<warehouse dir>/dbt/), not into dbt/target, which holds the DAGs' manifest; the results are
-    returned, not written as JSON artifacts. The vars differ from run to run (ds), which makes dbt
-    parse the whole project anyway, so partial parsing (reading its saved state) is off."""
-    first, last = (dt.date.fromisoformat(d) if d else None for d in (ds_from, ds))
-    if first and last and first > last:
-        raise ValueError(f"ds_from {ds_from} is after ds {ds}")
+    returned, not written as JSON artifacts. dbt's saved parse state is kept there too (seeded
+    from dbt/target's): the window is not a var, so runs after the first skip the full parse."""
+    window = run_window(cfg, ds, ds_from, as_of, pools)
     if cfg.warehouse.engine == "spark":
         export_for_spark(cfg)
-    out = cfg.warehouse_path.resolve().parent / "dbt"
+    out = dbt_state_dir(cfg)
+    state = out / "target" / PARSE_STATE
+    if not state.exists() and (MANIFEST_PATH.parent / PARSE_STATE).exists():
+        state.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(MANIFEST_PATH.parent / PARSE_STATE, state)
     full_refresh = ["--full-refresh"] if ds is None and args[0] in {"build", "run"} else []
-    flags = [
-        "--vars", json.dumps(dbt_vars(cfg, ds, ds_from, as_of, pools)),
-        "--target-path", str(out / "target"),
-        "--log-path", str(out / "logs"),
-        "--no-write-json",
-        "--no-partial-parse",
-    ]
-    result = _invoke([*args, *flags, *full_refresh], cfg)
+    flags = ["--target-path", str(out / "target"), "--log-path", str(out / "logs"), "--no-write-json"]
+    result = _invoke([*args, *flags, *full_refresh], cfg, window)
     if cfg.warehouse.engine == "spark":
         views_over_spark(cfg)
     return result

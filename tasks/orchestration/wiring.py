@@ -161,22 +161,26 @@ def dbt_task_group(cfg: PlatformConfig, group_id: str, *, selector: str, window:
     this process (dbtRunner). With airflow.dbt_tasks `per_model`: a Cosmos task group rendered from
     the prebuilt manifest (dbt_runner.build_manifest), one task per model running `dbt build` (the
     model, then its tests); with `per_dag`: one task `<group_id>` running `dbt build --selector`.
-    `window` is a task's output holding the run's dbt_runner.dbt_vars arguments ({"ds_from", "ds"},
-    for pools also "as_of" and "pools"); the task `<group_id>_vars` turns it into the dbt vars the
-    dbt tasks get (templated: see them under Rendered Template)."""
+    `window` is a task's output holding the run's dbt_runner.run_window arguments ({"ds_from", "ds"},
+    for pools also "as_of" and "pools"); the task `<group_id>_vars` turns it into the config's dbt
+    vars and the run's window, which the dbt tasks get as --vars and in the environment
+    (dbt_runner.RUN_ENV), templated: see them under Rendered Template. The vars are the same on
+    every run of a config, so dbt's saved parse state stays valid and a dbt task skips the full parse."""
 
     @task(task_id=f"{group_id}_vars")
     def dbt_vars(window: dict[str, Any]) -> dict[str, Any]:
-        return dbt_runner.dbt_vars(cfg, **window)
+        return {"vars": dbt_runner.dbt_vars(cfg), "run": dbt_runner.run_window(cfg, **window)}
 
     run_vars = dbt_vars(window)
+    pulled = f"ti.xcom_pull(task_ids='{run_vars.operator.task_id}')"
     profile_config = ProfileConfig(
-        profile_name="recpipe", target_name=cfg.warehouse.engine, profiles_yml_filepath=dbt_runner.PROFILES_PATH
+        profile_name=dbt_runner.PROFILE, target_name=cfg.warehouse.engine, profiles_yml_filepath=dbt_runner.PROFILES_PATH
     )
     operator_args = {
-        # One JSON document (dbt reads --vars as YAML, which JSON is): a list such as the pools'
-        # as_of stays a list, where a templated dict value would render as a string.
-        "vars": f"{{{{ ti.xcom_pull(task_ids='{run_vars.operator.task_id}') | tojson }}}}",
+        # One JSON document each (dbt reads --vars as YAML, which JSON is): a list stays a list,
+        # where a templated dict value would render as a string.
+        "vars": f"{{{{ {pulled}['vars'] | tojson }}}}",
+        "env": {**dbt_runner.dbt_env(cfg), dbt_runner.RUN_ENV: f"{{{{ {pulled}['run'] | tojson }}}}"},
         "append_env": True,
         **writer_task_kwargs(cfg),
         # spark: the warehouse's views move to the models the task built (tasks/core/dbt_runner.py)
@@ -188,9 +192,11 @@ def dbt_task_group(cfg: PlatformConfig, group_id: str, *, selector: str, window:
             project_dir=str(dbt_runner.DBT_DIR),
             profile_config=profile_config,
             selector=selector,
-            env=dbt_runner.dbt_env(cfg),
             invocation_mode=InvocationMode.DBT_RUNNER,
             install_deps=False,
+            # dbt's saved parse state: the warehouse's, which run_dbt keeps too (a task group's
+            # tasks share Cosmos's own cache folder)
+            cache_dir=dbt_runner.dbt_state_dir(cfg),
             **operator_args,
         )
     else:
@@ -199,7 +205,6 @@ def dbt_task_group(cfg: PlatformConfig, group_id: str, *, selector: str, window:
             project_config=ProjectConfig(
                 dbt_project_path=dbt_runner.DBT_DIR,
                 manifest_path=dbt_runner.MANIFEST_PATH,
-                env_vars=dbt_runner.dbt_env(cfg),
                 install_dbt_deps=False,
             ),
             profile_config=profile_config,

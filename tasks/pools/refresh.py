@@ -98,7 +98,7 @@ def end_of_day(day: dt.date) -> dt.datetime:
 
 
 def candidates_window(times: Sequence[dt.datetime], pools: Sequence[str]) -> dict[str, Any]:
-    """What dbt renders `pools` at refresh `times` with (dbt_runner.dbt_vars arguments): the days
+    """What dbt renders `pools` at refresh `times` with (dbt_runner.run_window arguments): the days
     [ds_from, ds] whose item stats the refreshes read (each reads up to the hour before it), the
     times as `as_of` ('YYYY-MM-DD HH:00:00', oldest first) and the pools."""
     if not times or not pools:

@@ -4,7 +4,8 @@
 ) }}
 {%- set times = refresh_times() %}
 
--- Every configured pool of the run (var pools) at every refresh time of the run (var as_of),
+-- Every configured pool of the run (var pools; those named in run value pools) at every refresh
+-- time of the run (run value as_of),
 -- scored per target segment: each candidate (published within the window before the refresh)
 -- with its counts, the smoothed rate, the filters it passes, its rank, and whether it is a
 -- member. The publish step (tasks/pools/refresh.py) validates the members with GX and versions them.

@@ -4,7 +4,7 @@
 {#- At parse time (execute false) the vars may be unset: a placeholder keeps the SQL renderable. -#}
 {%- set long_view_s = var('ranking', {}).get('long_view_seconds') if execute else 1 -%}
 {%- if execute and ds is none -%}
-  {{ exceptions.raise_compiler_error("ranking_exposures needs var ds (the last day to build, YYYY-MM-DD; ds_from optional): it is built per day, never for the whole history") }}
+  {{ exceptions.raise_compiler_error("ranking_exposures needs run value ds (the last day to build, YYYY-MM-DD; ds_from optional): it is built per day, never for the whole history") }}
 {%- endif -%}
 {%- if execute and (long_view_s is not number or long_view_s <= 0) -%}
   {{ exceptions.raise_compiler_error("var ranking.long_view_seconds must be a positive number, got " ~ long_view_s) }}

@@ -5,7 +5,7 @@
 {%- set s = var('implicit_follows', {}) if execute else {'window_days': 1, 'min_clicks': 1, 'top_n': 1} -%}
 {%- set w = s.get('weights', {}) if execute else {'click': 0, 'dwell_minute': 0, 'like': 0} -%}
 {%- if execute and ds is none -%}
-  {{ exceptions.raise_compiler_error("implicit_follows needs var ds (the last day to build, YYYY-MM-DD; ds_from optional): it is built per day, never for the whole history") }}
+  {{ exceptions.raise_compiler_error("implicit_follows needs run value ds (the last day to build, YYYY-MM-DD; ds_from optional): it is built per day, never for the whole history") }}
 {%- endif -%}
 {%- if execute -%}
   {%- for key in ['window_days', 'min_clicks', 'top_n'] if s.get(key) is not integer or s.get(key) < 1 -%}

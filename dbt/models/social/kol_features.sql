@@ -4,7 +4,7 @@
 {#- At parse time (execute false) the vars may be unset: a placeholder keeps the SQL renderable. -#}
 {%- set window_days = var('kol', {}).get('window_days') if execute else 1 -%}
 {%- if execute and ds is none -%}
-  {{ exceptions.raise_compiler_error("kol_features needs var ds (the last day to score, YYYY-MM-DD; ds_from optional): it is built per day, never for the whole history") }}
+  {{ exceptions.raise_compiler_error("kol_features needs run value ds (the last day to score, YYYY-MM-DD; ds_from optional): it is built per day, never for the whole history") }}
 {%- endif -%}
 {%- if execute and (window_days is not integer or window_days < 1) -%}
   {{ exceptions.raise_compiler_error("var kol.window_days must be a positive integer, got " ~ window_days) }}
