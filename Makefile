@@ -56,6 +56,7 @@ bench: $(STAMP)  ## benchmarks (not tests): simulator, loader, metric marts, Ite
 	$(BIN)/python benchmarks/bench_simulator.py --users $(BENCH_USERS) --days $(BENCH_DAYS) --out $(BENCH_DIR)/sim
 	$(BIN)/python benchmarks/bench_loader.py --landing $(BENCH_DIR)/sim/landing --data-dir $(BENCH_DIR)/load
 	$(BIN)/python benchmarks/bench_metrics.py --users $(BENCH_USERS) --days $(BENCH_METRICS_DAYS) --data-dir $(BENCH_DIR)/metrics
+	$(BIN)/python benchmarks/bench_dbt_start.py --data-dir $(BENCH_DIR)/dbt_start
 	$(BIN)/python benchmarks/bench_i2i.py
 	$(BIN)/python benchmarks/bench_two_tower.py --examples 250000 --threads 1
 	$(BIN)/python benchmarks/bench_ann.py --n 1000000 --dim 64 --queries 1000

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from tasks.core.config import PlatformConfig, load_config
-from tasks.core.dbt_runner import DbtError, run_dbt, run_window
+from tasks.core.dbt_runner import DbtError, dbt_state_dir, run_dbt, run_window
 from tasks.core.warehouse import refresh_views
 from tasks.ingest.load import load_dir
 from tasks.simulator import simulate
@@ -181,6 +181,21 @@ def test_rebuilding_a_day_changes_nothing(built) -> None:
     for table in MARTS:
         assert not after[table].duplicated(KEYS[table]).any()
         pd.testing.assert_frame_equal(after[table], before[table])
+
+
+def test_a_run_for_another_day_keeps_dbts_parse_state(built) -> None:
+    """The run's window is not a dbt var (it reaches dbt in the environment), so runs for different
+    days keep dbt's saved parse state: dbt logs a partial parse, never the full re-parse that a
+    change of --vars forces."""
+    cfg, _ = built
+    log = dbt_state_dir(cfg) / "logs" / "dbt.log"
+    for day in (START + dt.timedelta(days=5), START + dt.timedelta(days=6)):
+        start = log.stat().st_size if log.exists() else 0
+        run_dbt(cfg, ["run", "--select", "stg_events"], ds=day.isoformat())
+        with log.open(encoding="utf-8", errors="replace") as f:
+            f.seek(start)
+            logged = f.read()
+        assert "Partial parsing enabled" in logged and "Unable to do partial parsing" not in logged, day
 
 
 def _same_lake_new_warehouse(cfg: PlatformConfig, warehouse: Path) -> PlatformConfig:

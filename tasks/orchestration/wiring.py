@@ -180,18 +180,19 @@ def dbt_task_group(cfg: PlatformConfig, group_id: str, *, selector: str, window:
         # One JSON document each (dbt reads --vars as YAML, which JSON is): a list stays a list,
         # where a templated dict value would render as a string.
         "vars": f"{{{{ {pulled}['vars'] | tojson }}}}",
-        "env": {**dbt_runner.dbt_env(cfg), dbt_runner.RUN_ENV: f"{{{{ {pulled}['run'] | tojson }}}}"},
         "append_env": True,
         **writer_task_kwargs(cfg),
         # spark: the warehouse's views move to the models the task built (tasks/core/dbt_runner.py)
         **({"callback": dbt_runner.spark_views_callback} if cfg.warehouse.engine == "spark" else {}),
     }
+    env = {**dbt_runner.dbt_env(cfg), dbt_runner.RUN_ENV: f"{{{{ {pulled}['run'] | tojson }}}}"}
     if cfg.airflow.dbt_tasks == "per_dag":
         built = DbtBuildLocalOperator(
             task_id=group_id,
             project_dir=str(dbt_runner.DBT_DIR),
             profile_config=profile_config,
             selector=selector,
+            env=env,
             invocation_mode=InvocationMode.DBT_RUNNER,
             install_deps=False,
             # dbt's saved parse state: the warehouse's, which run_dbt keeps too (a task group's
@@ -205,6 +206,7 @@ def dbt_task_group(cfg: PlatformConfig, group_id: str, *, selector: str, window:
             project_config=ProjectConfig(
                 dbt_project_path=dbt_runner.DBT_DIR,
                 manifest_path=dbt_runner.MANIFEST_PATH,
+                env_vars=env,
                 install_dbt_deps=False,
             ),
             profile_config=profile_config,
