@@ -17,7 +17,14 @@ import torch
 from models.common.tables import Events
 from models.common.vocab import KINDS
 from models.ranking.features import CONTEXT_SIZES, behaviour_sequences, ranking_features
-from models.ranking.full import Architecture, FullRanking, load_model, match_counts
+from models.ranking.full import (
+    Architecture,
+    FullRanking,
+    load_model,
+    match_counts,
+    predict_proba,
+    predict_proba_by_user,
+)
 from tasks.core import artifacts, registry
 from tasks.core.config import RANKING_HEADS, PlatformConfig, load_config
 from tasks.core.eval_metrics import auc
@@ -192,6 +199,35 @@ def test_match_counts_count_the_earlier_clicks_sharing_each_item_column() -> Non
     got = match_counts(torch.from_numpy(seq), torch.from_numpy(items))
     assert got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), np.log1p(expected), rtol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [1, 5_000, 1 << 20])
+def test_scores_by_user_equal_the_row_by_row_model(budget: int) -> None:
+    """`predict_proba_by_user` (each user's sequence embedded once, its candidates attended together,
+    users blocked by sequence length and each block's padding cut) equals `predict_proba` on every
+    (user, candidate) row with the user's full padded sequence: users with full, partial and empty
+    histories, unknown entries inside a sequence, users with no candidates, blocks of one user up to all."""
+    torch.manual_seed(0)
+    model = FullRanking(Architecture(sizes={k: 30 for k in KINDS} | CONTEXT_SIZES, heads=len(RANKING_HEADS), dim=8,
+                                     experts=3, expert_hidden=16, tower_hidden=8, interaction=True, match_counts=True))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    rng = np.random.default_rng(5)
+    n_users, length = 40, 12
+    users = rng.integers(1, 30, (n_users, 4))
+    seq = rng.integers(1, 30, (n_users, length, 5))
+    filled = rng.integers(0, length + 1, n_users)  # right-padded after `filled` entries
+    filled[:3] = (0, length, 1)
+    seq[np.arange(length)[None, :] >= filled[:, None]] = 0
+    seq[5, 2] = 0  # an all-unknown entry inside a sequence
+    row_user = np.sort(rng.choice(np.r_[0:n_users][np.arange(n_users) != 7], 300))  # user 7 has no candidates
+    row_user = rng.permutation(row_user)
+    items = rng.integers(0, 30, (300, 5))
+    items[::4] = seq[row_user[::4], 0]  # candidates that match history entries
+    context = np.column_stack([rng.integers(0, size, 300) for size in CONTEXT_SIZES.values()])
+    got = predict_proba_by_user(model, users, seq, items, context, row_user, budget=budget)
+    expected = predict_proba(model, users[row_user], items, context, seq[row_user])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(("interaction", "matches"), [(False, False), (True, False), (True, True)])

@@ -141,7 +141,7 @@ class FullRanking(nn.Module):
         w2 = torch.stack([x[0][2].weight for x in self.experts])  # (E, H, H)
         b2 = torch.stack([x[0][2].bias for x in self.experts])[:, None]  # (E, 1, H)
         experts = torch.relu(torch.baddbmm(b2, hidden, w2.transpose(1, 2))).transpose(0, 1)  # (B, E, H)
-        gates = torch.softmax(first[:, e * h :].view(n, self.arch.heads, e), dim=-1)  # (B, heads, E)
+        gates = _softmax_short(first[:, e * h :].view(n, self.arch.heads, e))  # (B, heads, E)
         mixed = (gates @ experts).transpose(0, 1)  # (heads, B, H)
         w3 = torch.stack([t[0].weight for t in self.towers])  # (heads, T, H)
         b3 = torch.stack([t[0].bias for t in self.towers])[:, None]  # (heads, 1, T)
@@ -171,6 +171,13 @@ class FullRanking(nn.Module):
         with torch.no_grad():
             for tower, logit in zip(self.towers, np.log(p / (1 - p))):
                 tower[-1].bias.fill_(float(logit))
+
+
+def _softmax_short(x: Tensor) -> Tensor:
+    """torch.softmax(x, dim=-1) for a short last dimension (the gates' experts), as exp(x - max) / sum
+    in whole-tensor operations: 3x faster there than torch's per-row kernel."""
+    z = torch.exp(x - x.amax(dim=-1, keepdim=True))
+    return z / z.sum(dim=-1, keepdim=True)
 
 
 def match_counts(seq: Tensor, items: Tensor) -> Tensor:
@@ -226,16 +233,25 @@ def predict_proba_by_user(model: FullRanking, users: np.ndarray, seq: np.ndarray
     The experts' and gates' first layer is split by the parts of x (`first_layer_blocks`): the
     user's, the candidate's and the context's products are computed once per distinct user, item
     and context row; per pair only the attended interest's (and the interaction's and the match
-    counts') remain."""
+    counts') remain. The users are taken by sequence length and each block's sequences cut after its
+    longest one: the padding entries past it get no weight, so the attention skips them (short
+    histories, as new users have, attend a few entries, not `sequence_length`)."""
     model.eval()
     n, n_users = len(items), len(users)
     out = np.zeros((n, model.arch.heads), np.float32)
     if not n:
         return out
-    order = np.argsort(row_user, kind="stable")
-    counts = np.bincount(row_user, minlength=n_users)
+    seq_t = torch.from_numpy(seq)
+    mask = (seq_t != 0).any(-1)
+    lengths = np.where(mask.any(1).numpy(), seq.shape[1] - np.argmax(mask.numpy()[:, ::-1], axis=1), 0)
+    by_length = np.argsort(lengths, kind="stable")  # users in blocks of like lengths
+    rank = np.empty(n_users, np.int64)
+    rank[by_length] = np.arange(n_users)
+    row_rank = rank[row_user]
+    order = np.argsort(row_rank, kind="stable")
+    counts = np.bincount(row_rank, minlength=n_users)
     starts = np.r_[0, np.cumsum(counts)]
-    slot = np.arange(n) - starts[row_user[order]]  # the pair's place among its user's candidates
+    slot = np.arange(n) - starts[row_rank[order]]  # the pair's place among its user's candidates
     blocks, bias = model.first_layer_blocks()
     user_part = model._embed(torch.from_numpy(users), USER_COLUMNS) @ blocks["user"].T + bias
     item_rows, item_of = _distinct_rows(items)
@@ -244,26 +260,27 @@ def predict_proba_by_user(model: FullRanking, users: np.ndarray, seq: np.ndarray
     context_rows, context_of = _distinct_rows(context)
     context_part = model._embed(torch.from_numpy(context_rows), CONTEXT_COLUMNS) @ blocks["context"].T
     item_of, context_of = torch.from_numpy(item_of), torch.from_numpy(context_of)
-    seq_t = torch.from_numpy(seq)
-    seq_emb, mask = model._embed(seq_t, ITEM_COLUMNS), (seq_t != 0).any(-1)
+    seq_emb = model._embed(seq_t, ITEM_COLUMNS)
     step = max(1, budget // max(int(counts.max()) * seq.shape[1] * model.arch.tower_hidden, 1))
     for lo in range(0, n_users, step):
         hi = min(lo + step, n_users)
         pairs = order[starts[lo] : starts[hi]]
         if not len(pairs):
             continue
-        local, place = torch.from_numpy(row_user[pairs] - lo), torch.from_numpy(slot[starts[lo] : starts[hi]])
+        length = max(int(lengths[by_length[hi - 1]]), 1)  # the block's longest sequence (one padding entry if none)
+        block = torch.from_numpy(by_length[lo:hi])
+        local, place = torch.from_numpy(row_rank[pairs] - lo), torch.from_numpy(slot[starts[lo] : starts[hi]])
         of_pair = torch.from_numpy(pairs)
         cand = item_emb[item_of[of_pair]]
         padded = cand.new_zeros((hi - lo, int(counts[lo:hi].max()), cand.shape[1]))
         padded[local, place] = cand
-        interest = model.user_interest(seq_emb[lo:hi], mask[lo:hi], padded)[local, place]
-        first = (user_part[local + lo] + item_part[item_of[of_pair]] + context_part[context_of[of_pair]]
+        interest = model.user_interest(seq_emb[block, :length], mask[block, :length], padded)[local, place]
+        first = (user_part[block[local]] + item_part[item_of[of_pair]] + context_part[context_of[of_pair]]
                  + interest @ blocks["interest"].T)
         if model.arch.interaction:
             first += (interest * cand) @ blocks["interaction"].T
         if model.arch.match_counts:
-            first += match_counts(seq_t[row_user[pairs]], torch.from_numpy(items[pairs])) @ blocks["matches"].T
+            first += match_counts(seq_t[row_user[pairs], :length], torch.from_numpy(items[pairs])) @ blocks["matches"].T
         out[pairs] = torch.sigmoid(model.heads_after_first(first)).numpy()
     return out
 
