@@ -75,4 +75,4 @@ study: $(STAMP)  ## the playbook study: the closed loop, one arm per method agai
 	AIRFLOW_HOME=$(STUDY_AIRFLOW) $(BIN)/recpipe --config $(STUDY_CONFIG) experiment readout playbook
 
 clean:
-	rm -rf data data-study data-study-null .airflow .airflow-* reports bench-data test-artifacts movielens-data
+	rm -rf data data-study data-study-null data-study-100k .airflow .airflow-* reports bench-data test-artifacts movielens-data
