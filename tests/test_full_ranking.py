@@ -2,7 +2,8 @@
 and against pandas on the simulation; cold training through day 12 of the 15-day simulation,
 evaluated on day 13 per head and segment (every head above chance, click above the items'
 training click-through rate and beyond how often the user clicked the candidate's category
-before); the match counts against a loop; aged warm-start training; determinism; reloadable weights."""
+before); the match counts against a loop; the serving scores by user against the row-by-row model;
+aged warm-start training; determinism; reloadable weights."""
 
 from __future__ import annotations
 
